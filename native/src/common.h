@@ -1,0 +1,54 @@
+// Shared declarations of the layerfs native addon.
+#pragma once
+#define FUSE_USE_VERSION 314
+#define _GNU_SOURCE
+#include <fuse_lowlevel.h>
+#include <node_api.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define NAPI_CALL(env, call)                                              \
+  do {                                                                    \
+    if ((call) != napi_ok) {                                              \
+      napi_throw_error((env), NULL, "N-API call failed: " #call);         \
+      return NULL;                                                        \
+    }                                                                     \
+  } while (0)
+
+// ---- handle table (handles.c): open files whose data path is served in C ----
+enum handle_kind { HANDLE_FD = 1, HANDLE_JS = 2 };
+enum handle_flags { HF_NOSYNC = 1 };  // fsync=0 / volatile: fsync is a no-op
+
+struct handle {
+  pthread_rwlock_t lock;  // read-held by I/O, write-held while re-targeting
+  int fd;                 // backing fd (HANDLE_FD)
+  int kind;
+  int flags;
+  int open_flags;
+  uint64_t ino;           // FUSE node id, so JS can find handles of a node
+  uint64_t js_id;         // JS-side handle id (HANDLE_JS)
+};
+
+uint64_t handle_add(int kind, int fd, uint64_t ino, int open_flags, int flags, uint64_t js_id);
+struct handle *handle_get(uint64_t fh);
+// Removes fh from the table and returns it (caller closes and frees).
+struct handle *handle_take(uint64_t fh);
+void handle_free(struct handle *h);
+int handle_retarget(uint64_t fh, int newfd);
+// Fills out[] with up to max (fh, open_flags) pairs of handles on node ino; returns count.
+size_t handle_list(uint64_t ino, uint64_t *out_fh, int *out_flags, size_t max);
+size_t handle_count(void);
+
+// ---- session (session.c) ----
+napi_value session_init_exports(napi_env env, napi_value exports);
+// ---- syscalls (sys.c) ----
+napi_value sys_init_exports(napi_env env, napi_value exports);
+
+// helpers (addon.c)
+void export_fn(napi_env env, napi_value exports, const char *name, napi_callback cb);
+int64_t arg_i64(napi_env env, napi_value v);
+double arg_f64(napi_env env, napi_value v);
+// Copies a JS string into buf (NUL-terminated); returns length or -1.
+ssize_t arg_str(napi_env env, napi_value v, char *buf, size_t size);
+napi_value num(napi_env env, double d);

@@ -1,0 +1,88 @@
+// The inode-based interface every mode implements, shaped like the FUSE low-level operations.
+// Methods are synchronous on the hot path; they throw FsError(errno) to fail. A method may
+// return a Promise when it must wait (the session replies when it settles).
+import type { DirList } from '../sys/native';
+import type { Stat } from '../sys/stat';
+
+export interface Caller {
+  uid: number;
+  gid: number;
+  pid: number;
+}
+
+export interface Entry {
+  nodeid: number;     // 0 = negative entry (cached ENOENT)
+  generation?: number;
+  attr: Stat;
+  entryTimeout?: number;
+  attrTimeout?: number;
+}
+
+export interface AttrReply {
+  attr: Stat;
+  timeout?: number;
+}
+
+export interface SetAttr {
+  valid: number;      // SETATTR bits
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  atime: number;
+  atimeNs: number;
+  mtime: number;
+  mtimeNs: number;
+  fh: number;         // 0 when not from an open file
+}
+
+/** An open file: a backing fd served in C, or a JS handle id (>0) served by read/write below. */
+export interface Opened {
+  fd?: number;
+  jsHandle?: number;
+  directIo?: boolean;
+  keepCache?: boolean;
+  noSync?: boolean;
+}
+
+export interface DirOpened {
+  cacheReaddir?: boolean;
+  keepCache?: boolean;
+}
+
+export type MaybeAsync<T> = T | Promise<T>;
+
+export interface Filesystem {
+  init?(info: { protoMinor: number; want: number; maxWrite: number }): void;
+  lookup(parent: number, name: string, caller: Caller): MaybeAsync<Entry | null>;
+  forget(nodeid: number, nlookup: number): void;
+  getattr(nodeid: number, fh: number): MaybeAsync<AttrReply>;
+  setattr(nodeid: number, set: SetAttr, caller: Caller): MaybeAsync<AttrReply>;
+  readlink(nodeid: number): MaybeAsync<string>;
+  mknod(parent: number, name: string, mode: number, rdev: number, caller: Caller): MaybeAsync<Entry>;
+  mkdir(parent: number, name: string, mode: number, caller: Caller): MaybeAsync<Entry>;
+  unlink(parent: number, name: string, caller: Caller): MaybeAsync<void>;
+  rmdir(parent: number, name: string, caller: Caller): MaybeAsync<void>;
+  symlink(target: string, parent: number, name: string, caller: Caller): MaybeAsync<Entry>;
+  rename(parent: number, name: string, newparent: number, newname: string, flags: number, caller: Caller): MaybeAsync<void>;
+  link(nodeid: number, newparent: number, newname: string, caller: Caller): MaybeAsync<Entry>;
+  open(nodeid: number, flags: number, caller: Caller): MaybeAsync<Opened>;
+  create(parent: number, name: string, mode: number, flags: number, caller: Caller): MaybeAsync<{ entry: Entry; opened: Opened }>;
+  opendir(nodeid: number, flags: number, caller: Caller): MaybeAsync<DirOpened>;
+  /** The whole listing, read when a handle reads offset 0; "." and ".." included. */
+  readdir(nodeid: number, caller: Caller): MaybeAsync<DirList>;
+  fsyncdir?(nodeid: number, datasync: boolean): MaybeAsync<void>;
+  statfs(nodeid: number): MaybeAsync<Float64Array>;
+  setxattr(nodeid: number, name: string, value: Buffer, flags: number, caller: Caller): MaybeAsync<void>;
+  getxattr(nodeid: number, name: string, caller: Caller): MaybeAsync<Buffer>;
+  listxattr(nodeid: number, caller: Caller): MaybeAsync<string[]>;
+  removexattr(nodeid: number, name: string, caller: Caller): MaybeAsync<void>;
+  access?(nodeid: number, mask: number, caller: Caller): MaybeAsync<void>;
+  // JS-served handles (Opened.jsHandle)
+  read?(handle: number, size: number, offset: number): MaybeAsync<Buffer>;
+  write?(handle: number, data: Buffer, offset: number): MaybeAsync<number>;
+  flush?(handle: number): MaybeAsync<void>;
+  release?(handle: number): MaybeAsync<void>;
+  fsync?(handle: number, datasync: boolean): MaybeAsync<void>;
+  fallocate?(handle: number, mode: number, offset: number, length: number): MaybeAsync<void>;
+}

@@ -1,0 +1,276 @@
+// A mounted FUSE session: turns the requests the native binding hands to the JS thread into
+// calls on a Filesystem, and the results into replies. One process may serve many sessions.
+import { native, type SessionConfig } from '../sys/native';
+import type { DirList } from '../sys/native';
+import { FsError } from '../sys/errors';
+import { E } from '../sys/constants';
+import { ST_INO, newStat } from '../sys/stat';
+import type { Caller, Entry, Filesystem, Opened } from './filesystem';
+import { DirentWriter } from './dirents';
+import { A_1, A_2, A_3, A_4, A_GID, A_INO, A_PID, A_SID, A_UID, OP } from './ops';
+
+export interface SessionOptions extends SessionConfig {
+  /** -o options handed to libfuse / the kernel (fsname, subtype, allow_other, ro, ...). */
+  mountOptions: string[];
+  entryTimeout: number;
+  attrTimeout: number;
+  negativeTimeout: number;
+  debug?: boolean;
+}
+
+interface DirHandle {
+  nodeid: number;
+  list: DirList | null;
+}
+
+const sessions = new Map<number, Session>();
+const args = native.jobArgs;
+let dispatcherSet = false;
+
+// FOPEN flags understood by replyOpen (native/src/session.c fi_from)
+const F_DIRECT_IO = 1, F_KEEP_CACHE = 2, F_CACHE_READDIR = 4, F_NOSYNC = 16;
+
+function fopenFlags(o: Opened): number {
+  return (o.directIo ? F_DIRECT_IO : 0) | (o.keepCache ? F_KEEP_CACHE : 0) | (o.noSync ? F_NOSYNC : 0);
+}
+
+function errnoOf(e: unknown): number {
+  if (e instanceof FsError) return e.errno;
+  const code = (e as { errno?: number; code?: string })?.errno;
+  if (typeof code === 'number') return Math.abs(code);
+  process.stderr.write(`layerfs: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
+  return E.EIO;
+}
+
+function dispatch(op: number, req: number, s1?: string, s2?: string, buf?: Buffer): void {
+  const s = sessions.get(args[A_SID]);
+  if (!s) {
+    if (req >= 0) native.replyErr(req, E.ENODEV);
+    return;
+  }
+  s.handle(op, req, s1, s2, buf);
+}
+
+export class Session {
+  readonly sid: number;
+  private readonly dirs = new Map<number, DirHandle>();
+  private nextDir = 1;
+  private endedResolve!: () => void;
+  private readyResolve!: () => void;
+  /** Resolves once the kernel's INIT has been answered: the mount answers requests. */
+  readonly ready: Promise<void>;
+  /** Resolves when the kernel connection ends (unmounted, aborted). */
+  readonly ended: Promise<void>;
+  private readonly statfsBuf = new Float64Array(11);
+
+  constructor(readonly fs: Filesystem, readonly mountpoint: string, readonly opts: SessionOptions) {
+    if (!dispatcherSet) {
+      native.setDispatcher(dispatch);
+      dispatcherSet = true;
+    }
+    this.ready = new Promise((r) => (this.readyResolve = r));
+    this.ended = new Promise((r) => (this.endedResolve = r));
+    const argv: string[] = [];
+    if (opts.mountOptions.length) argv.push('-o', opts.mountOptions.join(','));
+    if (opts.debug) argv.push('-d');
+    this.sid = native.mount(mountpoint, argv, opts);
+    sessions.set(this.sid, this);
+  }
+
+  /** Detaches the mount; `ended` resolves once the kernel lets go of the connection. */
+  unmount(): void {
+    native.unmount(this.sid);
+  }
+
+  invalEntry(parent: number, name: string): void {
+    native.notifyInvalEntry(this.sid, parent, name);
+  }
+
+  invalInode(nodeid: number): void {
+    native.notifyInvalInode(this.sid, nodeid, 0, 0);
+  }
+
+  handle(op: number, req: number, s1?: string, s2?: string, buf?: Buffer): void {
+    const ino = args[A_INO];
+    const caller: Caller = { uid: args[A_UID], gid: args[A_GID], pid: args[A_PID] };
+    const a1 = args[A_1], a2 = args[A_2], a3 = args[A_3], a4 = args[A_4];
+    try {
+      switch (op) {
+        case OP.FORGET:
+          this.fs.forget(ino, a1);
+          return;
+        case OP.INIT:
+          this.fs.init?.({ protoMinor: a2, want: a3, maxWrite: a4 });
+          this.readyResolve();
+          return;
+        case OP.ENDED:
+          sessions.delete(this.sid);
+          native.destroy(this.sid);
+          this.endedResolve();
+          return;
+        case OP.LOOKUP:
+          return this.settle(req, this.fs.lookup(ino, s1!, caller), (e) => this.replyEntry(req, e));
+        case OP.GETATTR:
+          return this.settle(req, this.fs.getattr(ino, a1), (r) =>
+            native.replyAttr(req, r.attr, r.timeout ?? this.opts.attrTimeout));
+        case OP.SETATTR:
+          return this.settle(req, this.fs.setattr(ino, {
+            valid: a1, mode: a2, uid: a3, gid: a4, size: args[8], atime: args[9], atimeNs: args[10],
+            mtime: args[11], mtimeNs: args[12], fh: args[13],
+          }, caller), (r) => native.replyAttr(req, r.attr, r.timeout ?? this.opts.attrTimeout));
+        case OP.READLINK:
+          return this.settle(req, this.fs.readlink(ino), (t) => native.replyReadlink(req, t));
+        case OP.MKNOD:
+          return this.settle(req, this.fs.mknod(ino, s1!, a1, a2, caller), (e) => this.replyEntry(req, e));
+        case OP.MKDIR:
+          return this.settle(req, this.fs.mkdir(ino, s1!, a1, caller), (e) => this.replyEntry(req, e));
+        case OP.UNLINK:
+          return this.settle(req, this.fs.unlink(ino, s1!, caller), () => native.replyErr(req, 0));
+        case OP.RMDIR:
+          return this.settle(req, this.fs.rmdir(ino, s1!, caller), () => native.replyErr(req, 0));
+        case OP.SYMLINK:
+          return this.settle(req, this.fs.symlink(s2!, ino, s1!, caller), (e) => this.replyEntry(req, e));
+        case OP.RENAME:
+          return this.settle(req, this.fs.rename(ino, s1!, a1, s2!, a2, caller), () => native.replyErr(req, 0));
+        case OP.LINK:
+          return this.settle(req, this.fs.link(ino, a1, s1!, caller), (e) => this.replyEntry(req, e));
+        case OP.OPEN:
+          return this.settle(req, this.fs.open(ino, a1, caller), (o) =>
+            native.replyOpen(req, o.fd ?? -(o.jsHandle as number), fopenFlags(o), ino, a1));
+        case OP.CREATE:
+          return this.settle(req, this.fs.create(ino, s1!, a1, a2, caller), ({ entry, opened }) => {
+            const fh = native.replyCreate(req, entry.nodeid, entry.generation ?? 0,
+              entry.entryTimeout ?? this.opts.entryTimeout, entry.attrTimeout ?? this.opts.attrTimeout,
+              entry.attr, opened.fd as number, fopenFlags(opened), a2);
+            if (!fh) this.fs.forget(entry.nodeid, 1);  // the kernel never saw the entry
+          });
+        case OP.OPENDIR:
+          return this.settle(req, this.fs.opendir(ino, a1, caller), (d) => {
+            const fh = this.nextDir++;
+            this.dirs.set(fh, { nodeid: ino, list: null });
+            const fl = (d.cacheReaddir ? F_CACHE_READDIR : 0) | (d.keepCache ? F_KEEP_CACHE : 0);
+            if (native.replyOpendir(req, fh, fl) !== 0) this.dirs.delete(fh);
+          });
+        case OP.READDIR:
+        case OP.READDIRPLUS:
+          return this.readdir(req, ino, a1, a2, a3, op === OP.READDIRPLUS, caller);
+        case OP.RELEASEDIR:
+          this.dirs.delete(a1);
+          native.replyErr(req, 0);
+          return;
+        case OP.FSYNCDIR:
+          return this.settle(req, this.fs.fsyncdir?.(ino, a2 !== 0), () => native.replyErr(req, 0));
+        case OP.STATFS:
+          return this.settle(req, this.fs.statfs(ino), (st) => native.replyStatfs(req, st));
+        case OP.SETXATTR:
+          return this.settle(req, this.fs.setxattr(ino, s1!, buf ?? Buffer.alloc(0), a1, caller),
+            () => native.replyErr(req, 0));
+        case OP.GETXATTR:
+          return this.settle(req, this.fs.getxattr(ino, s1!, caller), (v) => this.replySized(req, v, a1));
+        case OP.LISTXATTR:
+          return this.settle(req, this.fs.listxattr(ino, caller), (names) =>
+            this.replySized(req, Buffer.from(names.map((n) => n + '\0').join('')), a1));
+        case OP.REMOVEXATTR:
+          return this.settle(req, this.fs.removexattr(ino, s1!, caller), () => native.replyErr(req, 0));
+        case OP.ACCESS:
+          return this.settle(req, this.fs.access?.(ino, a1, caller), () => native.replyErr(req, 0));
+        case OP.READ:
+          return this.settle(req, this.need(this.fs.read)(a1, a2, a3), (b) => native.replyBuf(req, b));
+        case OP.WRITE:
+          return this.settle(req, this.need(this.fs.write)(a1, buf!, a3), (n) => native.replyWrite(req, n));
+        case OP.FLUSH:
+          return this.settle(req, this.fs.flush?.(a1), () => native.replyErr(req, 0));
+        case OP.RELEASE:
+          return this.settle(req, this.fs.release?.(a1), () => native.replyErr(req, 0));
+        case OP.FSYNC:
+          return this.settle(req, this.fs.fsync?.(a1, a2 !== 0), () => native.replyErr(req, 0));
+        case OP.FALLOCATE:
+          return this.settle(req, this.need(this.fs.fallocate)(a1, a2, a3, a4), () => native.replyErr(req, 0));
+        default:
+          if (req >= 0) native.replyErr(req, E.ENOSYS);
+      }
+    } catch (e) {
+      if (req >= 0) native.replyErr(req, errnoOf(e));
+    }
+  }
+
+  private need<F extends (...a: never[]) => unknown>(f: F | undefined): F {
+    if (!f) throw new FsError(E.ENOSYS);
+    return f.bind(this.fs) as F;
+  }
+
+  /** Replies now for a plain value, or when a promise settles. */
+  private settle<T>(req: number, v: T | Promise<T>, reply: (v: T) => unknown): void {
+    if (v instanceof Promise) {
+      v.then((r) => reply(r), (e) => native.replyErr(req, errnoOf(e)));
+    } else {
+      reply(v);
+    }
+  }
+
+  private replyEntry(req: number, e: Entry | null): void {
+    if (!e) {
+      if (this.opts.negativeTimeout > 0) {
+        native.replyEntry(req, 0, 0, this.opts.negativeTimeout, 0, newStat());
+      } else native.replyErr(req, E.ENOENT);
+      return;
+    }
+    if (native.replyEntry(req, e.nodeid, e.generation ?? 0, e.entryTimeout ?? this.opts.entryTimeout,
+      e.attrTimeout ?? this.opts.attrTimeout, e.attr) !== 0) {
+      this.fs.forget(e.nodeid, 1);  // interrupted: the kernel did not take the reference
+    }
+  }
+
+  // getxattr/listxattr protocol: size 0 asks for the length only.
+  private replySized(req: number, v: Buffer, size: number): void {
+    if (size === 0) native.replyXattr(req, v.length);
+    else if (v.length > size) native.replyErr(req, E.ERANGE);
+    else native.replyBuf(req, v);
+  }
+
+  private readdir(req: number, ino: number, fh: number, size: number, off: number, plus: boolean,
+    caller: Caller): void {
+    const d = this.dirs.get(fh);
+    if (!d) {
+      native.replyErr(req, E.EBADF);
+      return;
+    }
+    const fill = (list: DirList): void => {
+      d.list = list;
+      const w = new DirentWriter(size);
+      const { names, inos, types } = list;
+      for (let i = off; i < names.length; i++) {
+        const name = names[i];
+        if (!plus) {
+          if (!w.add(name, inos[i], types[i], i + 1)) break;
+          continue;
+        }
+        if (!w.fits(name, true)) break;
+        if (name === '.' || name === '..') {
+          const st = newStat();
+          st[ST_INO] = inos[i];
+          st[1] = types[i] << 12;
+          w.addPlus(name, 0, 0, 0, 0, st, i + 1);
+          continue;
+        }
+        let e: Entry | null = null;
+        try {
+          const r = this.fs.lookup(ino, name, caller);
+          if (r instanceof Promise) throw new FsError(E.EIO);  // plus needs synchronous lookups
+          e = r;
+        } catch {
+          e = null;
+        }
+        if (!e) continue;  // gone since the listing was read
+        w.addPlus(name, e.nodeid, e.generation ?? 0, e.entryTimeout ?? this.opts.entryTimeout,
+          e.attrTimeout ?? this.opts.attrTimeout, e.attr, i + 1);
+      }
+      native.replyBuf(req, w.buf, w.pos);
+    };
+    if (d.list && off !== 0) {
+      fill(d.list);
+      return;
+    }
+    this.settle(req, this.fs.readdir(ino, caller), fill);
+  }
+}
