@@ -17,7 +17,7 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
   for (const k of o.keys()) if (!known.has(k)) process.stderr.write(`layerfs: warning: unknown option ${k} ignored\n`);
   let writeback: boolean, timeout: number, directRead: boolean;
   try {
-    writeback = boolOption(o, 'writeback', true);
+    writeback = boolOption(o, 'writeback', false);  // exact mtimes: the kernel keeps its own under writeback
     directRead = boolOption(o, 'direct_read', false);
     timeout = numberOption(o, 'timeout', 1);
   } catch (e) {

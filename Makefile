@@ -1,0 +1,59 @@
+# layerfs — `make demo` and `make test` work alone on a fresh Debian bookworm machine (as root):
+# they install what is missing (Debian packages, npm packages, the native build) first.
+SHELL := /bin/bash
+DEB_PKGS := fuse3 libfuse3-dev pkg-config attr fuse-overlayfs fio e2fsprogs util-linux \
+            thin-provisioning-tools python3 make g++
+NODE_STAMP := node_modules/.layerfs-npm-stamp
+ADDON := native/build/Release/layerfs.node
+CLI := dist/src/cli/layerfs.js
+NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h) native/binding.gyp
+TS_SRC := $(shell find src bench -name '*.ts' 2>/dev/null) tsconfig.json
+
+.PHONY: all deps debs build demo test bench install uninstall clean
+
+all: build
+
+# Debian packages: only when one is missing (apt-get update once, then install).
+debs:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  if [ "$$(id -u)" != 0 ]; then echo "layerfs: need root to install: $$missing" >&2; exit 1; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+deps: debs $(NODE_STAMP)
+
+$(ADDON): $(NATIVE_SRC) $(NODE_STAMP)
+	npx node-gyp rebuild --silent --directory native
+
+$(CLI): $(TS_SRC) $(NODE_STAMP)
+	npx tsc -p tsconfig.json
+	@touch $@
+
+build: debs $(ADDON) $(CLI)
+
+demo: build
+	bash scripts/demo.sh
+
+test: build
+	npx vitest run
+
+bench: build
+	node dist/bench/run.js $(BENCH_ARGS)
+
+install: build
+	install -d /usr/local/bin
+	printf '#!/bin/sh\nexec node %s/dist/src/cli/layerfs.js "$$@"\n' "$(CURDIR)" > /usr/local/bin/layerfs
+	chmod 755 /usr/local/bin/layerfs
+
+uninstall:
+	rm -f /usr/local/bin/layerfs
+
+clean:
+	rm -rf dist native/build

@@ -1,0 +1,7 @@
+// Leftover mounts break the next run: unmount anything the tests left below the temp prefix.
+import { TMP_PREFIX, unmountAll } from './mount';
+
+export default function setup(): () => void {
+  unmountAll(TMP_PREFIX);
+  return () => unmountAll(TMP_PREFIX);
+}
