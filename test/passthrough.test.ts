@@ -56,6 +56,24 @@ describe('passthrough parity with the mirrored directory', () => {
     expect(s[0].ino).toBe(fs.statSync(path.join(dir, 'hl1')).ino);
     fs.appendFileSync(path.join(mnt, 'hl2'), 'y');
     expect(fs.readFileSync(path.join(mnt, 'hl3'), 'utf8')).toBe('xy');
+    // the daemon knew the inode by the name hl1 first: the others must keep working without it
+    fs.unlinkSync(path.join(mnt, 'hl1'));
+    fs.chmodSync(path.join(mnt, 'hl2'), 0o600);
+    expect(fs.statSync(path.join(mnt, 'hl3')).mode & 0o777).toBe(0o600);
+    expect(fs.statSync(path.join(mnt, 'hl3')).nlink).toBe(2);
+  });
+
+  test('a tree with more entries than the daemon may hold fds', () => {
+    const limit = Number(/Max open files\s+(\d+)/.exec(fs.readFileSync(`/proc/${daemonPid(mnt)}/limits`, 'utf8'))![1]);
+    const n = limit + 2000;
+    const big = path.join(dir, 'many');
+    fs.mkdirSync(big);
+    for (let i = 0; i < n; i++) fs.mkdirSync(path.join(big, `d${i}`));
+    const r = spawnSync('find', [path.join(mnt, 'many')], { encoding: 'utf8', maxBuffer: 1 << 26 });
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim().split('\n').length).toBe(n + 1);
+    for (let i = 0; i < n; i += 997) expect(fs.statSync(path.join(mnt, 'many', `d${i}`)).isDirectory()).toBe(true);
+    expect(fdCount(daemonPid(mnt))).toBeLessThan(limit / 2);
   });
 
   test('a symlink inside the tree is shown, never followed by the daemon', () => {

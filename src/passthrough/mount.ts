@@ -1,5 +1,6 @@
 // `layerfs mount --passthrough DIR MNT`: options and validation for the passthrough mode.
 import { Passthrough } from './passthrough';
+import { native } from '../sys/native';
 import { identity } from '../sys/identity';
 import type { Mountable } from '../mount/lifecycle';
 import { boolOption, numberOption, parseOptions } from '../mount/options';
@@ -32,7 +33,7 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
   if (id.root) mountOptions.push('allow_other');
   for (const k of ['ro', 'noatime', 'nodev', 'nosuid', 'noexec']) if (o.has(k)) mountOptions.push(k);
   return {
-    fs: new Passthrough(root, { writeback, directRead }, id),
+    fs: new Passthrough(root, { writeback, directRead }, id, native.raiseNofile()),
     mountpoint,
     session: {
       mountOptions, entryTimeout: timeout, attrTimeout: timeout, negativeTimeout: timeout,

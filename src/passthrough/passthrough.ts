@@ -1,28 +1,34 @@
-// Passthrough: mirrors one directory, inode-based like libfuse's passthrough_ll. Every node
-// holds an O_PATH fd opened with O_NOFOLLOW relative to its parent, so the daemon never walks a
-// path inside the tree and never follows a symlink that lives there.
+// Passthrough: mirrors one directory, inode-based. Nodes form a tree of (parent, name) links;
+// every access is one no-follow component relative to the parent's directory fd (re-opened on
+// demand, a bounded set cached), so the daemon never follows a symlink that lives in the tree
+// and holds no fd per file. Hard links: one node per (st_dev, st_ino), with every known name.
 import { native, type DirList } from '../sys/native';
 import { FsError, check } from '../sys/errors';
 import {
   AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, E, O_ACCMODE, O_APPEND, O_CREAT,
-  O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR, O_WRONLY, S_IFLNK, S_IFMT,
+  O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR, O_WRONLY, RENAME_EXCHANGE, S_IFDIR, S_IFMT,
   UTIME_NOW, UTIME_OMIT,
 } from '../sys/constants';
 import { ST_DEV, ST_INO, ST_MODE, STATFS_LEN, newStat, type Stat } from '../sys/stat';
-import type {
-  AttrReply, Caller, DirOpened, Entry, Filesystem, Opened, SetAttr,
-} from '../fuse/filesystem';
+import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Opened, SetAttr } from '../fuse/filesystem';
 import { ROOT_ID, SETATTR } from '../fuse/ops';
 import { asCaller, type Identity } from '../sys/identity';
+import { FdCache, fdBudget } from '../sys/fdcache';
+
+interface Link {
+  parent: Node;
+  name: string;
+}
 
 interface Node {
   id: number;
-  fd: number;          // O_PATH, O_NOFOLLOW
   dev: number;
   ino: number;
-  type: number;        // S_IFMT bits
+  type: number;                // S_IFMT bits
   nlookup: number;
-  writers: number;     // opens for writing so far: such a file keeps the page cache
+  links: Link[];               // known names; empty for the root
+  kids: Map<string, Node>;     // known children (they keep this node alive)
+  writers: number;             // opens for writing so far: such a file keeps the page cache
 }
 
 export interface PassthroughOptions {
@@ -31,22 +37,31 @@ export interface PassthroughOptions {
   directRead: boolean;
 }
 
-const proc = (fd: number): string => `/proc/self/fd/${fd}`;
+const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
 
 export class Passthrough implements Filesystem {
   private readonly nodes = new Map<number, Node>();
   private readonly byIno = new Map<number, Map<number, Node>>();
+  private readonly root: Node;
+  private readonly rootFd: number;
+  private readonly dirFds: FdCache<number>;
   private nextId = ROOT_ID + 1;
-  private readonly st = newStat();
 
-  constructor(root: string, private readonly opts: PassthroughOptions, private readonly id: Identity) {
-    const fd = check(native.openat(AT_FDCWD, root, O_PATH | O_DIRECTORY, 0));
-    check(native.fstatat(fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, this.st));
-    this.add(ROOT_ID, fd, this.st).nlookup = 1;
+  constructor(root: string, private readonly opts: PassthroughOptions, private readonly id: Identity,
+    fdLimit = 1024) {
+    this.rootFd = check(native.openat(AT_FDCWD, root, O_PATH | O_DIRECTORY, 0));
+    const st = newStat();
+    check(native.fstatat(this.rootFd, '', AT_EMPTY_PATH | NOFOLLOW, st));
+    this.root = this.add(ROOT_ID, st);
+    this.root.nlookup = 1;
+    this.dirFds = new FdCache(fdBudget(fdLimit));
   }
 
-  private add(id: number, fd: number, st: Stat): Node {
-    const n: Node = { id, fd, dev: st[ST_DEV], ino: st[ST_INO], type: st[ST_MODE] & S_IFMT, nlookup: 0, writers: 0 };
+  private add(id: number, st: Stat): Node {
+    const n: Node = {
+      id, dev: st[ST_DEV], ino: st[ST_INO], type: st[ST_MODE] & S_IFMT, nlookup: 0, links: [],
+      kids: new Map(), writers: 0,
+    };
     this.nodes.set(id, n);
     let m = this.byIno.get(n.dev);
     if (!m) this.byIno.set(n.dev, (m = new Map()));
@@ -60,45 +75,112 @@ export class Passthrough implements Filesystem {
     return n;
   }
 
-  private stat(n: Node): Stat {
-    const st = newStat();
-    check(native.fstatat(n.fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, st));
-    return st;
+  /** O_PATH fd of a directory node, opened component by component without following links. */
+  private dirFd(n: Node): number {
+    if (n === this.root) return this.rootFd;
+    return check(this.dirFds.get(n.id, () => {
+      const l = n.links[0];
+      if (!l) return -E.ESTALE;
+      return native.openat(this.dirFd(l.parent), l.name, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
+    }));
   }
 
-  private entryOf(parent: Node, name: string): Entry {
-    const fd = check(native.openat(parent.fd, name, O_PATH | O_NOFOLLOW, 0));
-    const st = newStat();
-    const r = native.fstatat(fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, st);
-    if (r < 0) {
-      native.close(fd);
-      throw new FsError(-r);
+  private attach(parent: Node, name: string, child: Node): void {
+    const old = parent.kids.get(name);
+    if (old === child) return;
+    if (old) this.unlinkName(parent, name);
+    parent.kids.set(name, child);
+    child.links.push({ parent, name });
+  }
+
+  private unlinkName(parent: Node, name: string): void {
+    const child = parent.kids.get(name);
+    if (!child) return;
+    parent.kids.delete(name);
+    child.links = child.links.filter((l) => !(l.parent === parent && l.name === name));
+    if (child.type === S_IFDIR) this.dirFds.delete(child.id);
+    this.maybeFree(child);
+    this.maybeFree(parent);
+  }
+
+  private maybeFree(n: Node): void {
+    if (n === this.root || n.nlookup > 0 || n.kids.size > 0) return;
+    this.nodes.delete(n.id);
+    const m = this.byIno.get(n.dev);
+    if (m?.get(n.ino) === n) m.delete(n.ino);
+    this.dirFds.delete(n.id);
+    const links = n.links;
+    n.links = [];
+    for (const l of links) {
+      if (l.parent.kids.get(l.name) === n) l.parent.kids.delete(l.name);
+      this.maybeFree(l.parent);
     }
+  }
+
+  /** Runs fn on (dirfd, name) of a node's first name that still works; drops stale names. */
+  private at(n: Node, fn: (dirfd: number, name: string, flags: number) => number): number {
+    if (n === this.root) return fn(this.rootFd, '', AT_EMPTY_PATH);
+    for (;;) {
+      const l = n.links[0];
+      if (!l) throw new FsError(E.ESTALE);
+      const r = fn(this.dirFd(l.parent), l.name, 0);
+      if (r !== -E.ENOENT || !this.dropIfStale(n, l)) return r;
+    }
+  }
+
+  private dropIfStale(n: Node, l: Link): boolean {
+    const st = newStat();
+    const r = native.fstatat(this.dirFd(l.parent), l.name, NOFOLLOW, st);
+    if (r === 0 && st[ST_INO] === n.ino && st[ST_DEV] === n.dev) return false;
+    this.unlinkName(l.parent, l.name);
+    return true;
+  }
+
+  private stat(n: Node): Stat {
+    const st = newStat();
+    let r = -E.ESTALE;
+    try {
+      r = this.at(n, (fd, name, fl) => native.fstatat(fd, name, NOFOLLOW | fl, st));
+    } catch (e) {
+      if (!(e instanceof FsError)) throw e;
+    }
+    if (r === 0) return st;
+    // an unlinked file that is still open: its handles know it
+    const hs = native.handlesOf(n.id);
+    if (hs.length && native.fstatat(native.handleFd(hs[0]), '', AT_EMPTY_PATH, st) === 0) return st;
+    throw new FsError(r < 0 ? -r : E.ESTALE);
+  }
+
+  private entryOf(parent: Node, name: string): Entry | null {
+    const st = newStat();
+    const r = native.fstatat(this.dirFd(parent), name, NOFOLLOW, st);
+    if (r === -E.ENOENT) {
+      if (parent.kids.has(name)) this.unlinkName(parent, name);
+      return null;
+    }
+    check(r);
     let n = this.byIno.get(st[ST_DEV])?.get(st[ST_INO]);
-    if (n) native.close(fd);
-    else n = this.add(this.nextId++, fd, st);
+    if (!n) n = this.add(this.nextId++, st);
+    this.attach(parent, name, n);
     n.nlookup++;
     return { nodeid: n.id, attr: st };
   }
 
+  private mustEntry(parent: Node, name: string): Entry {
+    const e = this.entryOf(parent, name);
+    if (!e) throw new FsError(E.ENOENT);
+    return e;
+  }
+
   lookup(parent: number, name: string): Entry | null {
-    try {
-      return this.entryOf(this.node(parent), name);
-    } catch (e) {
-      if (e instanceof FsError && e.errno === E.ENOENT) return null;
-      throw e;
-    }
+    return this.entryOf(this.node(parent), name);
   }
 
   forget(nodeid: number, nlookup: number): void {
     const n = this.nodes.get(nodeid);
-    if (!n || n.id === ROOT_ID) return;
-    n.nlookup -= nlookup;
-    if (n.nlookup > 0) return;
-    this.nodes.delete(n.id);
-    const m = this.byIno.get(n.dev);
-    if (m?.get(n.ino) === n) m.delete(n.ino);
-    native.close(n.fd);
+    if (!n || n === this.root) return;
+    n.nlookup = Math.max(0, n.nlookup - nlookup);
+    this.maybeFree(n);
   }
 
   getattr(nodeid: number): AttrReply {
@@ -108,16 +190,16 @@ export class Passthrough implements Filesystem {
   setattr(nodeid: number, s: SetAttr): AttrReply {
     const n = this.node(nodeid);
     const v = s.valid;
-    if (v & SETATTR.MODE) check(native.fchmodat(n.fd, '', s.mode, AT_EMPTY_PATH));
+    if (v & SETATTR.MODE) check(this.at(n, (fd, name, fl) => native.fchmodat(fd, name, s.mode, fl | NOFOLLOW)));
     if (v & (SETATTR.UID | SETATTR.GID)) {
-      check(native.fchownat(n.fd, '', v & SETATTR.UID ? s.uid : -1, v & SETATTR.GID ? s.gid : -1,
-        AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW));
+      const uid = v & SETATTR.UID ? s.uid : -1, gid = v & SETATTR.GID ? s.gid : -1;
+      check(this.at(n, (fd, name, fl) => native.fchownat(fd, name, uid, gid, fl | NOFOLLOW)));
     }
     if (v & SETATTR.SIZE) {
       const hfd = s.fh ? native.handleFd(s.fh) : -1;
       if (hfd >= 0) check(native.ftruncate(hfd, s.size));
       else {
-        const fd = check(native.openat(AT_FDCWD, proc(n.fd), O_WRONLY, 0));
+        const fd = check(this.at(n, (dfd, name) => native.openat(dfd, name, O_WRONLY | O_NOFOLLOW, 0)));
         const r = native.ftruncate(fd, s.size);
         native.close(fd);
         check(r);
@@ -126,26 +208,27 @@ export class Passthrough implements Filesystem {
     if (v & (SETATTR.ATIME | SETATTR.MTIME)) {
       const ans = v & SETATTR.ATIME_NOW ? UTIME_NOW : v & SETATTR.ATIME ? s.atimeNs : UTIME_OMIT;
       const mns = v & SETATTR.MTIME_NOW ? UTIME_NOW : v & SETATTR.MTIME ? s.mtimeNs : UTIME_OMIT;
-      if (n.type === S_IFLNK) {
-        check(native.utimensat(n.fd, '', s.atime, ans, s.mtime, mns, AT_EMPTY_PATH));
-      } else {
-        check(native.utimensat(AT_FDCWD, proc(n.fd), s.atime, ans, s.mtime, mns, 0));
-      }
+      check(this.at(n, (fd, name, fl) => native.utimensat(fd, name, s.atime, ans, s.mtime, mns, fl | NOFOLLOW)));
     }
     return { attr: this.stat(n) };
   }
 
   readlink(nodeid: number): string {
-    const r = native.readlinkat(this.node(nodeid).fd, '');
-    if (typeof r === 'number') throw new FsError(-r);
-    return r;
+    let out = '';
+    check(this.at(this.node(nodeid), (fd, name) => {
+      const r = native.readlinkat(fd, name);
+      if (typeof r === 'number') return r;
+      out = r;
+      return 0;
+    }));
+    return out;
   }
 
   /** Runs a creating call as the caller (fsuid/fsgid), so ownership and setgid dirs behave. */
   private make(parent: number, name: string, caller: Caller, fn: (dirfd: number) => number): Entry {
     const p = this.node(parent);
-    asCaller(this.id, caller, () => check(fn(p.fd)));
-    return this.entryOf(p, name);
+    asCaller(this.id, caller, () => check(fn(this.dirFd(p))));
+    return this.mustEntry(p, name);
   }
 
   mknod(parent: number, name: string, mode: number, rdev: number, caller: Caller): Entry {
@@ -162,31 +245,41 @@ export class Passthrough implements Filesystem {
 
   link(nodeid: number, newparent: number, newname: string): Entry {
     const n = this.node(nodeid), p = this.node(newparent);
-    check(native.linkat(n.fd, '', p.fd, newname, AT_EMPTY_PATH));
-    return this.entryOf(p, newname);
+    check(this.at(n, (fd, name) => native.linkat(fd, name, this.dirFd(p), newname, 0)));
+    return this.mustEntry(p, newname);
   }
 
   unlink(parent: number, name: string): void {
-    check(native.unlinkat(this.node(parent).fd, name, 0));
+    const p = this.node(parent);
+    check(native.unlinkat(this.dirFd(p), name, 0));
+    this.unlinkName(p, name);
   }
 
   rmdir(parent: number, name: string): void {
-    check(native.unlinkat(this.node(parent).fd, name, AT_REMOVEDIR));
+    const p = this.node(parent);
+    check(native.unlinkat(this.dirFd(p), name, AT_REMOVEDIR));
+    this.unlinkName(p, name);
   }
 
   rename(parent: number, name: string, newparent: number, newname: string, flags: number): void {
-    check(native.renameat2(this.node(parent).fd, name, this.node(newparent).fd, newname, flags));
+    const p = this.node(parent), q = this.node(newparent);
+    check(native.renameat2(this.dirFd(p), name, this.dirFd(q), newname, flags));
+    const a = p.kids.get(name), b = q.kids.get(newname);
+    if (a) this.unlinkName(p, name);
+    if (b) this.unlinkName(q, newname);
+    if (a && this.nodes.has(a.id)) this.attach(q, newname, a);
+    if (b && flags & RENAME_EXCHANGE && this.nodes.has(b.id)) this.attach(p, name, b);
   }
 
   private openFlags(flags: number): number {
-    let f = flags & ~(O_CREAT | O_NOFOLLOW);
+    let f = flags & ~O_CREAT;
     // With the writeback cache the kernel reads pages back (write-only opens need read access)
     // and handles O_APPEND itself.
     if (this.opts.writeback) {
       if ((f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
       f &= ~O_APPEND;
     }
-    return f;
+    return f | O_NOFOLLOW;
   }
 
   private opened(n: Node, flags: number, fd: number): Opened {
@@ -197,16 +290,16 @@ export class Passthrough implements Filesystem {
 
   open(nodeid: number, flags: number): Opened {
     const n = this.node(nodeid);
-    const fd = check(native.openat(AT_FDCWD, proc(n.fd), this.openFlags(flags), 0));
+    const fd = check(this.at(n, (dfd, name) => native.openat(dfd, name, this.openFlags(flags), 0)));
     return this.opened(n, flags, fd);
   }
 
   create(parent: number, name: string, mode: number, flags: number, caller: Caller): { entry: Entry; opened: Opened } {
     const p = this.node(parent);
     const fd = asCaller(this.id, caller, () =>
-      check(native.openat(p.fd, name, this.openFlags(flags) | O_CREAT | O_NOFOLLOW, mode)));
+      check(native.openat(this.dirFd(p), name, this.openFlags(flags) | O_CREAT, mode)));
     try {
-      const entry = this.entryOf(p, name);
+      const entry = this.mustEntry(p, name);
       return { entry, opened: this.opened(this.node(entry.nodeid), flags, fd) };
     } catch (e) {
       native.close(fd);
@@ -215,60 +308,63 @@ export class Passthrough implements Filesystem {
   }
 
   opendir(nodeid: number): DirOpened {
-    this.node(nodeid);
+    this.dirFd(this.node(nodeid));
     return { cacheReaddir: true, keepCache: false };
   }
 
   readdir(nodeid: number): DirList {
-    const r = native.readdir(this.node(nodeid).fd);
+    const r = native.readdir(this.dirFd(this.node(nodeid)));
     if (typeof r === 'number') throw new FsError(-r);
     return r;
   }
 
   fsyncdir(nodeid: number, datasync: boolean): void {
-    const fd = check(native.openat(this.node(nodeid).fd, '.', O_RDONLY | O_DIRECTORY, 0));
+    const fd = check(native.openat(this.dirFd(this.node(nodeid)), '.', O_RDONLY | O_DIRECTORY, 0));
     const r = native.fsync(fd, datasync ? 1 : 0);
     native.close(fd);
     check(r);
   }
 
-  statfs(nodeid: number): Float64Array {
+  statfs(): Float64Array {
     const out = new Float64Array(STATFS_LEN);
-    check(native.fstatvfs(this.node(nodeid).fd, out));  // fstatfs accepts O_PATH fds
+    check(native.fstatvfs(this.rootFd, out));  // fstatfs accepts O_PATH fds
     return out;
   }
 
-  // Xattrs go through /proc/self/fd/N of the O_PATH fd; symlinks have none we can reach.
-  private xpath(nodeid: number): string {
+  // Xattrs by path: /proc/self/fd/<dirfd>/<name> with the l* calls, so the last component is
+  // not followed; the root through its own fd.
+  private xattr(nodeid: number, fn: (path: string, follow: number) => number | Buffer): number | Buffer {
     const n = this.node(nodeid);
-    if (n.type === S_IFLNK) throw new FsError(E.EPERM);
-    return proc(n.fd);
+    let out: number | Buffer = 0;
+    const r = this.at(n, (fd, name) => {
+      out = fn(name ? `/proc/self/fd/${fd}/${name}` : `/proc/self/fd/${fd}`, name ? 0 : 1);
+      return typeof out === 'number' ? out : 0;
+    });
+    return r < 0 ? r : out;
   }
 
   setxattr(nodeid: number, name: string, value: Buffer, flags: number): void {
-    check(native.setxattr(this.xpath(nodeid), name, value, flags, 1));
+    check(this.xattr(nodeid, (p, f) => native.setxattr(p, name, value, flags, f)) as number);
   }
 
   getxattr(nodeid: number, name: string): Buffer {
-    if (this.node(nodeid).type === S_IFLNK) throw new FsError(E.ENODATA);
-    const r = native.getxattr(this.xpath(nodeid), name, 1);
+    const r = this.xattr(nodeid, (p, f) => native.getxattr(p, name, f));
     if (typeof r === 'number') throw new FsError(-r);
     return r;
   }
 
   listxattr(nodeid: number): string[] {
-    if (this.node(nodeid).type === S_IFLNK) return [];
-    const r = native.listxattr(this.xpath(nodeid), 1);
+    const r = this.xattr(nodeid, (p, f) => native.listxattr(p, f));
     if (typeof r === 'number') throw new FsError(-r);
     return r.toString('utf8').split('\0').filter((s) => s.length > 0);
   }
 
   removexattr(nodeid: number, name: string): void {
-    check(native.removexattr(this.xpath(nodeid), name, 1));
+    check(this.xattr(nodeid, (p, f) => native.removexattr(p, name, f)) as number);
   }
 
-  /** How many nodes (and so O_PATH fds) the daemon holds; for tests and `doctor`. */
-  get nodeCount(): number {
-    return this.nodes.size;
+  /** Nodes the daemon knows and directory fds it holds; for tests and `doctor`. */
+  get counts(): { nodes: number; dirFds: number } {
+    return { nodes: this.nodes.size, dirFds: this.dirFds.size };
   }
 }

@@ -1,0 +1,35 @@
+// `make bench`: every suite in one run, printed as markdown tables and saved under bench/results/.
+// Usage: node dist/bench/run.js [--rounds N] [--suite passthrough,...] [--dir DIR]
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ROOT, table, type SuiteResult } from './lib';
+import { passthroughSuite, TARGETS_TEXT as PT_TARGETS, workloads as ptWorkloads } from './passthrough';
+
+function arg(name: string, def: string): string {
+  const i = process.argv.indexOf(name);
+  return i > 0 && process.argv[i + 1] ? process.argv[i + 1] : def;
+}
+
+function main(): void {
+  if (process.geteuid?.() !== 0) throw new Error('the benchmark drops caches and mounts kernel overlayfs: run it as root');
+  const rounds = Number(arg('--rounds', '3'));
+  const base = arg('--dir', '/var/tmp/layerfs-bench');
+  const suites = arg('--suite', 'passthrough').split(',');
+  const out: SuiteResult[] = [];
+  const md: string[] = [`# layerfs benchmark ${new Date().toISOString()}`, '', `rounds: ${rounds}, medians; cost = time ratio (or inverse rate ratio): < 1 is faster.`, ''];
+  if (suites.includes('passthrough')) {
+    const r = passthroughSuite(path.join(base, 'passthrough'), rounds);
+    out.push(r);
+    md.push('## Binding: layerfs passthrough vs fuse-overlayfs vs the bare directory', '',
+      table(r, 'layerfs', ['bare dir', 'fuse-overlayfs'], ptWorkloads(base), PT_TARGETS), '');
+  }
+  const text = md.join('\n');
+  process.stdout.write(text + '\n');
+  const dir = path.join(ROOT, 'bench/results');
+  fs.mkdirSync(dir, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  fs.writeFileSync(path.join(dir, `${stamp}.json`), JSON.stringify(out, null, 1));
+  fs.writeFileSync(path.join(dir, `${stamp}.md`), text + '\n');
+}
+
+main();
