@@ -39,17 +39,18 @@ export function buildFixture(base: string): string {
   return tree;
 }
 
+// Each target writes in its own scratch dir: the bare dir and layerfs share one backing tree.
 function scratch(t: Target): string {
-  return path.join(t.dir, 'scratch');
+  return path.join(t.dir, `scratch-${t.name.replace(/[^a-z]/gi, '')}`);
 }
 
 const python = (code: string): string => `python3 -c '${code}'`;
 
 export function workloads(base: string): Workload[] {
   return [
-    { name: 'find cold', unit: 's', prepare: () => dropCaches(), run: (t) => timed(`find ${t.dir} -path '*/scratch' -prune -o -print | wc -l`) },
-    { name: 'find warm', unit: 's', prepare: (t) => void sh(`find ${t.dir} >/dev/null`), run: (t) => timed(`find ${t.dir} -path '*/scratch' -prune -o -print >/dev/null`) },
-    { name: 'stat all warm', unit: 's', prepare: (t) => void sh(`find ${t.dir} -printf '%s\\n' >/dev/null`), run: (t) => timed(`find ${t.dir} -path '*/scratch' -prune -o -printf '%s %m %U\\n' >/dev/null`) },
+    { name: 'find cold', unit: 's', prepare: () => dropCaches(), run: (t) => timed(`find ${t.dir} -path '*/scratch-*' -prune -o -print | wc -l`) },
+    { name: 'find warm', unit: 's', prepare: (t) => void sh(`find ${t.dir} >/dev/null`), run: (t) => timed(`find ${t.dir} -path '*/scratch-*' -prune -o -print >/dev/null`) },
+    { name: 'stat all warm', unit: 's', prepare: (t) => void sh(`find ${t.dir} -printf '%s\\n' >/dev/null`), run: (t) => timed(`find ${t.dir} -path '*/scratch-*' -prune -o -printf '%s %m %U\\n' >/dev/null`) },
     { name: 'readdir 20k dir', unit: 's', prepare: (t) => void sh(`ls -f ${t.dir}/bigdir >/dev/null`), run: (t) => timed(`for i in 1 2 3 4 5; do ls -f ${t.dir}/bigdir >/dev/null; done`) },
     {
       name: 'create 10k', unit: 's',
@@ -62,7 +63,7 @@ export function workloads(base: string): Workload[] {
       prepare: (t) => { fs.rmSync(scratch(t), { recursive: true, force: true }); fs.mkdirSync(scratch(t)); },
       run: (t) => timed(`tar xf ${base}/small.tar -C ${scratch(t)}`),
     },
-    { name: 'tar c tree', unit: 's', prepare: (t) => void sh(`find ${t.dir} >/dev/null`), run: (t) => timed(`tar cf - -C ${t.dir} --exclude=./scratch --exclude=./big1g . | cat >/dev/null`) },
+    { name: 'tar c tree', unit: 's', prepare: (t) => void sh(`find ${t.dir} >/dev/null`), run: (t) => timed(`tar cf - -C ${t.dir} --exclude='./scratch-*' --exclude=./big1g . | cat >/dev/null`) },
     {
       name: 'seq read 1 GiB', unit: 'MiB/s', prepare: (t) => void sh(`cat ${t.dir}/big1g >/dev/null`),
       run: (t) => fio(['--name=sr', `--filename=${t.dir}/big1g`, '--rw=read', '--bs=1M', '--size=1G', '--ioengine=psync', '--invalidate=0']).bw,

@@ -38,14 +38,17 @@ struct job {
 
 struct session_cfg {
   int writeback, splice, readdirplus, cache_symlinks, parallel_dirops, async_dio;
-  int posix_acl, killpriv, debug, max_threads, max_idle;
+  int posix_acl, killpriv, debug, threads, splice_read;
   unsigned max_write, max_readahead;
 };
 
 struct session {
   struct fuse_session *se;
   pthread_t thread;
+  int has_thread;          // worker threads (libfuse mt loop on cloned fds) were started
   int running;
+  uv_poll_t *poll;         // the JS thread's own reader of the session fd
+  struct fuse_buf fbuf;    // request buffer of the JS-thread reader
   struct session_cfg cfg;
 };
 
@@ -95,7 +98,19 @@ static fuse_req_t req_take(napi_env env, napi_value v) {
   return r;
 }
 
+// While the JS thread processes requests it read itself, jobs run at once (no queue, no wake).
+static pthread_t js_thread;
+static int inline_mode;
+static napi_value inline_fn, inline_global;
+static void run_job(napi_env env, napi_value fn, napi_value global, struct job *j);
+static void job_free(struct job *j);
+
 static void enqueue(struct job *j) {
+  if (inline_mode && pthread_equal(pthread_self(), js_thread)) {
+    run_job(js_env, inline_fn, inline_global, j);
+    job_free(j);
+    return;
+  }
   pthread_mutex_lock(&q_lock);
   int was_empty = q_head == NULL;
   if (q_tail) q_tail->next = j; else q_head = j;
@@ -188,7 +203,8 @@ static void op_init(void *userdata, struct fuse_conn_info *conn) {
   struct session_cfg *c = &s->cfg;
   unsigned want = FUSE_CAP_ASYNC_READ | FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_EXPORT_SUPPORT |
                   FUSE_CAP_AUTO_INVAL_DATA;
-  if (c->splice) want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE | FUSE_CAP_SPLICE_READ;
+  if (c->splice) want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+  if (c->splice_read) want |= FUSE_CAP_SPLICE_READ;
   if (c->writeback) want |= FUSE_CAP_WRITEBACK_CACHE;
   if (c->readdirplus) want |= FUSE_CAP_READDIRPLUS;
   if (c->readdirplus == 2) want |= FUSE_CAP_READDIRPLUS_AUTO;
@@ -602,13 +618,56 @@ static void *loop_main(void *arg) {
   struct session *s = arg;
   struct fuse_loop_config *cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_clone_fd(cfg, 1);
-  fuse_loop_cfg_set_idle_threads(cfg, s->cfg.max_idle ? s->cfg.max_idle : 10);
-  fuse_loop_cfg_set_max_threads(cfg, s->cfg.max_threads ? s->cfg.max_threads : 64);
+  fuse_loop_cfg_set_idle_threads(cfg, (unsigned)s->cfg.threads);
+  fuse_loop_cfg_set_max_threads(cfg, (unsigned)s->cfg.threads);
   int res = fuse_session_loop_mt(s->se, cfg);
   fuse_loop_cfg_destroy(cfg);
   struct job *j = job_new(OP_ENDED, NULL, 0);
   if (j) { j->sid = (int)(s - sessions); j->a[4] = res; enqueue(j); }
   return NULL;
+}
+
+// The JS thread's reader: reads what is pending on the session fd (non-blocking) and processes
+// it right here: metadata calls JS directly, data requests are served in C.
+static void poll_closed(uv_handle_t *h) { free(h); }
+
+static void stop_poll(struct session *s) {
+  if (!s->poll) return;
+  uv_poll_stop(s->poll);
+  uv_close((uv_handle_t *)s->poll, poll_closed);
+  s->poll = NULL;
+}
+
+static void on_readable(uv_poll_t *h, int status, int events) {
+  (void)status; (void)events;
+  struct session *s = h->data;
+  napi_env env = js_env;
+  napi_handle_scope hs;
+  napi_open_handle_scope(env, &hs);
+  napi_value resource;
+  napi_get_reference_value(env, js_dispatch, &inline_fn);
+  napi_get_reference_value(env, js_resource, &resource);
+  napi_get_global(env, &inline_global);
+  napi_callback_scope cs;
+  napi_open_callback_scope(env, resource, js_async, &cs);
+  inline_mode = 1;
+  for (int i = 0; i < 256 && s->poll; i++) {
+    int res = fuse_session_receive_buf(s->se, &s->fbuf);
+    if (res == -EAGAIN) break;
+    if (res == -EINTR) continue;
+    if (res <= 0) {  // the kernel ended the connection (unmounted or aborted)
+      stop_poll(s);
+      if (!s->has_thread) {
+        struct job *j = job_new(OP_ENDED, NULL, 0);
+        if (j) { j->sid = (int)(s - sessions); enqueue(j); }
+      }
+      break;
+    }
+    fuse_session_process_buf(s->se, &s->fbuf);
+  }
+  inline_mode = 0;
+  napi_close_callback_scope(env, cs);
+  napi_close_handle_scope(env, hs);
 }
 
 // ---- notifications, sent from their own thread: a notify may block on a kernel lock
@@ -719,8 +778,8 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->cfg.posix_acl = get_int_prop(env, cfg, "posixAcl", 0);
   s->cfg.killpriv = get_int_prop(env, cfg, "killpriv", 0);
   s->cfg.debug = get_int_prop(env, cfg, "debug", 0);
-  s->cfg.max_threads = get_int_prop(env, cfg, "maxThreads", 64);
-  s->cfg.max_idle = get_int_prop(env, cfg, "maxIdleThreads", 10);
+  s->cfg.threads = get_int_prop(env, cfg, "threads", 0);
+  s->cfg.splice_read = get_int_prop(env, cfg, "spliceRead", 0);
   s->cfg.max_write = (unsigned)get_int_prop(env, cfg, "maxWrite", 1 << 20);
   s->cfg.max_readahead = (unsigned)get_int_prop(env, cfg, "maxReadahead", 1 << 20);
   log_debug = s->cfg.debug;
@@ -755,14 +814,27 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   }
   s->running = 1;
   if (live_sessions++ == 0) uv_ref((uv_handle_t *)&wake);
-  if (pthread_create(&s->thread, NULL, loop_main, s) != 0) {
-    s->running = 0;
-    live_sessions--;
-    fuse_session_unmount(s->se);
-    fuse_session_destroy(s->se);
-    s->se = NULL;
-    napi_throw_error(env, NULL, "cannot start the session thread");
-    return NULL;
+  js_thread = pthread_self();
+  int fd = fuse_session_fd(s->se);
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  uv_loop_t *loop;
+  napi_get_uv_event_loop(env, &loop);
+  s->poll = malloc(sizeof(uv_poll_t));
+  s->poll->data = s;
+  uv_poll_init(loop, s->poll, fd);
+  uv_poll_start(s->poll, UV_READABLE, on_readable);
+  if (s->cfg.threads > 0) {
+    if (pthread_create(&s->thread, NULL, loop_main, s) != 0) {
+      stop_poll(s);
+      s->running = 0;
+      live_sessions--;
+      fuse_session_unmount(s->se);
+      fuse_session_destroy(s->se);
+      s->se = NULL;
+      napi_throw_error(env, NULL, "cannot start the session threads");
+      return NULL;
+    }
+    s->has_thread = 1;
   }
   return num(env, sid);
 }
@@ -773,16 +845,6 @@ static struct session *arg_session(napi_env env, napi_value v) {
   return &sessions[sid];
 }
 
-// unmount(sid): detach the mount; the loop ends once the kernel drops the connection.
-static napi_value js_unmount(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  struct session *s = arg_session(env, argv[0]);
-  if (s) fuse_session_unmount(s->se);
-  return NULL;
-}
-
 // destroy(sid): after OP_ENDED: join the loop thread and free the session.
 static napi_value js_destroy(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -790,8 +852,15 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   struct session *s = arg_session(env, argv[0]);
   if (!s) return NULL;
-  pthread_join(s->thread, NULL);
+  stop_poll(s);
+  if (s->has_thread) {
+    fuse_session_exit(s->se);
+    pthread_join(s->thread, NULL);
+    s->has_thread = 0;
+  }
   s->running = 0;
+  free(s->fbuf.mem);
+  s->fbuf.mem = NULL;
   fuse_session_unmount(s->se);
   fuse_session_destroy(s->se);
   s->se = NULL;
@@ -1069,7 +1138,6 @@ napi_value session_init_exports(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "jobArgs", arr);
   export_fn(env, exports, "setDispatcher", js_set_dispatcher);
   export_fn(env, exports, "mount", js_mount);
-  export_fn(env, exports, "unmount", js_unmount);
   export_fn(env, exports, "destroy", js_destroy);
   export_fn(env, exports, "sessionFd", js_session_fd);
   export_fn(env, exports, "replyErr", js_reply_err);

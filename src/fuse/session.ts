@@ -3,7 +3,8 @@
 import { native, type SessionConfig } from '../sys/native';
 import type { DirList } from '../sys/native';
 import { FsError } from '../sys/errors';
-import { E } from '../sys/constants';
+import { spawn } from 'node:child_process';
+import { E, MNT_DETACH } from '../sys/constants';
 import { ST_INO, newStat } from '../sys/stat';
 import type { Caller, Entry, Filesystem, Opened } from './filesystem';
 import { DirentWriter } from './dirents';
@@ -77,9 +78,11 @@ export class Session {
     sessions.set(this.sid, this);
   }
 
-  /** Detaches the mount; `ended` resolves once the kernel lets go of the connection. */
+  /** Detaches the mount; `ended` resolves once the kernel lets go of the connection (the
+   * JS thread keeps serving until then: a busy mount finishes its requests). */
   unmount(): void {
-    native.unmount(this.sid);
+    if (process.geteuid?.() === 0) native.umount2(this.mountpoint, MNT_DETACH);
+    else spawn('fusermount3', ['-u', '-z', this.mountpoint], { stdio: 'ignore' }).on('error', () => {});
   }
 
   invalEntry(parent: number, name: string): void {

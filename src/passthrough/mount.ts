@@ -14,13 +14,16 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
     throw new UsageError((e as Error).message);
   }
   const known = new Set(['ro', 'rw', 'allow_other', 'default_permissions', 'fsname', 'writeback', 'timeout',
-    'direct_read', 'noatime', 'nodev', 'nosuid', 'noexec', 'dev', 'suid', 'exec']);
+    'direct_read', 'threads', 'splice', 'noatime', 'nodev', 'nosuid', 'noexec', 'dev', 'suid', 'exec']);
   for (const k of o.keys()) if (!known.has(k)) process.stderr.write(`layerfs: warning: unknown option ${k} ignored\n`);
-  let writeback: boolean, timeout: number, directRead: boolean;
+  let writeback: boolean, timeout: number, directRead: boolean, threads: number, splice: boolean;
   try {
+    threads = numberOption(o, 'threads', 0);
+    splice = boolOption(o, 'splice', false);
     writeback = boolOption(o, 'writeback', false);  // exact mtimes: the kernel keeps its own under writeback
     directRead = boolOption(o, 'direct_read', false);
-    timeout = numberOption(o, 'timeout', 1);
+    // as fuse-overlayfs: the kernel caches entries and attributes until told otherwise
+    timeout = numberOption(o, 'timeout', 1_000_000);
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
@@ -37,7 +40,7 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
     mountpoint,
     session: {
       mountOptions, entryTimeout: timeout, attrTimeout: timeout, negativeTimeout: timeout,
-      writeback, debug, readdirplus: 2, parallelDirops: false,
+      writeback, debug, readdirplus: 2, parallelDirops: false, threads, splice, asyncDio: true,
     },
   };
 }

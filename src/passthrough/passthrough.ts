@@ -5,7 +5,7 @@
 import { native, type DirList } from '../sys/native';
 import { FsError, check } from '../sys/errors';
 import {
-  AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, E, O_ACCMODE, O_APPEND, O_CREAT,
+  AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, E, O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT,
   O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR, O_WRONLY, RENAME_EXCHANGE, S_IFDIR, S_IFMT,
   UTIME_NOW, UTIME_OMIT,
 } from '../sys/constants';
@@ -272,7 +272,9 @@ export class Passthrough implements Filesystem {
   }
 
   private openFlags(flags: number): number {
-    let f = flags & ~O_CREAT;
+    // O_DIRECT is honoured by the kernel's FUSE layer (no FUSE page cache for that open); the
+    // backing file is read through its own page cache, the one copy every opener shares.
+    let f = flags & ~(O_CREAT | O_DIRECT);
     // With the writeback cache the kernel reads pages back (write-only opens need read access)
     // and handles O_APPEND itself.
     if (this.opts.writeback) {
@@ -309,7 +311,7 @@ export class Passthrough implements Filesystem {
 
   opendir(nodeid: number): DirOpened {
     this.dirFd(this.node(nodeid));
-    return { cacheReaddir: true, keepCache: false };
+    return { cacheReaddir: true, keepCache: true };  // the kernel drops it when the dir changes
   }
 
   readdir(nodeid: number): DirList {

@@ -17,8 +17,9 @@ export interface SessionConfig {
   posixAcl?: boolean;
   killpriv?: boolean;
   debug?: boolean;
-  maxThreads?: number;
-  maxIdleThreads?: number;
+  /** Worker threads reading cloned /dev/fuse fds besides the JS thread's own reader (0: none). */
+  threads?: number;
+  spliceRead?: boolean;
   maxWrite?: number;
   maxReadahead?: number;
 }
@@ -28,7 +29,6 @@ export interface Native {
   jobArgs: Float64Array;
   setDispatcher(fn: (op: number, req: number, s1?: string, s2?: string, buf?: Buffer) => void): void;
   mount(mountpoint: string, args: string[], cfg: SessionConfig): number;
-  unmount(sid: number): void;
   destroy(sid: number): void;
   sessionFd(sid: number): number;
   replyErr(req: number, errno: number): number;
