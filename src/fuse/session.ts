@@ -49,7 +49,29 @@ function dispatch(op: number, req: number, s1?: string, s2?: string, buf?: Buffe
     if (req >= 0) native.replyErr(req, E.ENODEV);
     return;
   }
+  if (trace) {
+    const t = process.hrtime.bigint();
+    s.handle(op, req, s1, s2, buf);
+    const e = trace.get(op) ?? { n: 0, ns: 0n };
+    e.n++;
+    e.ns += process.hrtime.bigint() - t;
+    trace.set(op, e);
+    return;
+  }
   s.handle(op, req, s1, s2, buf);
+}
+
+// LAYERFS_TRACE=1: time spent in JS per operation, printed to stderr on SIGUSR2 and at exit.
+const trace = process.env.LAYERFS_TRACE ? new Map<number, { n: number; ns: bigint }>() : null;
+if (trace) {
+  const dump = (): void => {
+    const names = Object.fromEntries(Object.entries(OP).map(([k, v]) => [v, k]));
+    for (const [op, e] of [...trace].sort((a, b) => Number(b[1].ns - a[1].ns))) {
+      process.stderr.write(`layerfs trace ${names[op] ?? op}: ${e.n} calls, ${(Number(e.ns) / e.n / 1000).toFixed(1)} µs each\n`);
+    }
+  };
+  process.on('SIGUSR2', dump);
+  process.on('exit', dump);
 }
 
 export class Session {
