@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { DAEMON_FLAG, daemonChild, serve, startDaemon, type Mountable } from '../mount/lifecycle';
 import { unmount } from '../mount/unmount';
 import { passthroughMount } from '../passthrough/mount';
+import { overlayCheck, overlayMount } from '../overlay/mount';
 import { UsageError } from '../mount/validate';
 
 function fail(msg: string): never {
@@ -20,12 +21,22 @@ interface MountFlags {
   debug?: boolean;
 }
 
+function checkMount(args: string[], f: MountFlags): void {
+  if (f.passthrough) {
+    buildMount(args, f);  // opens the tree read-only; nothing is changed
+    return;
+  }
+  if (args.length !== 1) throw new UsageError('usage: layerfs mount -o lowerdir=L1:L2,upperdir=U,workdir=W MNT');
+  overlayCheck(args[0], f.options);
+}
+
 function buildMount(args: string[], f: MountFlags): Mountable {
   if (f.passthrough) {
     if (args.length !== 2) throw new UsageError('usage: layerfs mount --passthrough DIR MNT');
     return passthroughMount(args[0], args[1], f.options, !!f.debug);
   }
-  throw new UsageError('layerfs mount: say which mode (--passthrough)');
+  if (args.length !== 1) throw new UsageError('usage: layerfs mount -o lowerdir=L1:L2,upperdir=U,workdir=W MNT');
+  return overlayMount(args[0], f.options, !!f.debug);
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -35,21 +46,26 @@ async function main(argv: string[]): Promise<void> {
     .showHelpAfterError(false);
   program.command('mount')
     .description('mount a layerfs filesystem; returns once the mount answers')
-    .argument('<args...>', 'DIR MNT (passthrough)')
+    .argument('<args...>', 'MNT (overlay: -o lowerdir=...,upperdir=...,workdir=...), or DIR MNT with --passthrough')
     .option('--passthrough', 'mirror DIR at MNT (the binding test bed)')
     .option('-o, --options <opts>', 'mount options, comma-separated (repeatable)', collect, [])
     .option('-f, --foreground', 'serve in the foreground')
     .option('-d, --debug', 'print each request (implies -f)')
     .option(DAEMON_FLAG, '(internal)')
     .action(async (args: string[], f: MountFlags) => {
-      let m: Mountable;
       if (isDaemon) return daemonChild(() => buildMount(args, f));
       try {
-        m = buildMount(args, f);
+        checkMount(args, f);
       } catch (e) {
         fail((e as Error).message);
       }
       if (f.foreground || f.debug) {
+        let m: Mountable;
+        try {
+          m = buildMount(args, f);
+        } catch (e) {
+          fail((e as Error).message);
+        }
         process.exitCode = await serve(m, (msg) => { if (msg !== 'ok') process.stderr.write(`layerfs: ${msg.replace(/^error /, '')}\n`); });
         return;
       }

@@ -25,6 +25,11 @@ export class FdCache<K extends {}> {
     this.lru.delete(key);
   }
 
+  /** Drops every entry whose key matches (a linear scan: only on renames and removals). */
+  deleteWhere(pred: (key: K) => boolean): void {
+    for (const k of [...this.lru.keys()]) if (pred(k)) this.lru.delete(k);
+  }
+
   clear(): void {
     this.lru.clear();
   }

@@ -1,0 +1,150 @@
+// Overlay mount options, with fuse-overlayfs's names and meanings. Unknown options are ignored
+// with a warning (podman passes options it does not know we lack); a bad value of a known
+// option is an error.
+import { boolOption, numberOption, type OptionMap } from '../mount/options';
+import { UsageError } from '../mount/validate';
+
+export interface IdMapping {
+  inside: number;   // id shown through the mount
+  outside: number;  // id stored on disk
+  len: number;
+}
+
+export interface OverlayConfig {
+  lowers: string[];
+  upper: string | null;
+  work: string | null;
+  uidMap: IdMapping[];
+  gidMap: IdMapping[];
+  squashUid: number | null;
+  squashGid: number | null;
+  staticNlink: boolean;
+  noAcl: boolean;
+  fsync: boolean;
+  threads: number;
+  timeout: number;
+  writeback: boolean;
+  noXattrs: boolean;
+  xattrPermissions: 0 | 1 | 2;
+  redirectDir: boolean;
+  ro: boolean;
+  kernelOptions: string[];   // passed on to the kernel mount (allow_other, nodev, ...)
+  fsname: string | null;
+  warnings: string[];
+}
+
+export const MAX_LOWERS = 500;
+
+/** Splits lowerdir on ':' honouring '\:' (and '\\') escapes. */
+export function splitLowerdir(v: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  for (let i = 0; i < v.length; i++) {
+    const c = v[i];
+    if (c === '\\' && i + 1 < v.length) cur += v[++i];
+    else if (c === ':') {
+      out.push(cur);
+      cur = '';
+    } else cur += c;
+  }
+  out.push(cur);
+  return out.filter((s) => s.length > 0);
+}
+
+export function parseIdMapping(key: string, v: string): IdMapping[] {
+  const parts = v.split(':');
+  if (parts.length % 3 !== 0 || parts.some((p) => !/^\d+$/.test(p))) {
+    throw new UsageError(`bad value for option ${key}: ${v} (want INSIDE:OUTSIDE:LENGTH[:...])`);
+  }
+  const out: IdMapping[] = [];
+  for (let i = 0; i < parts.length; i += 3) {
+    const m = { inside: Number(parts[i]), outside: Number(parts[i + 1]), len: Number(parts[i + 2]) };
+    if (m.len === 0) throw new UsageError(`bad value for option ${key}: ${v} (length 0)`);
+    out.push(m);
+  }
+  return out;
+}
+
+const KERNEL_FLAGS = new Set(['allow_other', 'allow_root', 'default_permissions', 'suid', 'nosuid', 'dev', 'nodev',
+  'exec', 'noexec', 'atime', 'noatime', 'relatime', 'norelatime', 'strictatime', 'diratime', 'nodiratime',
+  'sync', 'async', 'dirsync', 'lazytime', 'nolazytime', 'auto', 'noauto', 'user', 'nouser', 'users', '_netdev',
+  'nofail', 'defaults']);
+const PASSED_ON = new Set(['nodev', 'nosuid', 'noexec', 'noatime', 'dirsync', 'sync']);
+const KNOWN_IGNORED = new Set(['context', 'fscontext', 'defcontext', 'rootcontext', 'threaded', 'index', 'xino',
+  'metacopy', 'userxattr', 'uuid', 'nfs_export', 'subtype', 'max_read', 'max_write', 'rw', 'plugins',
+  'x-systemd.automount']);
+
+function bool01(o: OptionMap, key: string, def: boolean): boolean {
+  try {
+    return boolOption(o, key, def);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+function num(o: OptionMap, key: string, def: number): number {
+  try {
+    return numberOption(o, key, def);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+export function overlayConfig(o: OptionMap): OverlayConfig {
+  const warnings: string[] = [];
+  const str = (k: string): string | null => {
+    const v = o.get(k);
+    if (v === undefined) return null;
+    if (v === true) throw new UsageError(`option ${k} needs a value`);
+    return v;
+  };
+  const lowerdir = str('lowerdir');
+  if (!lowerdir) throw new UsageError('no lowerdir given (-o lowerdir=DIR[:DIR...])');
+  const lowers = splitLowerdir(lowerdir);
+  if (lowers.length === 0) throw new UsageError('lowerdir is empty');
+  if (lowers.length > MAX_LOWERS) throw new UsageError(`too many lower layers: ${lowers.length} (at most ${MAX_LOWERS})`);
+  const upper = str('upperdir');
+  const work = str('workdir');
+  if (upper && !work) throw new UsageError('upperdir given without workdir');
+  const xp = num(o, 'xattr_permissions', 0);
+  if (xp !== 0 && xp !== 1 && xp !== 2) throw new UsageError(`bad value for option xattr_permissions: ${xp}`);
+  const rd = o.get('redirect_dir');
+  let redirectDir = true;
+  if (rd !== undefined) {
+    if (rd === 'off' || rd === '0' || rd === 'nofollow') redirectDir = false;
+    else if (rd === 'on' || rd === '1' || rd === 'follow' || rd === true) redirectDir = true;
+    else throw new UsageError(`bad value for option redirect_dir: ${rd}`);
+  }
+  const volatile = o.has('volatile');
+  const squashRoot = o.has('squash_to_root');
+  const squashUid = o.has('squash_to_uid') ? num(o, 'squash_to_uid', 0) : squashRoot ? 0 : null;
+  const squashGid = o.has('squash_to_gid') ? num(o, 'squash_to_gid', 0) : squashRoot ? 0 : null;
+  const threaded = o.get('threaded');
+  const cfg: OverlayConfig = {
+    lowers, upper, work,
+    uidMap: o.has('uidmapping') ? parseIdMapping('uidmapping', String(str('uidmapping'))) : [],
+    gidMap: o.has('gidmapping') ? parseIdMapping('gidmapping', String(str('gidmapping'))) : [],
+    squashUid, squashGid,
+    staticNlink: o.has('static_nlink'),
+    noAcl: o.has('noacl'),
+    fsync: volatile ? false : bool01(o, 'fsync', true),
+    threads: threaded === undefined || threaded === '0' ? 0 : 2,
+    timeout: num(o, 'timeout', 1_000_000),
+    writeback: bool01(o, 'writeback', false),
+    noXattrs: o.has('noxattrs') ? bool01(o, 'noxattrs', true) : false,
+    xattrPermissions: xp as 0 | 1 | 2,
+    redirectDir,
+    ro: o.has('ro'),
+    kernelOptions: [],
+    fsname: o.has('fsname') ? String(o.get('fsname')) : null,
+    warnings,
+  };
+  for (const [k] of o) {
+    if (PASSED_ON.has(k)) cfg.kernelOptions.push(k);
+    const known = ['lowerdir', 'upperdir', 'workdir', 'uidmapping', 'gidmapping', 'squash_to_root', 'squash_to_uid',
+      'squash_to_gid', 'static_nlink', 'noacl', 'fsync', 'volatile', 'timeout', 'writeback', 'noxattrs',
+      'xattr_permissions', 'redirect_dir', 'ro', 'fsname'];
+    if (!known.includes(k) && !KERNEL_FLAGS.has(k) && !KNOWN_IGNORED.has(k)) warnings.push(`unknown option ${k} ignored`);
+  }
+  return cfg;
+}

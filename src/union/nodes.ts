@@ -1,0 +1,49 @@
+// Union nodes: one per object the kernel knows. A node's upper location mirrors the union tree
+// (the upper layer always has the union's layout), so it is derived from its first link; its
+// lower locations are stored at lookup time (lowers never change under the union).
+import { joinPath } from './layers';
+
+export interface LowerRef {
+  layer: number;      // index into the layer table
+  path: string;       // relative path inside that layer
+  xwh: boolean;       // (dirs) may hold kernel xattr whiteouts (opaque="x")
+}
+
+export interface Link {
+  parent: UNode;
+  name: string;
+}
+
+export interface UNode {
+  id: number;
+  links: Link[];              // union names (several for upper hard links); none for the root
+  kids: Map<string, UNode>;   // known children; they keep this node alive
+  type: number;               // S_IFMT bits
+  nlookup: number;
+  upper: boolean;             // present in the upper layer at the union path
+  upperXwh: boolean;          // (dirs) the upper dir holds xattr whiteouts
+  lowers: LowerRef[];         // non-dir: the lower object (if any); dir: lower dirs merged, top first
+  opaque: boolean;            // (dirs) nothing below the upper dir shows
+  ino: number;                // presented st_ino
+}
+
+export function unionPath(n: UNode): string {
+  const l = n.links[0];
+  if (!l) return '';
+  return joinPath(unionPath(l.parent), l.name);
+}
+
+export function attachLink(parent: UNode, name: string, child: UNode): void {
+  if (parent.kids.get(name) === child) return;
+  parent.kids.set(name, child);
+  child.links.push({ parent, name });
+}
+
+/** Removes one name; returns the child it named, if known. */
+export function detachLink(parent: UNode, name: string): UNode | undefined {
+  const child = parent.kids.get(name);
+  if (!child) return undefined;
+  parent.kids.delete(name);
+  child.links = child.links.filter((l) => !(l.parent === parent && l.name === name));
+  return child;
+}

@@ -1,0 +1,816 @@
+// The union engine: overlayfs semantics over an upper layer and read-only lowers. Lookup goes
+// top-down; a non-directory hides everything below it; directories merge until an opaque one.
+// Writes go to the upper layer after a copy-up; removals of lower objects leave whiteouts.
+import { native, type DirList } from '../sys/native';
+import { FsError, check } from '../sys/errors';
+import {
+  AT_EMPTY_PATH, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, E, O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT, O_DIRECTORY,
+  O_EXCL, O_NOFOLLOW, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT,
+  S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, UTIME_NOW, UTIME_OMIT,
+} from '../sys/constants';
+import { ST_INO, ST_MODE, ST_NLINK, STATFS_LEN, newStat, type Stat } from '../sys/stat';
+import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Opened, SetAttr } from '../fuse/filesystem';
+import { ROOT_ID, SETATTR } from '../fuse/ops';
+import { asCaller, type Identity } from '../sys/identity';
+import { LayerDirs, baseName, dirName, joinPath, type Layer } from './layers';
+import { attachLink, detachLink, unionPath, type LowerRef, type UNode } from './nodes';
+import {
+  WH_OPQ, WH_PREFIX, dirOpacity, isCharWhiteout, isHiddenName, isXattrWhiteout, probe, procPath,
+  type WhiteoutFormat,
+} from './whiteout';
+import { isPrivateXattr, ORIGIN_XATTRS, REDIRECT_XATTRS, xattrNames, type XattrNames } from './xattrs';
+import { buildCopy, keepTimes } from './copyup';
+import { fdBudget } from '../sys/fdcache';
+
+export interface UnionOptions {
+  format: WhiteoutFormat;
+  redirectDir: boolean;   // rename lower dirs with a redirect (else EXDEV)
+  fsync: boolean;         // false: volatile, fsync is a no-op and copy-ups are not synced
+  writeback: boolean;
+  noXattrs: boolean;
+  staticNlink: boolean;
+}
+
+const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
+const UPPER = 0;
+
+export class Union implements Filesystem {
+  readonly layers: Layer[];
+  private readonly hasUpper: boolean;
+  private readonly lowerStart: number;
+  private readonly dirs: LayerDirs;
+  private readonly workFd: number;
+  private readonly x: XattrNames;
+  private readonly nodes = new Map<number, UNode>();
+  private readonly root: UNode;
+  private nextId = ROOT_ID + 1;
+  private tmpSeq = 0;
+
+  /** layers: the upper first when there is one (writable), then the lowers top to bottom. */
+  constructor(layers: Layer[], workFd: number, private readonly opts: UnionOptions,
+    private readonly id: Identity, fdLimit: number) {
+    this.layers = layers;
+    this.hasUpper = layers.length > 0 && layers[0].writable;
+    this.lowerStart = this.hasUpper ? 1 : 0;
+    this.workFd = workFd;
+    this.dirs = new LayerDirs(layers, fdBudget(fdLimit));
+    this.x = xattrNames(opts.format.ns);
+    this.root = this.newNode(ROOT_ID, S_IFDIR);
+    this.root.nlookup = 1;
+    this.resolveRoot();
+  }
+
+  // ---- nodes ----
+
+  private newNode(id: number, type: number): UNode {
+    const n: UNode = { id, links: [], kids: new Map(), type, nlookup: 0, upper: false, upperXwh: false, lowers: [], opaque: false, ino: 0 };
+    this.nodes.set(id, n);
+    return n;
+  }
+
+  private node(id: number): UNode {
+    const n = this.nodes.get(id);
+    if (!n) throw new FsError(E.ESTALE);
+    return n;
+  }
+
+  private resolveRoot(): void {
+    const r = this.root;
+    const st = newStat();
+    if (this.hasUpper) {
+      r.upper = true;
+      const o = dirOpacity(this.layers[UPPER].fd, '');
+      r.opaque = o.opaque;
+      r.upperXwh = o.xwhiteouts;
+    }
+    if (!r.opaque) {
+      for (let i = this.lowerStart; i < this.layers.length; i++) {
+        const o = dirOpacity(this.layers[i].fd, '');
+        r.lowers.push({ layer: i, path: '', xwh: o.xwhiteouts });
+        if (o.opaque) break;
+      }
+    }
+    check(native.fstatat(this.layers[r.upper ? UPPER : r.lowers[0].layer].fd, '', AT_EMPTY_PATH | NOFOLLOW, st));
+    r.ino = r.lowers.length ? this.topLowerIno(r) : this.mapIno(UPPER, st[ST_INO]);
+  }
+
+  private maybeFree(n: UNode): void {
+    if (n === this.root || n.nlookup > 0 || n.kids.size > 0) return;
+    this.nodes.delete(n.id);
+    const links = n.links;
+    n.links = [];
+    for (const l of links) {
+      if (l.parent.kids.get(l.name) === n) l.parent.kids.delete(l.name);
+      this.maybeFree(l.parent);
+    }
+  }
+
+  /** Removes a name from the tree (the object is gone or moved); frees what nobody holds. */
+  private dropName(parent: UNode, name: string): UNode | undefined {
+    const child = detachLink(parent, name);
+    if (child) {
+      if (child.type === S_IFDIR && child.upper) this.dirs.forget(UPPER, joinPath(unionPath(parent), name));
+      this.maybeFree(child);
+    }
+    return child;
+  }
+
+  // ---- inode numbers ----
+
+  /** A layer's st_ino made unique in the union: layers on other filesystems move up by 2^32 steps. */
+  private mapIno(layer: number, ino: number): number {
+    const fs = this.layers[layer].fsIndex;
+    return fs === 0 ? ino : ino + fs * 0x100000000;
+  }
+
+  private topLowerIno(n: UNode): number {
+    const l = n.lowers[0];
+    const st = newStat();
+    const fd = this.dirs.tryFd(l.layer, dirName(l.path));
+    if (fd < 0 || native.fstatat(fd, l.path ? baseName(l.path) : '', l.path ? NOFOLLOW : AT_EMPTY_PATH | NOFOLLOW, st) < 0) return 0;
+    return this.mapIno(l.layer, st[ST_INO]);
+  }
+
+  private originIno(dirfd: number, name: string): number {
+    for (const a of ORIGIN_XATTRS) {
+      const v = native.getxattr(procPath(dirfd, name), a, name ? 0 : 1);
+      if (typeof v !== 'number') {
+        const n = Number(v.toString('utf8'));
+        if (Number.isFinite(n) && n > 0) return n;
+      }
+    }
+    return 0;
+  }
+
+  // ---- where a node lives ----
+
+  private upperDirFd(n: UNode): number {
+    return this.dirs.fd(UPPER, unionPath(n));
+  }
+
+  /** (dirfd, name) of the node's top object: upper if present, else its lower. */
+  private top(n: UNode): { dirfd: number; name: string; layer: number } {
+    if (n === this.root) {
+      const layer = n.upper ? UPPER : n.lowers[0].layer;
+      return { dirfd: this.layers[layer].fd, name: '', layer };
+    }
+    if (n.upper) {
+      const l = n.links[0];
+      if (!l) throw new FsError(E.ESTALE);
+      return { dirfd: this.upperDirFd(l.parent), name: l.name, layer: UPPER };
+    }
+    const lo = n.lowers[0];
+    if (!lo) throw new FsError(E.ESTALE);
+    return { dirfd: this.dirs.fd(lo.layer, dirName(lo.path)), name: baseName(lo.path), layer: lo.layer };
+  }
+
+  private statTop(n: UNode, st: Stat): void {
+    const t = this.top(n);
+    check(native.fstatat(t.dirfd, t.name, t.name ? NOFOLLOW : AT_EMPTY_PATH | NOFOLLOW, st));
+  }
+
+  /** The attributes shown for a node. */
+  private attrs(n: UNode, st = newStat()): Stat {
+    this.statTop(n, st);
+    this.present(n, st);
+    return st;
+  }
+
+  private present(n: UNode, st: Stat): void {
+    st[ST_INO] = n.ino;
+    if (n.type === S_IFDIR && (this.opts.staticNlink || (n.lowers.length > 0 && (n.upper || n.lowers.length > 1)))) {
+      st[ST_NLINK] = 1;  // a merged directory: the kernel's overlayfs reports 1 as well
+    }
+  }
+
+  // ---- lookup ----
+
+  private lookupIn(p: UNode, name: string): { st: Stat; upper: boolean; lowers: LowerRef[]; type: number; opaque: boolean; upperXwh: boolean; ino: number } | null {
+    if (isHiddenName(name)) return null;
+    const st = newStat();
+    let found = false, upper = false, type = 0, opaque = false, upperXwh = false, ino = 0;
+    let redirect: string | null = null;
+    const lowers: LowerRef[] = [];
+    if (p.upper) {
+      const ufd = this.upperDirFd(p);
+      const pr = probe(ufd, name, st, p.upperXwh);
+      if (pr === 'whiteout') return null;
+      if (pr === 'found') {
+        found = upper = true;
+        type = st[ST_MODE] & S_IFMT;
+        ino = this.originIno(ufd, name) || this.mapIno(UPPER, st[ST_INO]);
+        if (type !== S_IFDIR) return { st, upper, lowers, type, opaque, upperXwh, ino };
+        const o = dirOpacity(ufd, name);
+        opaque = o.opaque;
+        upperXwh = o.xwhiteouts;
+        if (opaque || p.opaque) return { st, upper, lowers, type, opaque: true, upperXwh, ino };
+        redirect = this.readRedirect(ufd, name);
+      }
+    }
+    if (p.opaque) return found ? { st, upper, lowers, type, opaque, upperXwh, ino } : null;
+    const lst = newStat();
+    for (const ref of p.lowers) {
+      const path = redirect !== null
+        ? (redirect.startsWith('/') ? redirect.slice(1) : joinPath(dirName(joinPath(ref.path, name)), redirect))
+        : joinPath(ref.path, name);
+      const pfd = this.dirs.tryFd(ref.layer, dirName(path));
+      if (pfd < 0) continue;
+      const pr = probe(pfd, baseName(path), lst, redirect === null && ref.xwh);
+      if (pr === 'whiteout') break;
+      if (pr === 'none') continue;
+      const t = lst[ST_MODE] & S_IFMT;
+      if (!found) {
+        found = true;
+        type = t;
+        st.set(lst);
+        ino = this.mapIno(ref.layer, lst[ST_INO]);
+        if (t !== S_IFDIR) {
+          lowers.push({ layer: ref.layer, path, xwh: false });
+          break;
+        }
+      } else if (t !== S_IFDIR || type !== S_IFDIR) break;
+      if (!upper && lowers.length === 0) ino = this.mapIno(ref.layer, lst[ST_INO]);
+      const o = dirOpacity(pfd, baseName(path));
+      lowers.push({ layer: ref.layer, path, xwh: o.xwhiteouts });
+      if (o.opaque) break;
+      const r = this.readRedirect(pfd, baseName(path));
+      if (r !== null) redirect = r;
+    }
+    if (!found) return null;
+    if (upper && type === S_IFDIR && lowers.length && ino === this.mapIno(UPPER, st[ST_INO])) {
+      // a merged dir with no recorded origin shows the upper's ino (as the kernel does)
+    }
+    return { st, upper, lowers, type, opaque, upperXwh, ino };
+  }
+
+  private readRedirect(dirfd: number, name: string): string | null {
+    for (const a of REDIRECT_XATTRS) {
+      const v = native.getxattr(procPath(dirfd, name), a, 0);
+      if (typeof v !== 'number' && v.length) return v.toString('utf8');
+    }
+    return null;
+  }
+
+  private entry(p: UNode, name: string): { node: UNode; st: Stat } | null {
+    const r = this.lookupIn(p, name);
+    if (!r) {
+      this.dropName(p, name);
+      return null;
+    }
+    let n = p.kids.get(name);
+    if (n && (n.type !== r.type || n.ino !== r.ino)) {
+      this.dropName(p, name);
+      n = undefined;
+    }
+    if (!n) {
+      n = this.newNode(this.nextId++, r.type);
+      attachLink(p, name, n);
+    }
+    n.upper = r.upper;
+    n.lowers = r.lowers;
+    n.opaque = r.opaque;
+    n.upperXwh = r.upperXwh;
+    n.ino = r.ino;
+    this.present(n, r.st);
+    return { node: n, st: r.st };
+  }
+
+  private reply(e: { node: UNode; st: Stat }): Entry {
+    e.node.nlookup++;
+    return { nodeid: e.node.id, attr: e.st };
+  }
+
+  lookup(parent: number, name: string): Entry | null {
+    const e = this.entry(this.node(parent), name);
+    return e ? this.reply(e) : null;
+  }
+
+  forget(nodeid: number, nlookup: number): void {
+    const n = this.nodes.get(nodeid);
+    if (!n || n === this.root) return;
+    n.nlookup = Math.max(0, n.nlookup - nlookup);
+    this.maybeFree(n);
+  }
+
+  getattr(nodeid: number): AttrReply {
+    const n = this.node(nodeid);
+    try {
+      return { attr: this.attrs(n) };
+    } catch (e) {
+      // an unlinked file that is still open: its handles still know it
+      const hs = native.handlesOf(n.id);
+      const st = newStat();
+      if (hs.length && native.fstatat(native.handleFd(hs[0]), '', AT_EMPTY_PATH, st) === 0) {
+        this.present(n, st);
+        return { attr: st };
+      }
+      throw e;
+    }
+  }
+
+  // ---- copy-up ----
+
+  private tmpName(): string {
+    return `#lfs-${process.pid}-${++this.tmpSeq}`;
+  }
+
+  private requireUpper(): void {
+    if (!this.hasUpper) throw new FsError(E.EROFS);
+  }
+
+  /** Makes sure a directory node exists in the upper layer (copying up its parents first). */
+  private ensureUpperDir(n: UNode): void {
+    this.requireUpper();
+    if (n.upper) return;
+    this.copyUp(n, false);
+  }
+
+  /** Copies a lower object up; open handles on it are re-targeted to the copy. */
+  private copyUp(n: UNode, skipData: boolean): void {
+    this.requireUpper();
+    if (n.upper) return;
+    const l = n.links[0];
+    if (!l) throw new FsError(E.ESTALE);
+    this.ensureUpperDir(l.parent);
+    const lo = n.lowers[0];
+    const src = { dirfd: this.dirs.fd(lo.layer, dirName(lo.path)), name: baseName(lo.path), st: newStat() };
+    check(native.fstatat(src.dirfd, src.name, NOFOLLOW, src.st));
+    const tmp = this.tmpName();
+    buildCopy(src, {
+      workFd: this.workFd, tmp, sync: this.opts.fsync, originXattr: this.x.origin, originIno: n.ino, skipData,
+    });
+    const pfd = this.upperDirFd(l.parent);
+    const r = keepTimes(pfd, () => native.renameat2(this.workFd, tmp, pfd, l.name, RENAME_NOREPLACE));
+    if (r < 0) {
+      native.unlinkat(this.workFd, tmp, n.type === S_IFDIR ? AT_REMOVEDIR : 0);
+      throw new FsError(-r);
+    }
+    n.upper = true;
+    if (n.type === S_IFREG) this.retargetHandles(n);
+  }
+
+  /** Handles opened on the lower file now read the upper copy (the kernel got this wrong for years). */
+  private retargetHandles(n: UNode): void {
+    const hs = native.handlesOf(n.id);
+    if (!hs.length) return;
+    const t = this.top(n);
+    for (let i = 0; i < hs.length; i += 2) {
+      const flags = (hs[i + 1] & ~(O_CREAT | O_EXCL | O_TRUNC | O_DIRECT)) | O_NOFOLLOW;
+      const fd = native.openat(t.dirfd, t.name, flags, 0);
+      if (fd >= 0 && native.retarget(hs[i], fd) < 0) native.close(fd);
+    }
+  }
+
+  // ---- creation ----
+
+  /** Does any lower layer show `name` under p (respecting whiteouts and opaque dirs)? */
+  private lowerHas(p: UNode, name: string): boolean {
+    if (p.opaque) return false;
+    const st = newStat();
+    for (const ref of p.lowers) {
+      const pfd = this.dirs.tryFd(ref.layer, ref.path);
+      if (pfd < 0) continue;
+      const pr = probe(pfd, name, st, ref.xwh);
+      if (pr === 'whiteout') return false;
+      if (pr === 'found') return true;
+    }
+    return false;
+  }
+
+  /**
+   * Creates an object at p/name in the upper layer as the caller. Over a whiteout the object
+   * is built in the work dir and swapped in atomically; a new directory there is made opaque.
+   */
+  private createUpper(p: UNode, name: string, type: number, caller: Caller, make: (dirfd: number, at: string) => number): number {
+    this.ensureUpperDir(p);
+    const pfd = this.upperDirFd(p);
+    const st = newStat();
+    const overChar = native.fstatat(pfd, name, NOFOLLOW, st) === 0 && isCharWhiteout(st);
+    const overWh = !overChar && native.fstatat(pfd, WH_PREFIX + name, NOFOLLOW, st) === 0;
+    const opaqueNeeded = type === S_IFDIR && (overChar || overWh || this.lowerHas(p, name));
+    if (!overChar) {
+      const r = asCaller(this.id, caller, () => make(pfd, name));
+      if (r < 0) throw new FsError(-r);
+      if (opaqueNeeded) this.setOpaque(pfd, name);
+      if (overWh) native.unlinkat(pfd, WH_PREFIX + name, 0);
+      return r;
+    }
+    const tmp = this.tmpName();
+    const r = asCaller(this.id, caller, () => make(this.workFd, tmp));
+    if (r < 0) throw new FsError(-r);
+    try {
+      if (opaqueNeeded) this.setOpaque(this.workFd, tmp);
+      if (type === S_IFDIR) {
+        check(native.renameat2(this.workFd, tmp, pfd, name, RENAME_EXCHANGE));
+        native.unlinkat(this.workFd, tmp, 0);  // the whiteout, swapped out
+      } else {
+        check(native.renameat2(this.workFd, tmp, pfd, name, 0));
+      }
+    } catch (e) {
+      native.unlinkat(this.workFd, tmp, type === S_IFDIR ? AT_REMOVEDIR : 0);
+      if (r > 0 && type === S_IFREG) native.close(r);
+      throw e;
+    }
+    return r;
+  }
+
+  private setOpaque(dirfd: number, name: string): void {
+    check(native.setxattr(procPath(dirfd, name), this.x.opaque, Buffer.from('y'), 0, 0));
+  }
+
+  private made(p: UNode, name: string): Entry {
+    const e = this.entry(p, name);
+    if (!e) throw new FsError(E.EIO);
+    return this.reply(e);
+  }
+
+  mknod(parent: number, name: string, mode: number, rdev: number, caller: Caller): Entry {
+    const p = this.node(parent);
+    this.createUpper(p, name, mode & S_IFMT, caller, (fd, at) => native.mknodat(fd, at, mode, rdev));
+    return this.made(p, name);
+  }
+
+  mkdir(parent: number, name: string, mode: number, caller: Caller): Entry {
+    const p = this.node(parent);
+    this.createUpper(p, name, S_IFDIR, caller, (fd, at) => native.mkdirat(fd, at, mode));
+    return this.made(p, name);
+  }
+
+  symlink(target: string, parent: number, name: string, caller: Caller): Entry {
+    const p = this.node(parent);
+    this.createUpper(p, name, S_IFLNK, caller, (fd, at) => native.symlinkat(target, fd, at));
+    return this.made(p, name);
+  }
+
+  create(parent: number, name: string, mode: number, flags: number, caller: Caller): { entry: Entry; opened: Opened } {
+    const p = this.node(parent);
+    const fd = this.createUpper(p, name, S_IFREG, caller, (dfd, at) =>
+      native.openat(dfd, at, this.openFlags(flags) | O_CREAT | O_EXCL, mode));
+    try {
+      const entry = this.made(p, name);
+      return { entry, opened: { fd, noSync: !this.opts.fsync } };
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+  }
+
+  link(nodeid: number, newparent: number, newname: string, caller: Caller): Entry {
+    const n = this.node(nodeid), q = this.node(newparent);
+    this.copyUp(n, false);
+    const t = this.top(n);
+    this.createUpper(q, newname, n.type, caller, (fd, at) => native.linkat(t.dirfd, t.name, fd, at, 0));
+    const e = this.made(q, newname);
+    return e;
+  }
+
+  // ---- removal ----
+
+  /** Leaves a whiteout at p/name (p is in the upper layer); `present`: an upper object is there now. */
+  private whiteout(p: UNode, name: string, present: boolean, isDir: boolean): void {
+    const pfd = this.upperDirFd(p);
+    if (this.opts.format.charDevice) {
+      const tmp = this.tmpName();
+      if (present && !isDir && native.renameat2(pfd, name, this.workFd, tmp, RENAME_WHITEOUT) === 0) {
+        native.unlinkat(this.workFd, tmp, 0);  // the old upper file (open handles keep it alive)
+        return;
+      }
+      if (present) this.removeUpper(pfd, name, isDir);
+      check(native.mknodat(pfd, name, S_IFCHR, 0));
+      return;
+    }
+    if (present) this.removeUpper(pfd, name, isDir);
+    const fd = check(native.openat(pfd, WH_PREFIX + name, O_CREAT | O_WRONLY | O_NOFOLLOW, 0o600));
+    native.close(fd);
+  }
+
+  /** Removes an upper object; a directory (holding only whiteouts) through the work dir. */
+  private removeUpper(pfd: number, name: string, isDir: boolean): void {
+    if (!isDir) {
+      check(native.unlinkat(pfd, name, 0));
+      return;
+    }
+    const r = native.unlinkat(pfd, name, AT_REMOVEDIR);
+    if (r === 0) return;
+    if (r !== -E.ENOTEMPTY) throw new FsError(-r);
+    const tmp = this.tmpName();
+    check(native.renameat2(pfd, name, this.workFd, tmp, 0));
+    removeTree(this.workFd, tmp);
+  }
+
+  unlink(parent: number, name: string): void {
+    this.requireUpper();
+    const p = this.node(parent);
+    const e = this.entry(p, name);
+    if (!e) throw new FsError(E.ENOENT);
+    if (e.node.type === S_IFDIR) throw new FsError(E.EISDIR);
+    this.ensureUpperDir(p);
+    const needWh = e.node.lowers.length > 0 || this.lowerHas(p, name);
+    if (needWh) this.whiteout(p, name, e.node.upper, false);
+    else check(native.unlinkat(this.upperDirFd(p), name, 0));
+    this.dropName(p, name);
+  }
+
+  rmdir(parent: number, name: string): void {
+    this.requireUpper();
+    const p = this.node(parent);
+    const e = this.entry(p, name);
+    if (!e) throw new FsError(E.ENOENT);
+    const n = e.node;
+    if (n.type !== S_IFDIR) throw new FsError(E.ENOTDIR);
+    if (this.listNames(n).length > 0) throw new FsError(E.ENOTEMPTY);
+    this.ensureUpperDir(p);
+    const needWh = n.lowers.length > 0 || this.lowerHas(p, name);
+    if (needWh) this.whiteout(p, name, n.upper, true);
+    else this.removeUpper(this.upperDirFd(p), name, true);
+    this.dropName(p, name);
+  }
+
+  // ---- rename ----
+
+  rename(parent: number, name: string, newparent: number, newname: string, flags: number): void {
+    this.requireUpper();
+    const p = this.node(parent), q = this.node(newparent);
+    const src = this.entry(p, name);
+    if (!src) throw new FsError(E.ENOENT);
+    const dst = this.entry(q, newname);
+    if (flags & RENAME_NOREPLACE && dst) throw new FsError(E.EEXIST);
+    if (flags & RENAME_EXCHANGE && !dst) throw new FsError(E.ENOENT);
+    const s = src.node, d = dst?.node;
+    if (s === d) return;
+    if (d && !(flags & RENAME_EXCHANGE)) {
+      if (s.type === S_IFDIR && d.type !== S_IFDIR) throw new FsError(E.ENOTDIR);
+      if (s.type !== S_IFDIR && d.type === S_IFDIR) throw new FsError(E.EISDIR);
+      if (d.type === S_IFDIR && this.listNames(d).length > 0) throw new FsError(E.ENOTEMPTY);
+    }
+    this.prepareMove(s);
+    if (d && flags & RENAME_EXCHANGE) this.prepareMove(d);
+    this.ensureUpperDir(q);
+    this.ensureUpperDir(p);
+    const pfd = this.upperDirFd(p), qfd = this.upperDirFd(q);
+    const oldPath = joinPath(unionPath(p), name), newPath = joinPath(unionPath(q), newname);
+    if (flags & RENAME_EXCHANGE) {
+      check(native.renameat2(pfd, name, qfd, newname, RENAME_EXCHANGE));
+    } else {
+      // the name left behind needs a whiteout when a lower layer still has it
+      const srcLower = this.lowerHas(p, name);
+      if (d && d.type === S_IFDIR && d.upper) {
+        // replacing a (union-empty) directory: clear whiteouts left inside the upper one
+        this.removeUpper(qfd, newname, true);
+      }
+      const destLower = d ? d.lowers.length > 0 || this.lowerHas(q, newname) : this.lowerHas(q, newname);
+      if (s.type === S_IFDIR && destLower && s.lowers.length === 0) this.setOpaque(pfd, name);
+      if (srcLower && this.opts.format.charDevice) {
+        const r = native.renameat2(pfd, name, qfd, newname, RENAME_WHITEOUT);
+        if (r === -E.EINVAL || r === -E.EPERM) {
+          check(native.renameat2(pfd, name, qfd, newname, 0));
+          check(native.mknodat(pfd, name, S_IFCHR, 0));
+        } else check(r);
+      } else {
+        check(native.renameat2(pfd, name, qfd, newname, 0));
+        if (srcLower) this.whiteoutFile(pfd, name);
+      }
+    }
+    if (s.type === S_IFDIR) this.dirs.forget(UPPER, oldPath);
+    if (d?.type === S_IFDIR) this.dirs.forget(UPPER, newPath);
+    // the tree follows
+    detachLink(p, name);
+    const gone = detachLink(q, newname);
+    attachLink(q, newname, s);
+    if (gone && flags & RENAME_EXCHANGE) attachLink(p, name, gone);
+    else if (gone) this.maybeFree(gone);
+  }
+
+  private whiteoutFile(pfd: number, name: string): void {
+    const fd = check(native.openat(pfd, WH_PREFIX + name, O_CREAT | O_WRONLY | O_NOFOLLOW, 0o600));
+    native.close(fd);
+  }
+
+  /** Before a move: files are copied up; a directory with lower parts gets a redirect. */
+  private prepareMove(n: UNode): void {
+    if (n.type !== S_IFDIR) {
+      this.copyUp(n, false);
+      return;
+    }
+    if (n.lowers.length === 0) return;
+    if (!this.opts.redirectDir) throw new FsError(E.EXDEV);
+    const had = n.upper;
+    this.ensureUpperDir(n);
+    const l = n.links[0];
+    const pfd = this.upperDirFd(l.parent);
+    if (!had || this.readRedirect(pfd, l.name) === null) {
+      // absolute, from the layer root, as the kernel writes it
+      check(native.setxattr(procPath(pfd, l.name), this.x.redirect, Buffer.from('/' + n.lowers[0].path), 0, 0));
+    }
+  }
+
+  // ---- attributes ----
+
+  setattr(nodeid: number, s: SetAttr): AttrReply {
+    const n = this.node(nodeid);
+    const v = s.valid;
+    this.copyUp(n, (v & SETATTR.SIZE) !== 0 && s.size === 0 && !s.fh);
+    const t = this.top(n);
+    const fl = t.name ? NOFOLLOW : AT_EMPTY_PATH | NOFOLLOW;
+    if (v & SETATTR.MODE) check(native.fchmodat(t.dirfd, t.name, s.mode, fl));
+    if (v & (SETATTR.UID | SETATTR.GID)) {
+      check(native.fchownat(t.dirfd, t.name, v & SETATTR.UID ? s.uid : -1, v & SETATTR.GID ? s.gid : -1, fl));
+    }
+    if (v & SETATTR.SIZE) {
+      const hfd = s.fh ? native.handleFd(s.fh) : -1;
+      if (hfd >= 0) check(native.ftruncate(hfd, s.size));
+      else {
+        const fd = check(native.openat(t.dirfd, t.name, O_WRONLY | O_NOFOLLOW, 0));
+        const r = native.ftruncate(fd, s.size);
+        native.close(fd);
+        check(r);
+      }
+    }
+    if (v & (SETATTR.ATIME | SETATTR.MTIME)) {
+      const ans = v & SETATTR.ATIME_NOW ? UTIME_NOW : v & SETATTR.ATIME ? s.atimeNs : UTIME_OMIT;
+      const mns = v & SETATTR.MTIME_NOW ? UTIME_NOW : v & SETATTR.MTIME ? s.mtimeNs : UTIME_OMIT;
+      if (t.name) check(native.utimensat(t.dirfd, t.name, s.atime, ans, s.mtime, mns, NOFOLLOW));
+      else check(native.utimensat(-100, procPath(t.dirfd, ''), s.atime, ans, s.mtime, mns, 0));
+    }
+    return { attr: this.attrs(n) };
+  }
+
+  readlink(nodeid: number): string {
+    const t = this.top(this.node(nodeid));
+    const r = native.readlinkat(t.dirfd, t.name);
+    if (typeof r === 'number') throw new FsError(-r);
+    return r;
+  }
+
+  // ---- files ----
+
+  private openFlags(flags: number): number {
+    let f = flags & ~(O_CREAT | O_EXCL | O_DIRECT);
+    if (this.opts.writeback) {
+      if ((f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
+      f &= ~O_APPEND;
+    }
+    return f | O_NOFOLLOW;
+  }
+
+  open(nodeid: number, flags: number): Opened {
+    const n = this.node(nodeid);
+    const writing = (flags & O_ACCMODE) !== O_RDONLY || (flags & O_TRUNC) !== 0;
+    if (writing) this.copyUp(n, (flags & O_TRUNC) !== 0);
+    const t = this.top(n);
+    const fd = check(native.openat(t.dirfd, t.name, this.openFlags(flags), 0));
+    // a lower file never changes: its page cache stays valid across opens
+    return { fd, keepCache: !n.upper, noSync: !this.opts.fsync };
+  }
+
+  // ---- directories ----
+
+  opendir(nodeid: number): DirOpened {
+    this.node(nodeid);
+    return { cacheReaddir: true, keepCache: true };
+  }
+
+  /** The merged listing of a directory node: names, presented inos, d_types. */
+  readdir(nodeid: number): DirList {
+    const n = this.node(nodeid);
+    const names: string[] = ['.', '..'];
+    const inos: number[] = [n.ino, n.links[0] ? n.links[0].parent.ino : n.ino];
+    const types: number[] = [4, 4];
+    this.merge(n, (name, ino, type) => {
+      names.push(name);
+      inos.push(ino);
+      types.push(type);
+    });
+    return { names, inos: Float64Array.from(inos), types: Uint8Array.from(types) };
+  }
+
+  private listNames(n: UNode): string[] {
+    const out: string[] = [];
+    this.merge(n, (name) => out.push(name), true);
+    return out;
+  }
+
+  /** Walks the layers of a directory top-down, applying whiteouts and opaque dirs. */
+  private merge(n: UNode, emit: (name: string, ino: number, type: number) => void, namesOnly = false): void {
+    const seen = new Set<string>();
+    const st = newStat();
+    const sources: { layer: number; fd: number; xwh: boolean }[] = [];
+    if (n.upper) {
+      const fd = this.dirs.tryFd(UPPER, unionPath(n));
+      if (fd >= 0) sources.push({ layer: UPPER, fd, xwh: n.upperXwh });
+    }
+    if (!n.opaque) {
+      for (const l of n.lowers) {
+        const fd = this.dirs.tryFd(l.layer, l.path);
+        if (fd >= 0) sources.push({ layer: l.layer, fd, xwh: l.xwh });
+      }
+    }
+    for (const src of sources) {
+      const list = native.readdir(src.fd);
+      if (typeof list === 'number') throw new FsError(-list);
+      const { names, inos, types } = list;
+      for (let i = 0; i < names.length; i++) {
+        const name = names[i];
+        if (name === '.' || name === '..' || seen.has(name)) continue;
+        if (name.startsWith(WH_PREFIX)) {
+          if (name !== WH_OPQ && !name.startsWith('.wh..wh.')) seen.add(name.slice(WH_PREFIX.length));
+          continue;
+        }
+        seen.add(name);
+        let type = types[i];
+        if (type === 2 /* DT_CHR */ || type === 0 /* DT_UNKNOWN */ || (src.xwh && type === 8)) {
+          if (native.fstatat(src.fd, name, NOFOLLOW, st) !== 0) continue;
+          if (isCharWhiteout(st)) continue;
+          if (src.xwh && isXattrWhiteout(src.fd, name, st)) continue;
+          type = (st[ST_MODE] & S_IFMT) >> 12;
+        }
+        if (namesOnly) {
+          emit(name, 0, type);
+          continue;
+        }
+        const ino = src.layer === UPPER
+          ? this.originIno(src.fd, name) || this.mapIno(UPPER, inos[i])
+          : this.mapIno(src.layer, inos[i]);
+        emit(name, ino, type);
+      }
+    }
+  }
+
+  fsyncdir(nodeid: number, datasync: boolean): void {
+    const n = this.node(nodeid);
+    if (!n.upper || !this.opts.fsync) return;
+    const fd = check(native.openat(this.upperDirFd(n), '.', O_RDONLY | O_DIRECTORY, 0));
+    const r = native.fsync(fd, datasync ? 1 : 0);
+    native.close(fd);
+    check(r);
+  }
+
+  statfs(): Float64Array {
+    const out = new Float64Array(STATFS_LEN);
+    check(native.fstatvfs(this.layers[0].fd, out));
+    return out;
+  }
+
+  // ---- xattrs (the union's own are never shown) ----
+
+  private xpath(n: UNode): { path: string; follow: number } {
+    const t = this.top(n);
+    return { path: procPath(t.dirfd, t.name), follow: t.name ? 0 : 1 };
+  }
+
+  setxattr(nodeid: number, name: string, value: Buffer, flags: number): void {
+    if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
+    if (isPrivateXattr(name)) throw new FsError(E.EPERM);
+    const n = this.node(nodeid);
+    this.copyUp(n, false);
+    const { path, follow } = this.xpath(n);
+    check(native.setxattr(path, name, value, flags, follow));
+  }
+
+  getxattr(nodeid: number, name: string): Buffer {
+    if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
+    if (isPrivateXattr(name)) throw new FsError(E.ENODATA);
+    const { path, follow } = this.xpath(this.node(nodeid));
+    const r = native.getxattr(path, name, follow);
+    if (typeof r === 'number') throw new FsError(-r);
+    return r;
+  }
+
+  listxattr(nodeid: number): string[] {
+    if (this.opts.noXattrs) return [];
+    const { path, follow } = this.xpath(this.node(nodeid));
+    const r = native.listxattr(path, follow);
+    if (typeof r === 'number') throw new FsError(-r);
+    return r.toString('utf8').split('\0').filter((s) => s.length > 0 && !isPrivateXattr(s));
+  }
+
+  removexattr(nodeid: number, name: string): void {
+    if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
+    if (isPrivateXattr(name)) throw new FsError(E.EPERM);
+    const n = this.node(nodeid);
+    this.copyUp(n, false);
+    const { path, follow } = this.xpath(n);
+    check(native.removexattr(path, name, follow));
+  }
+}
+
+/** Removes a directory tree below dirfd/name without following symlinks. */
+export function removeTree(dirfd: number, name: string): void {
+  const fd = native.openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0);
+  if (fd < 0) return;
+  try {
+    const list = native.readdir(fd);
+    if (typeof list !== 'number') {
+      for (let i = 0; i < list.names.length; i++) {
+        const n = list.names[i];
+        if (n === '.' || n === '..') continue;
+        if (list.types[i] === 4) removeTree(fd, n);
+        else native.unlinkat(fd, n, 0);
+      }
+    }
+  } finally {
+    native.close(fd);
+  }
+  native.unlinkat(dirfd, name, AT_REMOVEDIR);
+}
+

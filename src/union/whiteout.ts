@@ -1,0 +1,87 @@
+// Whiteouts and opaque directories. Read every format: the kernel's char device 0/0 and xattr
+// whiteouts (trusted./user.overlay.whiteout in a dir marked overlay.opaque="x"), aufs/OCI
+// `.wh.<name>` files, opaque via trusted./user.overlay.opaque="y", user.fuseoverlayfs.opaque
+// or a `.wh..wh..opq` file. Write the kernel's: char 0/0 and trusted.overlay.opaque=y as root;
+// `.wh.` files and user.overlay.opaque where mknod is not permitted (as fuse-overlayfs does).
+import { native } from '../sys/native';
+import { AT_SYMLINK_NOFOLLOW, E, S_IFCHR, S_IFMT, S_IFREG } from '../sys/constants';
+import { ST_MODE, ST_RDEV, ST_SIZE, type Stat } from '../sys/stat';
+
+export const WH_PREFIX = '.wh.';
+export const WH_OPQ = '.wh..wh..opq';
+export const WH_META = '.wh..wh.';     // aufs metadata entries (.wh..wh.plnk, .wh..wh.aufs)
+
+export type XattrNs = 'trusted' | 'user';
+
+export interface WhiteoutFormat {
+  /** Whiteouts as char 0/0 (kernel format); false: `.wh.` files. */
+  charDevice: boolean;
+  /** Namespace of the overlay xattrs written: trusted as root, user rootless. */
+  ns: XattrNs;
+}
+
+export const OPAQUE_XATTRS = ['trusted.overlay.opaque', 'user.overlay.opaque', 'user.fuseoverlayfs.opaque'];
+export const XWHITEOUT_XATTRS = ['trusted.overlay.whiteout', 'user.overlay.whiteout'];
+
+export function isCharWhiteout(st: Stat): boolean {
+  return (st[ST_MODE] & S_IFMT) === S_IFCHR && st[ST_RDEV] === 0;
+}
+
+/** Names that never show through the union. */
+export function isHiddenName(name: string): boolean {
+  return name.startsWith(WH_PREFIX);
+}
+
+const procPath = (dirfd: number, name: string): string => (name ? `/proc/self/fd/${dirfd}/${name}` : `/proc/self/fd/${dirfd}`);
+
+function xattrValue(dirfd: number, name: string, attr: string): string | null {
+  const r = native.getxattr(procPath(dirfd, name), attr, name ? 0 : 1);
+  return typeof r === 'number' ? null : r.toString('utf8');
+}
+
+/** Opaque state of directory `name` in dirfd: 'y' opaque, 'x' holds xattr whiteouts, '' neither. */
+export function dirOpacity(dirfd: number, name: string): { opaque: boolean; xwhiteouts: boolean } {
+  let opaque = false, xwhiteouts = false;
+  const list = native.listxattr(procPath(dirfd, name), name ? 0 : 1);
+  if (typeof list !== 'number' && list.length) {
+    const names = list.toString('utf8').split('\0');
+    for (const a of OPAQUE_XATTRS) {
+      if (!names.includes(a)) continue;
+      const v = xattrValue(dirfd, name, a);
+      if (v === 'y') opaque = true;
+      else if (v === 'x') xwhiteouts = true;
+    }
+  }
+  if (!opaque) {
+    // a .wh..wh..opq file inside the directory
+    const st = new Float64Array(16);
+    if (native.fstatat(dirfd, name ? `${name}/${WH_OPQ}` : WH_OPQ, AT_SYMLINK_NOFOLLOW, st) === 0) opaque = true;
+  }
+  return { opaque, xwhiteouts };
+}
+
+/** Is the regular file `name` a kernel xattr whiteout? (only in dirs marked opaque="x") */
+export function isXattrWhiteout(dirfd: number, name: string, st: Stat): boolean {
+  if ((st[ST_MODE] & S_IFMT) !== S_IFREG || st[ST_SIZE] !== 0) return false;
+  for (const a of XWHITEOUT_XATTRS) {
+    if (typeof native.getxattr(procPath(dirfd, name), a, 0) !== 'number') return true;
+  }
+  return false;
+}
+
+export type Probe = 'none' | 'whiteout' | 'found';
+
+/** Looks `name` up in one layer directory: found (st filled), whited out, or absent. */
+export function probe(dirfd: number, name: string, st: Stat, xwhiteouts: boolean): Probe {
+  const r = native.fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW, st);
+  if (r === 0) {
+    if (isCharWhiteout(st)) return 'whiteout';
+    if (xwhiteouts && isXattrWhiteout(dirfd, name, st)) return 'whiteout';
+    return 'found';
+  }
+  if (r !== -E.ENOENT && r !== -E.ENOTDIR) return r === -E.ENAMETOOLONG ? 'none' : 'none';
+  const w = native.fstatat(dirfd, WH_PREFIX + name, AT_SYMLINK_NOFOLLOW, st);
+  return w === 0 ? 'whiteout' : 'none';
+}
+
+export { procPath };
