@@ -1125,6 +1125,17 @@ static napi_value js_notify(napi_env env, napi_callback_info info, int kind) {
   return NULL;
 }
 static napi_value js_notify_entry(napi_env env, napi_callback_info info) { return js_notify(env, info, 1); }
+
+// notifyInvalAttr(sid, nodeid): synchronous, attributes only. Offset -1 touches no page cache,
+// so no page lock is taken and it cannot wait on a request the JS thread has yet to serve.
+static napi_value js_notify_attr(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int64_t sid = arg_i64(env, argv[0]);
+  if (sid < 0 || sid >= MAX_SESSIONS || !sessions[sid].se || !sessions[sid].running) return num(env, -ENODEV);
+  return num(env, fuse_lowlevel_notify_inval_inode(sessions[sid].se, (fuse_ino_t)arg_f64(env, argv[1]), -1, 0));
+}
 static napi_value js_notify_inode(napi_env env, napi_callback_info info) { return js_notify(env, info, 2); }
 static napi_value js_notify_delete(napi_env env, napi_callback_info info) { return js_notify(env, info, 3); }
 
@@ -1157,6 +1168,7 @@ napi_value session_init_exports(napi_env env, napi_value exports) {
   export_fn(env, exports, "retarget", js_retarget);
   export_fn(env, exports, "handleCount", js_handle_count);
   export_fn(env, exports, "notifyInvalEntry", js_notify_entry);
+  export_fn(env, exports, "notifyInvalAttr", js_notify_attr);
   export_fn(env, exports, "notifyInvalInode", js_notify_inode);
   export_fn(env, exports, "notifyDelete", js_notify_delete);
   return exports;

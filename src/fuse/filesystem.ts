@@ -52,8 +52,18 @@ export interface DirOpened {
 
 export type MaybeAsync<T> = T | Promise<T>;
 
+/** What a filesystem may tell the kernel about changes it made on its own. */
+export interface Notifier {
+  /** The node's attributes changed (e.g. a directory became merged): drop the cached ones now. */
+  invalAttr(nodeid: number): void;
+  /** The name no longer means what the kernel cached (sent asynchronously). */
+  invalEntry(parent: number, name: string): void;
+}
+
 export interface Filesystem {
   init?(info: { protoMinor: number; want: number; maxWrite: number }): void;
+  /** Called once the session exists; one filesystem may be served by several sessions. */
+  attach?(n: Notifier): void;
   lookup(parent: number, name: string, caller: Caller): MaybeAsync<Entry | null>;
   forget(nodeid: number, nlookup: number): void;
   getattr(nodeid: number, fh: number): MaybeAsync<AttrReply>;

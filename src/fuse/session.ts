@@ -98,6 +98,10 @@ export class Session {
     if (opts.debug) argv.push('-d');
     this.sid = native.mount(mountpoint, argv, opts);
     sessions.set(this.sid, this);
+    fs.attach?.({
+      invalAttr: (nodeid) => void native.notifyInvalAttr(this.sid, nodeid),
+      invalEntry: (parent, name) => native.notifyInvalEntry(this.sid, parent, name),
+    });
   }
 
   /** Detaches the mount; `ended` resolves once the kernel lets go of the connection (the

@@ -85,7 +85,7 @@ export class Passthrough implements Filesystem {
     }));
   }
 
-  private attach(parent: Node, name: string, child: Node): void {
+  private addLink(parent: Node, name: string, child: Node): void {
     const old = parent.kids.get(name);
     if (old === child) return;
     if (old) this.unlinkName(parent, name);
@@ -161,7 +161,7 @@ export class Passthrough implements Filesystem {
     check(r);
     let n = this.byIno.get(st[ST_DEV])?.get(st[ST_INO]);
     if (!n) n = this.add(this.nextId++, st);
-    this.attach(parent, name, n);
+    this.addLink(parent, name, n);
     n.nlookup++;
     return { nodeid: n.id, attr: st };
   }
@@ -267,8 +267,8 @@ export class Passthrough implements Filesystem {
     const a = p.kids.get(name), b = q.kids.get(newname);
     if (a) this.unlinkName(p, name);
     if (b) this.unlinkName(q, newname);
-    if (a && this.nodes.has(a.id)) this.attach(q, newname, a);
-    if (b && flags & RENAME_EXCHANGE && this.nodes.has(b.id)) this.attach(p, name, b);
+    if (a && this.nodes.has(a.id)) this.addLink(q, newname, a);
+    if (b && flags & RENAME_EXCHANGE && this.nodes.has(b.id)) this.addLink(p, name, b);
   }
 
   private openFlags(flags: number): number {

@@ -49,6 +49,7 @@ export interface Native {
   retarget(fh: number, fd: number): number;
   handleCount(): number;
   notifyInvalEntry(sid: number, parent: number, name: string): void;
+  notifyInvalAttr(sid: number, nodeid: number): number;
   notifyInvalInode(sid: number, ino: number, off: number, len: number): void;
   notifyDelete(sid: number, parent: number, child: number, name: string): void;
   // syscalls

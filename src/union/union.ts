@@ -9,7 +9,7 @@ import {
   S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, UTIME_NOW, UTIME_OMIT,
 } from '../sys/constants';
 import { ST_INO, ST_MODE, ST_NLINK, STATFS_LEN, newStat, type Stat } from '../sys/stat';
-import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Opened, SetAttr } from '../fuse/filesystem';
+import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Notifier, Opened, SetAttr } from '../fuse/filesystem';
 import { ROOT_ID, SETATTR } from '../fuse/ops';
 import { asCaller, type Identity } from '../sys/identity';
 import { LayerDirs, baseName, dirName, joinPath, type Layer } from './layers';
@@ -42,9 +42,11 @@ export class Union implements Filesystem {
   private readonly workFd: number;
   private readonly x: XattrNames;
   private readonly nodes = new Map<number, UNode>();
+  private readonly byUpperIno = new Map<number, UNode>();  // upper non-dirs with several names
   private readonly root: UNode;
   private nextId = ROOT_ID + 1;
   private tmpSeq = 0;
+  private notifiers: Notifier[] = [];
 
   /** layers: the upper first when there is one (writable), then the lowers top to bottom. */
   constructor(layers: Layer[], workFd: number, private readonly opts: UnionOptions,
@@ -58,6 +60,14 @@ export class Union implements Filesystem {
     this.root = this.newNode(ROOT_ID, S_IFDIR);
     this.root.nlookup = 1;
     this.resolveRoot();
+  }
+
+  attach(n: Notifier): void {
+    this.notifiers.push(n);
+  }
+
+  private invalAttr(n: UNode): void {
+    for (const x of this.notifiers) x.invalAttr(n.id);
   }
 
   // ---- nodes ----
@@ -97,6 +107,7 @@ export class Union implements Filesystem {
   private maybeFree(n: UNode): void {
     if (n === this.root || n.nlookup > 0 || n.kids.size > 0) return;
     this.nodes.delete(n.id);
+    for (const [k, v] of this.byUpperIno) if (v === n) { this.byUpperIno.delete(k); break; }
     const links = n.links;
     n.links = [];
     for (const l of links) {
@@ -262,10 +273,19 @@ export class Union implements Filesystem {
       this.dropName(p, name);
       n = undefined;
     }
+    const realIno = r.st[ST_INO];
+    if (!n && r.upper && r.type !== S_IFDIR && r.st[ST_NLINK] > 1) {
+      const same = this.byUpperIno.get(realIno);
+      if (same && this.nodes.has(same.id) && same.upper) {
+        n = same;
+        attachLink(p, name, n);
+      }
+    }
     if (!n) {
       n = this.newNode(this.nextId++, r.type);
       attachLink(p, name, n);
     }
+    if (r.upper && r.type !== S_IFDIR && r.st[ST_NLINK] > 1) this.byUpperIno.set(realIno, n);
     n.upper = r.upper;
     n.lowers = r.lowers;
     n.opaque = r.opaque;
@@ -347,6 +367,7 @@ export class Union implements Filesystem {
     }
     n.upper = true;
     if (n.type === S_IFREG) this.retargetHandles(n);
+    else if (n.type === S_IFDIR) this.invalAttr(n);  // now merged: nlink shows 1
   }
 
   /** Handles opened on the lower file now read the upper copy (the kernel got this wrong for years). */
@@ -387,7 +408,10 @@ export class Union implements Filesystem {
     const st = newStat();
     const overChar = native.fstatat(pfd, name, NOFOLLOW, st) === 0 && isCharWhiteout(st);
     const overWh = !overChar && native.fstatat(pfd, WH_PREFIX + name, NOFOLLOW, st) === 0;
-    const opaqueNeeded = type === S_IFDIR && (overChar || overWh || this.lowerHas(p, name));
+    // as the kernel: a new dir over a whiteout must hide what is below; in a merged parent it is
+    // made opaque too (the kernel's optimisation, kept so the upper looks the same)
+    const merged = p.upper && p.lowers.length > 0 && !p.opaque;
+    const opaqueNeeded = type === S_IFDIR && (overChar || overWh || merged || this.lowerHas(p, name));
     if (!overChar) {
       const r = asCaller(this.id, caller, () => make(pfd, name));
       if (r < 0) throw new FsError(-r);
@@ -460,8 +484,11 @@ export class Union implements Filesystem {
     this.copyUp(n, false);
     const t = this.top(n);
     this.createUpper(q, newname, n.type, caller, (fd, at) => native.linkat(t.dirfd, t.name, fd, at, 0));
-    const e = this.made(q, newname);
-    return e;
+    // one node for every name of the upper inode: the kernel caches attributes per node
+    this.dropName(q, newname);
+    attachLink(q, newname, n);
+    n.nlookup++;
+    return { nodeid: n.id, attr: this.attrs(n) };
   }
 
   // ---- removal ----
@@ -505,7 +532,7 @@ export class Union implements Filesystem {
     if (!e) throw new FsError(E.ENOENT);
     if (e.node.type === S_IFDIR) throw new FsError(E.EISDIR);
     this.ensureUpperDir(p);
-    const needWh = e.node.lowers.length > 0 || this.lowerHas(p, name);
+    const needWh = this.lowerHas(p, name);
     if (needWh) this.whiteout(p, name, e.node.upper, false);
     else check(native.unlinkat(this.upperDirFd(p), name, 0));
     this.dropName(p, name);
@@ -520,7 +547,8 @@ export class Union implements Filesystem {
     if (n.type !== S_IFDIR) throw new FsError(E.ENOTDIR);
     if (this.listNames(n).length > 0) throw new FsError(E.ENOTEMPTY);
     this.ensureUpperDir(p);
-    const needWh = n.lowers.length > 0 || this.lowerHas(p, name);
+    // (a redirected dir's lower parts live under another name, already whited out there)
+    const needWh = this.lowerHas(p, name);
     if (needWh) this.whiteout(p, name, n.upper, true);
     else this.removeUpper(this.upperDirFd(p), name, true);
     this.dropName(p, name);
