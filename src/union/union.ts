@@ -214,7 +214,8 @@ export class Union implements Filesystem {
         const o = dirOpacity(ufd, name);
         opaque = o.opaque;
         upperXwh = o.xwhiteouts;
-        if (opaque || p.opaque) return { st, upper, lowers, type, opaque: true, upperXwh, ino };
+        // below an opaque dir nothing merges (no lowers), but the dir is opaque only by its own xattr
+        if (opaque || p.opaque) return { st, upper, lowers, type, opaque, upperXwh, ino };
         redirect = this.readRedirect(ufd, name);
       }
     }
@@ -586,8 +587,11 @@ export class Union implements Filesystem {
         // replacing a (union-empty) directory: clear whiteouts left inside the upper one
         this.removeUpper(qfd, newname, true);
       }
-      const destLower = d ? d.lowers.length > 0 || this.lowerHas(q, newname) : this.lowerHas(q, newname);
-      if (s.type === S_IFDIR && destLower && s.lowers.length === 0) this.setOpaque(pfd, name);
+      // as the kernel: a pure upper dir moved into a merged dir is made opaque there
+      if (s.type === S_IFDIR && s.lowers.length === 0 && !s.opaque && q.upper && q.lowers.length > 0 && !q.opaque) {
+        this.setOpaque(pfd, name);
+        s.opaque = true;
+      }
       if (srcLower && this.opts.format.charDevice) {
         const r = native.renameat2(pfd, name, qfd, newname, RENAME_WHITEOUT);
         if (r === -E.EINVAL || r === -E.EPERM) {
