@@ -3,5 +3,7 @@ import { TMP_PREFIX, unmountAll } from './mount';
 
 export default function setup(): () => void {
   unmountAll(TMP_PREFIX);
-  return () => unmountAll(TMP_PREFIX);
+  return () => {
+    if (!process.env.LAYERFS_KEEP) unmountAll(TMP_PREFIX);  // LAYERFS_KEEP=1: leave them to inspect
+  };
 }
