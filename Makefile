@@ -47,13 +47,17 @@ test: build
 bench: build
 	node dist/bench/run.js $(BENCH_ARGS)
 
+# layerfs and layerfs-overlay on PATH; mount(8) runs mount.fuse3 for -t fuse.layerfs-overlay,
+# which runs `layerfs-overlay SOURCE MNT -o OPTS` (so fstab lines work too).
 install: build
 	install -d /usr/local/bin
-	printf '#!/bin/sh\nexec node %s/dist/src/cli/layerfs.js "$$@"\n' "$(CURDIR)" > /usr/local/bin/layerfs
-	chmod 755 /usr/local/bin/layerfs
+	for b in layerfs layerfs-overlay; do \
+	  printf '#!/bin/sh\nexec "%s" "%s/dist/src/cli/%s.js" "$$@"\n' "$$(command -v node)" "$(CURDIR)" $$b > /usr/local/bin/$$b; \
+	  chmod 755 /usr/local/bin/$$b; \
+	done
 
 uninstall:
-	rm -f /usr/local/bin/layerfs
+	rm -f /usr/local/bin/layerfs /usr/local/bin/layerfs-overlay
 
 clean:
 	rm -rf dist native/build

@@ -43,7 +43,8 @@ async function main(): Promise<void> {
   const a = parse(argv);
   if (a.positional.length < 1 || a.positional.length > 2) fail(USAGE);
   const mnt = a.positional[a.positional.length - 1];
-  const build = () => overlayMount(mnt, a.options, a.debug);
+  const source = a.positional.length === 2 ? a.positional[0] : 'layerfs-overlay';
+  const build = () => overlayMount(mnt, a.options, a.debug, { source, subtype: 'layerfs-overlay' });
   if (a.daemon) return daemonChild(build);
   try {
     overlayCheck(mnt, a.options);

@@ -66,7 +66,13 @@ export function overlayCheck(mnt: string, optionLists: string[]): void {
   for (const w of cfg.warnings) process.stderr.write(`layerfs: warning: ${w}\n`);
 }
 
-export function overlayMount(mnt: string, optionLists: string[], debug: boolean): Mountable {
+export interface MountName {
+  source: string;    // fsname: the SOURCE argument (what /proc/mounts shows first)
+  subtype: string;   // fuse.<subtype> in /proc/mounts
+}
+
+export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
+  name: MountName = { source: 'layerfs', subtype: 'layerfs' }): Mountable {
   const cfg = config(optionLists);
   const v = validate(cfg, mnt);
   const id = identity();
@@ -94,7 +100,8 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean)
     noXattrs: cfg.noXattrs,
     staticNlink: cfg.staticNlink,
   }, id, native.raiseNofile());
-  const mountOptions = [`fsname=${cfg.fsname ?? 'layerfs'}`, 'subtype=layerfs', 'default_permissions'];
+  const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');
+  const mountOptions = [`fsname=${fsname}`, `subtype=${name.subtype}`, 'default_permissions'];
   if (id.root) mountOptions.push('allow_other');
   if (!writable) mountOptions.push('ro');
   mountOptions.push(...cfg.kernelOptions);

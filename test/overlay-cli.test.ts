@@ -1,0 +1,157 @@
+// layerfs-overlay as a drop-in for fuse-overlayfs: podman's argv, mount(8) and fstab through
+// mount.fuse3, symlinked lower entries, 500 lowers, and every bad input (one line, non-zero,
+// nothing touched).
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { ROOT, isMounted, requireFuse, tempDir, unmountAll } from './helpers/mount';
+
+const OVERLAY_CLI = path.join(ROOT, 'dist/src/cli/layerfs-overlay.js');
+
+function overlay(args: string[]): ReturnType<typeof spawnSync<string>> {
+  return spawnSync(process.execPath, [OVERLAY_CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+}
+
+/** Every name and size below dir: to prove a failed mount touched nothing. */
+function snapshot(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string): void => {
+    for (const n of fs.readdirSync(d).sort()) {
+      const p = path.join(d, n);
+      const st = fs.lstatSync(p);
+      out.push(`${path.relative(dir, p)} ${st.mode} ${st.size} ${st.mtimeMs}`);
+      if (st.isDirectory()) walk(p);
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+describe('layerfs-overlay command line', () => {
+  let base: string, l1: string, l2: string, up: string, work: string, mnt: string;
+
+  beforeAll(() => {
+    requireFuse();
+    base = tempDir('ovcli');
+    // containers-storage layout: overlay/<id>/diff, short links in overlay/l/
+    for (const id of ['abc', 'def']) fs.mkdirSync(path.join(base, 'overlay', id, 'diff'), { recursive: true });
+    fs.mkdirSync(path.join(base, 'overlay', 'l'));
+    fs.symlinkSync('../abc/diff', path.join(base, 'overlay', 'l', 'ABC'));
+    fs.symlinkSync('../def/diff', path.join(base, 'overlay', 'l', 'DEF'));
+    l1 = path.join(base, 'overlay', 'l', 'ABC');
+    l2 = path.join(base, 'overlay', 'l', 'DEF');
+    fs.writeFileSync(path.join(base, 'overlay/abc/diff/top'), 'top');
+    fs.writeFileSync(path.join(base, 'overlay/def/diff/bottom'), 'bottom');
+    up = path.join(base, 'overlay', 'ctr', 'diff');
+    work = path.join(base, 'overlay', 'ctr', 'work');
+    mnt = path.join(base, 'overlay', 'ctr', 'merged');
+    for (const d of [up, work, mnt]) fs.mkdirSync(d, { recursive: true });
+  });
+  afterAll(() => unmountAll(base));
+
+  test("podman's mount_program argv: returns once mounted, never holds the caller's pipes", async () => {
+    const opts = `lowerdir=${l1}:${l2},upperdir=${up},workdir=${work},volatile,` +
+      'context="system_u:object_r:container_file_t:s0:c1,c2",some_future_option=1';
+    const t0 = Date.now();
+    const { code, stderr } = await new Promise<{ code: number; stderr: string }>((resolve) => {
+      const c = spawn(process.execPath, [OVERLAY_CLI, '-o', opts, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let err = '';
+      c.stderr.on('data', (d) => (err += d));
+      c.on('close', (code) => resolve({ code: code ?? -1, stderr: err }));
+    });
+    expect(code, stderr).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    expect(stderr.trim().split('\n')).toEqual([expect.stringMatching(/unknown option some_future_option ignored/)]);
+    expect(isMounted(mnt)).toBe(true);
+    expect(fs.readFileSync(path.join(mnt, 'top'), 'utf8')).toBe('top');
+    expect(fs.readFileSync(path.join(mnt, 'bottom'), 'utf8')).toBe('bottom');
+    fs.writeFileSync(path.join(mnt, 'new'), 'n');
+    expect(fs.readFileSync(path.join(up, 'new'), 'utf8')).toBe('n');
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).toMatch(new RegExp(`${mnt} .* - fuse\\.layerfs-overlay `));
+    expect(spawnSync('umount', [mnt]).status).toBe(0);
+  });
+
+  test('mount -t fuse.layerfs-overlay and an fstab line work through mount.fuse3', () => {
+    // the same wrapper `make install` writes, on a PATH of its own
+    const bin = path.join(base, 'bin');
+    fs.mkdirSync(bin, { recursive: true });
+    fs.writeFileSync(path.join(bin, 'layerfs-overlay'), `#!/bin/sh\nexec "${process.execPath}" "${OVERLAY_CLI}" "$@"\n`, { mode: 0o755 });
+    const env = { ...process.env, PATH: `${bin}:${process.env.PATH}` };
+    const opts = `lowerdir=${l1}:${l2},upperdir=${up},workdir=${work}`;
+    let r = spawnSync('mount', ['-t', 'fuse.layerfs-overlay', 'layerfs-overlay', mnt, '-o', opts], { encoding: 'utf8', env });
+    expect(r.status, r.stderr).toBe(0);
+    expect(fs.readFileSync(path.join(mnt, 'bottom'), 'utf8')).toBe('bottom');
+    expect(spawnSync('umount', [mnt]).status).toBe(0);
+    const fstab = path.join(base, 'fstab');
+    fs.writeFileSync(fstab, `layerfs-overlay ${mnt} fuse.layerfs-overlay ${opts},noauto 0 0\n`);
+    r = spawnSync('mount', ['-T', fstab, mnt], { encoding: 'utf8', env });
+    expect(r.status, r.stderr).toBe(0);
+    expect(fs.readFileSync(path.join(mnt, 'top'), 'utf8')).toBe('top');
+    expect(spawnSync('umount', [mnt]).status).toBe(0);
+  });
+
+  test('options in the order mount.fuse passes them, several -o', () => {
+    const r = overlay(['layerfs-overlay', mnt, '-o', `lowerdir=${l1}:${l2}`, '-o', `upperdir=${up},workdir=${work}`, '-o', 'rw,nodev']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(fs.existsSync(path.join(mnt, 'top'))).toBe(true);
+    expect(spawnSync('umount', [mnt]).status).toBe(0);
+  });
+
+  test('500 lower layers; an escaped colon in a lower path', () => {
+    const many = path.join(base, 'many');
+    const dirs: string[] = [];
+    for (let i = 0; i < 500; i++) {
+      const d = path.join(many, i === 250 ? 'with:colon' : `l${i}`);
+      fs.mkdirSync(d, { recursive: true });
+      fs.writeFileSync(path.join(d, `f${i}`), String(i));
+      dirs.push(d.replace(/:/g, '\\:'));
+    }
+    const r = overlay(['-o', `lowerdir=${dirs.join(':')}`, mnt]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(fs.readFileSync(path.join(mnt, 'f499'), 'utf8')).toBe('499');
+    expect(fs.readFileSync(path.join(mnt, 'f250'), 'utf8')).toBe('250');
+    expect(fs.readdirSync(mnt).length).toBe(500);
+    expect(() => fs.writeFileSync(path.join(mnt, 'x'), 'x')).toThrow(/EROFS/);
+    expect(spawnSync('umount', [mnt]).status).toBe(0);
+    const r2 = overlay(['-o', `lowerdir=${[...dirs, dirs[0]].join(':')}`, mnt]);
+    expect(r2.status).not.toBe(0);
+    expect(r2.stderr).toMatch(/too many lower layers: 501/);
+  });
+
+  describe('bad input', () => {
+    const cases: [string, () => string, RegExp][] = [
+      ['lowerdir missing', () => `lowerdir=${base}/nope,upperdir=${up},workdir=${work}`, /lowerdir .*nope does not exist/],
+      ['lowerdir not a dir', () => `lowerdir=${base}/fstab-file,upperdir=${up},workdir=${work}`, /not a directory/],
+      ['upperdir inside a lowerdir', () => `lowerdir=${base}/overlay,upperdir=${up},workdir=${work}`, /upperdir .* is inside lowerdir/],
+      ['lowerdir inside the upper', () => `lowerdir=${up}/sub,upperdir=${up},workdir=${work}`, /lowerdir .* is inside upperdir/],
+      ['workdir not on the upper filesystem', () => `lowerdir=${l1},upperdir=${up},workdir=/dev/shm`, /not on the upper's filesystem/],
+      ['missing workdir with an upperdir', () => `lowerdir=${l1},upperdir=${up}`, /upperdir given without workdir/],
+      ['malformed uidmapping', () => `lowerdir=${l1},upperdir=${up},workdir=${work},uidmapping=0:1000`, /bad value for option uidmapping/],
+      ['bad value of a known option', () => `lowerdir=${l1},upperdir=${up},workdir=${work},fsync=maybe`, /bad value for option fsync/],
+      ['no lowerdir', () => `upperdir=${up},workdir=${work}`, /no lowerdir/],
+    ];
+    test.each(cases)('%s', (_name, opts, re) => {
+      fs.writeFileSync(path.join(base, 'fstab-file'), '');
+      fs.mkdirSync(path.join(up, 'sub'), { recursive: true });
+      const before = snapshot(path.join(base, 'overlay'));
+      const r = overlay(['-o', opts(), mnt]);
+      expect(r.status).not.toBe(0);
+      const lines = r.stderr.trim().split('\n');
+      expect(lines.length, r.stderr).toBe(1);
+      expect(lines[0]).toMatch(re);
+      expect(isMounted(mnt)).toBe(false);
+      expect(snapshot(path.join(base, 'overlay'))).toEqual(before);
+    });
+
+    test('mountpoint inside a layer', () => {
+      const inner = path.join(base, 'overlay/abc/diff/mnt-here');
+      fs.mkdirSync(inner, { recursive: true });
+      const r = overlay(['-o', `lowerdir=${l1},upperdir=${up},workdir=${work}`, inner]);
+      expect(r.status).not.toBe(0);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(/mountpoint .* is inside layer/);
+      fs.rmdirSync(inner);
+    });
+  });
+});
