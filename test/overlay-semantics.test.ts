@@ -1,0 +1,193 @@
+// Overlay semantics that the oracle cannot show: the daemon never follows a symlink or a
+// redirect out of a layer, other users get the kernel's permission checks, handles opened
+// before a copy-up read the copy, st_dev/statfs, remounts, and the `.wh.` layer format.
+import { spawnSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { native } from '../src/sys/native';
+import { isMounted, layerfs, mountOk, requireFuse, tempDir, unmountAll } from './helpers/mount';
+import { view } from './helpers/overlay';
+
+const USER = 'layerfs-test';
+let uid = 0;
+
+function ensureUser(): number {
+  if (spawnSync('id', ['-u', USER]).status !== 0) {
+    const r = spawnSync('useradd', ['-M', '-N', '-s', '/usr/sbin/nologin', USER], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`useradd: ${r.stderr}`);
+  }
+  return Number(spawnSync('id', ['-u', USER], { encoding: 'utf8' }).stdout.trim());
+}
+
+/** Runs a shell command as the test user (no supplementary groups). */
+function asUser(cmd: string): { status: number; stdout: string; stderr: string } {
+  const r = spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', 'sh', '-c', cmd], { encoding: 'utf8' });
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+function tree(dir: string): string {
+  const h = crypto.createHash('sha256');
+  const walk = (d: string): void => {
+    for (const n of fs.readdirSync(d).sort()) {
+      const p = path.join(d, n);
+      const st = fs.lstatSync(p);
+      h.update(`${p} ${st.mode} ${st.uid} ${st.gid} ${st.size} ${st.mtimeMs}\n`);
+      const x = native.listxattr(p, 0);
+      if (typeof x !== 'number') h.update(x);
+      if (st.isFile()) h.update(fs.readFileSync(p));
+      if (st.isDirectory()) walk(p);
+    }
+  };
+  walk(dir);
+  return h.digest('hex');
+}
+
+describe('overlay semantics', () => {
+  let base: string, l1: string, l2: string, up: string, work: string, mnt: string, victim: string;
+  const opts = (): string => `lowerdir=${l1}:${l2},upperdir=${up},workdir=${work}`;
+
+  beforeAll(() => {
+    requireFuse();
+    uid = ensureUser();
+    base = tempDir('sem');
+    fs.chmodSync(base, 0o755);
+    [l1, l2, up, work, mnt, victim] = ['l1', 'l2', 'up', 'work', 'mnt', 'victim'].map((d) => path.join(base, d));
+    for (const d of [l1, l2, up, work, mnt, victim]) fs.mkdirSync(d);
+    // the host files a malicious layer points at
+    fs.writeFileSync(path.join(victim, 'secret'), 'host secret', { mode: 0o600 });
+    fs.mkdirSync(path.join(victim, 'dir'));
+    fs.writeFileSync(path.join(victim, 'dir', 'inner'), 'inner');
+    // layers
+    fs.symlinkSync(victim, path.join(l1, 'escape'));
+    fs.symlinkSync('../../../../../../../../..', path.join(l1, 'up'));
+    fs.mkdirSync(path.join(l2, 'a'));
+    fs.writeFileSync(path.join(l2, 'a', 'file'), 'lower a/file');
+    fs.symlinkSync(victim, path.join(l1, 'a2'));         // a symlink where a dir of the same name could be
+    fs.writeFileSync(path.join(l2, 'rootonly'), 'root only', { mode: 0o600 });
+    fs.writeFileSync(path.join(l2, 'public'), 'public', { mode: 0o644 });
+    fs.mkdirSync(path.join(l2, 'shared'), { mode: 0o1777 });
+    fs.chmodSync(path.join(l2, 'shared'), 0o1777);
+    fs.writeFileSync(path.join(l2, 'big'), Buffer.alloc(1 << 20, 'A'));
+    // the containers-storage / aufs format in a lower layer
+    fs.mkdirSync(path.join(l1, 'wh'));
+    fs.writeFileSync(path.join(l1, 'wh', '.wh.gone'), '');
+    fs.mkdirSync(path.join(l1, 'whopq'));
+    fs.writeFileSync(path.join(l1, 'whopq', '.wh..wh..opq'), '');
+    fs.writeFileSync(path.join(l1, 'whopq', 'kept'), 'kept');
+    fs.mkdirSync(path.join(l1, 'uopq'));
+    native.setxattr(path.join(l1, 'uopq'), 'user.overlay.opaque', Buffer.from('y'), 0, 0);
+    fs.mkdirSync(path.join(l1, 'fopq'));
+    native.setxattr(path.join(l1, 'fopq'), 'user.fuseoverlayfs.opaque', Buffer.from('y'), 0, 0);
+    for (const d of ['wh', 'whopq', 'uopq', 'fopq']) {
+      fs.mkdirSync(path.join(l2, d));
+      fs.writeFileSync(path.join(l2, d, 'gone'), 'below');
+      fs.writeFileSync(path.join(l2, d, 'also'), 'below');
+    }
+    mountOk(['-o', opts(), mnt]);
+  });
+  afterAll(() => {
+    unmountAll(base);
+    spawnSync('userdel', [USER]);
+  });
+
+  test('symlinks inside layers are shown, never followed by the daemon; the host is untouched', () => {
+    const before = tree(victim);
+    const lowersBefore = [tree(l1), tree(l2)];
+    expect(fs.readlinkSync(path.join(mnt, 'escape'))).toBe(victim);
+    expect(fs.readlinkSync(path.join(mnt, 'up'))).toBe('../../../../../../../../..');
+    // operations on the links themselves copy up the link, never the target
+    fs.lchownSync(path.join(mnt, 'escape'), 4321, 4321);
+    expect(native.setxattr(path.join(mnt, 'escape'), 'trusted.evil', Buffer.from('1'), 0, 0)).toBe(0);
+    fs.renameSync(path.join(mnt, 'escape'), path.join(mnt, 'escape2'));
+    fs.unlinkSync(path.join(mnt, 'up'));
+    fs.renameSync(path.join(mnt, 'a2'), path.join(mnt, 'a3'));
+    expect(fs.lstatSync(path.join(up, 'escape2')).isSymbolicLink()).toBe(true);
+    expect(fs.lstatSync(path.join(up, 'escape2')).uid).toBe(4321);
+    expect(tree(victim)).toBe(before);
+    expect([tree(l1), tree(l2)]).toEqual(lowersBefore);
+  });
+
+  test('a redirect pointing out of the layer exposes nothing', () => {
+    for (const [name, target] of [['r1', '/../../../../..' + victim], ['r2', '../../victim'], ['r3', '/escape'], ['r4', '/a2'], ['r5', '/a']]) {
+      fs.mkdirSync(path.join(up, name));
+      expect(native.setxattr(path.join(up, name), 'trusted.overlay.redirect', Buffer.from(target), 0, 0)).toBe(0);
+    }
+    // a fresh mount reads the planted xattrs
+    expect(spawnSync('umount', [mnt]).status).toBe(0);
+    mountOk(['-o', opts(), mnt]);
+    for (const name of ['r1', 'r2', 'r3', 'r4']) {
+      expect(fs.readdirSync(path.join(mnt, name)), name).toEqual([]);
+    }
+    // a redirect inside the layer is followed (the kernel's redirect_dir format)
+    expect(fs.readdirSync(path.join(mnt, 'r5'))).toEqual(['file']);
+  });
+
+  test('another user gets the kernel permission checks; a 0600 root file stays unreadable', () => {
+    expect(asUser(`cat ${mnt}/rootonly`).status).not.toBe(0);
+    expect(asUser(`cat ${mnt}/rootonly`).stderr).toMatch(/Permission denied/);
+    expect(asUser(`cat ${mnt}/public`).stdout).toBe('public');
+    expect(asUser(`echo x >> ${mnt}/public`).status).not.toBe(0);
+    expect(asUser(`echo mine > ${mnt}/shared/mine`).status).toBe(0);
+    const st = fs.statSync(path.join(mnt, 'shared', 'mine'));
+    expect([st.uid, st.gid]).toEqual([uid, uid]);
+    expect(fs.statSync(path.join(up, 'shared', 'mine')).uid).toBe(uid);
+    expect(asUser(`rm ${mnt}/public`).status).not.toBe(0);
+    // sticky dir: root's file in it cannot be removed by the user
+    fs.writeFileSync(path.join(mnt, 'shared', 'roots'), 'r');
+    expect(asUser(`rm -f ${mnt}/shared/roots`).status).not.toBe(0);
+    expect(fs.existsSync(path.join(mnt, 'shared', 'roots'))).toBe(true);
+  });
+
+  test("every object reports the mount's st_dev; statfs is the upper's", () => {
+    const dev = fs.statSync(mnt).dev;
+    for (const n of ['public', 'a', 'a/file', 'shared', 'escape2']) expect(fs.lstatSync(path.join(mnt, n)).dev, n).toBe(dev);
+    expect(fs.statSync(mnt).dev).not.toBe(fs.statSync(up).dev);
+    const a = fs.statfsSync(mnt), b = fs.statfsSync(up);
+    expect([a.blocks, a.bsize]).toEqual([b.blocks, b.bsize]);
+  });
+
+  test('a handle opened before a copy-up reads the copy (O_DIRECT: the read reaches the daemon)', () => {
+    const script = `
+import os, mmap, sys
+p = sys.argv[1]
+r = os.open(p, os.O_RDONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 4096)
+os.preadv(r, [buf], 0)
+first = bytes(buf[:4])
+w = os.open(p, os.O_WRONLY)
+os.pwrite(w, b"B" * 4096, 0)
+os.fsync(w)
+os.close(w)
+os.preadv(r, [buf], 0)
+print(first.decode(), bytes(buf[:4]).decode())
+`;
+    const r = spawnSync('python3', ['-c', script, path.join(mnt, 'big')], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toBe('AAAA BBBB');
+    expect(fs.readFileSync(path.join(l2, 'big')).subarray(0, 4).toString()).toBe('AAAA');
+  });
+
+  test('the .wh. format, .wh..wh..opq and user./fuseoverlayfs opaque xattrs are read; none shows', () => {
+    expect(fs.readdirSync(path.join(mnt, 'wh')).sort()).toEqual(['also']);
+    expect(fs.existsSync(path.join(mnt, 'wh', 'gone'))).toBe(false);
+    expect(fs.existsSync(path.join(mnt, 'wh', '.wh.gone'))).toBe(false);
+    for (const d of ['whopq', 'uopq', 'fopq']) {
+      expect(fs.existsSync(path.join(mnt, d, 'also')), d).toBe(false);
+    }
+    expect(fs.readdirSync(path.join(mnt, 'whopq'))).toEqual(['kept']);
+    const x = native.listxattr(path.join(mnt, 'uopq'), 0);
+    expect(typeof x === 'number' ? '' : x.toString()).not.toMatch(/overlay/);
+  });
+
+  test('after umount and a fresh mount of the same upper/work, everything looks the same', () => {
+    const v1 = view(mnt);
+    const ino1 = fs.statSync(path.join(mnt, 'big')).ino;
+    expect(layerfs(['umount', mnt]).status).toBe(0);
+    expect(isMounted(mnt)).toBe(false);
+    mountOk(['-o', opts(), mnt]);
+    expect(view(mnt)).toEqual(v1);
+    expect(fs.statSync(path.join(mnt, 'big')).ino).toBe(ino1);
+  });
+});
