@@ -67,6 +67,8 @@ const scenarios: Scenario[] = [
     ['mv missing', mv('nope', 'x')], ['mv symlink', mv('hosts-link', 'hl2')], ['readlink', (r) => fs.readlinkSync(path.join(r, 'hl2'))],
     ['ls /', ls('')]]],
   ['rename directories', [['mv lower dir', mv('etc/conf.d', 'etc/conf2.d')], ['ls moved', ls('etc/conf2.d')], ['read in moved', rd('etc/conf2.d/a.conf')],
+    ['mv there and back', (r) => { fs.renameSync(path.join(r, 'usr/lib'), path.join(r, 'usr/lib2')); fs.renameSync(path.join(r, 'usr/lib2'), path.join(r, 'usr/lib')); }],
+    ['ls back', ls('usr/lib')], ['file back', (r) => { fs.renameSync(path.join(r, 'top.txt'), path.join(r, 't2')); fs.renameSync(path.join(r, 't2'), path.join(r, 'top.txt')); }],
     ['mv merged dir', mv('etc', 'etc2')], ['ls etc2', ls('etc2')], ['etc gone', exists('etc')], ['mkdir etc again', mkdir('etc')], ['ls etc new', ls('etc')],
     ['mv deep dir up', mv('deep/a/b', 'b')], ['ls b', ls('b/c/d/e')], ['write in moved', w('b/c/new', 'n')],
     ['mv dir over empty dir', (r) => { fs.mkdirSync(path.join(r, 'empty2')); fs.renameSync(path.join(r, 'var'), path.join(r, 'empty2')); }],

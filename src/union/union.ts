@@ -592,7 +592,17 @@ export class Union implements Filesystem {
         this.setOpaque(pfd, name);
         s.opaque = true;
       }
-      if (srcLower && this.opts.format.charDevice) {
+      const wst = newStat();
+      const overChar = native.fstatat(qfd, newname, NOFOLLOW, wst) === 0 && isCharWhiteout(wst);
+      if (overChar) {
+        // as the kernel: swap with the whiteout; it stays at the old name only if needed there
+        check(native.renameat2(pfd, name, qfd, newname, RENAME_EXCHANGE));
+        if (!srcLower) check(native.unlinkat(pfd, name, 0));
+        else if (!this.opts.format.charDevice) {
+          check(native.unlinkat(pfd, name, 0));
+          this.whiteoutFile(pfd, name);
+        }
+      } else if (srcLower && this.opts.format.charDevice) {
         const r = native.renameat2(pfd, name, qfd, newname, RENAME_WHITEOUT);
         if (r === -E.EINVAL || r === -E.EPERM) {
           check(native.renameat2(pfd, name, qfd, newname, 0));
@@ -602,6 +612,8 @@ export class Union implements Filesystem {
         check(native.renameat2(pfd, name, qfd, newname, 0));
         if (srcLower) this.whiteoutFile(pfd, name);
       }
+      // a .wh. whiteout (aufs/OCI format) of the new name no longer applies
+      native.unlinkat(qfd, WH_PREFIX + newname, 0);
     }
     if (s.type === S_IFDIR) this.dirs.forget(UPPER, oldPath);
     if (d?.type === S_IFDIR) this.dirs.forget(UPPER, newPath);
