@@ -11,6 +11,7 @@ import { parseOptions } from '../mount/options';
 import { checkFuseDevice, checkMountpoint, requireDir, UsageError, within } from '../mount/validate';
 import { assignFsIndexes, openLayer, type Layer } from '../union/layers';
 import { Union, removeTree } from '../union/union';
+import { Ids } from '../union/ids';
 import type { WhiteoutFormat } from '../union/whiteout';
 import { overlayConfig, type OverlayConfig } from './options';
 
@@ -94,6 +95,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
   }
   const union = new Union(layers, workFd, {
     format,
+    ids: new Ids({ uidMap: cfg.uidMap, gidMap: cfg.gidMap, squashUid: cfg.squashUid, squashGid: cfg.squashGid, xattrPermissions: cfg.xattrPermissions }),
     redirectDir: cfg.redirectDir,
     fsync: cfg.fsync,
     writeback: cfg.writeback,

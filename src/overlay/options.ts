@@ -4,11 +4,7 @@
 import { boolOption, numberOption, type OptionMap } from '../mount/options';
 import { UsageError } from '../mount/validate';
 
-export interface IdMapping {
-  inside: number;   // id shown through the mount
-  outside: number;  // id stored on disk
-  len: number;
-}
+import type { IdMapping } from '../union/ids';
 
 export interface OverlayConfig {
   lowers: string[];

@@ -21,9 +21,12 @@ import {
 import { isPrivateXattr, ORIGIN_XATTRS, REDIRECT_XATTRS, xattrNames, type XattrNames } from './xattrs';
 import { buildCopy, keepTimes } from './copyup';
 import { fdBudget } from '../sys/fdcache';
+import { formatOverride, Ids, isOverrideXattr, OVERRIDE_XATTRS } from './ids';
+import { ST_GID, ST_UID } from '../sys/stat';
 
 export interface UnionOptions {
   format: WhiteoutFormat;
+  ids: Ids;
   redirectDir: boolean;   // rename lower dirs with a redirect (else EXDEV)
   fsync: boolean;         // false: volatile, fsync is a no-op and copy-ups are not synced
   writeback: boolean;
@@ -188,6 +191,7 @@ export class Union implements Filesystem {
   }
 
   private present(n: UNode, st: Stat): void {
+    if (this.opts.ids.active) this.opts.ids.present(st, this.opts.ids.p.xattrPermissions ? this.readOverride(n) : null);
     st[ST_INO] = n.ino;
     if (n.type === S_IFDIR && (this.opts.staticNlink || (n.lowers.length > 0 && (n.upper || n.lowers.length > 1)))) {
       st[ST_NLINK] = 1;  // a merged directory: the kernel's overlayfs reports 1 as well
@@ -253,6 +257,20 @@ export class Union implements Filesystem {
       // a merged dir with no recorded origin shows the upper's ino (as the kernel does)
     }
     return { st, upper, lowers, type, opaque, upperXwh, ino };
+  }
+
+  private readOverride(n: UNode): string | null {
+    let t;
+    try {
+      t = this.top(n);
+    } catch {
+      return null;
+    }
+    for (const a of OVERRIDE_XATTRS) {
+      const v = native.getxattr(procPath(t.dirfd, t.name), a, t.name ? 0 : 1);
+      if (typeof v !== 'number') return v.toString('utf8');
+    }
+    return null;
   }
 
   private readRedirect(dirfd: number, name: string): string | null {
@@ -403,8 +421,22 @@ export class Union implements Filesystem {
    * Creates an object at p/name in the upper layer as the caller. Over a whiteout the object
    * is built in the work dir and swapped in atomically; a new directory there is made opaque.
    */
-  private createUpper(p: UNode, name: string, type: number, caller: Caller, make: (dirfd: number, at: string) => number): number {
+  private createUpper(p: UNode, name: string, type: number, callerIn: Caller, make: (dirfd: number, at: string) => number, mode = -1): number {
     this.ensureUpperDir(p);
+    const ids = this.opts.ids;
+    // the caller's ids as stored on disk; with xattr_permissions the daemon owns the file and
+    // the caller's owner and mode go into the override xattr
+    const caller: Caller = ids.p.xattrPermissions ? { uid: 0, gid: 0, pid: callerIn.pid }
+      : { uid: ids.storeUid(callerIn.uid), gid: ids.storeGid(callerIn.gid), pid: callerIn.pid };
+    const r = this.createUpperAs(p, name, type, caller, make);
+    if (ids.p.xattrPermissions && mode >= 0) {
+      const pfd = this.upperDirFd(p);
+      native.setxattr(procPath(pfd, name), ids.overrideXattr, Buffer.from(formatOverride(callerIn.uid, callerIn.gid, mode)), 0, 0);
+    }
+    return r;
+  }
+
+  private createUpperAs(p: UNode, name: string, type: number, caller: Caller, make: (dirfd: number, at: string) => number): number {
     const pfd = this.upperDirFd(p);
     const st = newStat();
     const overChar = native.fstatat(pfd, name, NOFOLLOW, st) === 0 && isCharWhiteout(st);
@@ -451,26 +483,26 @@ export class Union implements Filesystem {
 
   mknod(parent: number, name: string, mode: number, rdev: number, caller: Caller): Entry {
     const p = this.node(parent);
-    this.createUpper(p, name, mode & S_IFMT, caller, (fd, at) => native.mknodat(fd, at, mode, rdev));
+    this.createUpper(p, name, mode & S_IFMT, caller, (fd, at) => native.mknodat(fd, at, mode, rdev), mode);
     return this.made(p, name);
   }
 
   mkdir(parent: number, name: string, mode: number, caller: Caller): Entry {
     const p = this.node(parent);
-    this.createUpper(p, name, S_IFDIR, caller, (fd, at) => native.mkdirat(fd, at, mode));
+    this.createUpper(p, name, S_IFDIR, caller, (fd, at) => native.mkdirat(fd, at, mode), mode);
     return this.made(p, name);
   }
 
   symlink(target: string, parent: number, name: string, caller: Caller): Entry {
     const p = this.node(parent);
-    this.createUpper(p, name, S_IFLNK, caller, (fd, at) => native.symlinkat(target, fd, at));
+    this.createUpper(p, name, S_IFLNK, caller, (fd, at) => native.symlinkat(target, fd, at), 0o777);
     return this.made(p, name);
   }
 
   create(parent: number, name: string, mode: number, flags: number, caller: Caller): { entry: Entry; opened: Opened } {
     const p = this.node(parent);
     const fd = this.createUpper(p, name, S_IFREG, caller, (dfd, at) =>
-      native.openat(dfd, at, this.openFlags(flags) | O_CREAT | O_EXCL, mode));
+      native.openat(dfd, at, this.openFlags(flags) | O_CREAT | O_EXCL, mode), mode);
     try {
       const entry = this.made(p, name);
       return { entry, opened: { fd, noSync: !this.opts.fsync } };
@@ -656,9 +688,19 @@ export class Union implements Filesystem {
     this.copyUp(n, (v & SETATTR.SIZE) !== 0 && s.size === 0 && !s.fh);
     const t = this.top(n);
     const fl = t.name ? NOFOLLOW : AT_EMPTY_PATH | NOFOLLOW;
-    if (v & SETATTR.MODE) check(native.fchmodat(t.dirfd, t.name, s.mode, fl));
-    if (v & (SETATTR.UID | SETATTR.GID)) {
-      check(native.fchownat(t.dirfd, t.name, v & SETATTR.UID ? s.uid : -1, v & SETATTR.GID ? s.gid : -1, fl));
+    const ids = this.opts.ids;
+    if (ids.p.xattrPermissions && v & (SETATTR.MODE | SETATTR.UID | SETATTR.GID)) {
+      // rootless: owner and mode live in the override xattr, as containers-storage keeps them
+      const cur = this.attrs(n);
+      const uid = v & SETATTR.UID ? s.uid : cur[ST_UID];
+      const gid = v & SETATTR.GID ? s.gid : cur[ST_GID];
+      const mode = v & SETATTR.MODE ? s.mode : cur[ST_MODE];
+      check(native.setxattr(procPath(t.dirfd, t.name), ids.overrideXattr, Buffer.from(formatOverride(uid, gid, mode)), 0, t.name ? 0 : 1));
+    } else {
+      if (v & SETATTR.MODE) check(native.fchmodat(t.dirfd, t.name, s.mode, fl));
+      if (v & (SETATTR.UID | SETATTR.GID)) {
+        check(native.fchownat(t.dirfd, t.name, v & SETATTR.UID ? ids.storeUid(s.uid) : -1, v & SETATTR.GID ? ids.storeGid(s.gid) : -1, fl));
+      }
     }
     if (v & SETATTR.SIZE) {
       const hfd = s.fh ? native.handleFd(s.fh) : -1;
@@ -804,7 +846,7 @@ export class Union implements Filesystem {
 
   setxattr(nodeid: number, name: string, value: Buffer, flags: number): void {
     if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
-    if (isPrivateXattr(name)) throw new FsError(E.EPERM);
+    if (isPrivateXattr(name) || (this.opts.ids.p.xattrPermissions && isOverrideXattr(name))) throw new FsError(E.EPERM);
     const n = this.node(nodeid);
     this.copyUp(n, false);
     const { path, follow } = this.xpath(n);
@@ -813,7 +855,7 @@ export class Union implements Filesystem {
 
   getxattr(nodeid: number, name: string): Buffer {
     if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
-    if (isPrivateXattr(name)) throw new FsError(E.ENODATA);
+    if (isPrivateXattr(name) || (this.opts.ids.p.xattrPermissions && isOverrideXattr(name))) throw new FsError(E.ENODATA);
     const { path, follow } = this.xpath(this.node(nodeid));
     const r = native.getxattr(path, name, follow);
     if (typeof r === 'number') throw new FsError(-r);
@@ -825,12 +867,13 @@ export class Union implements Filesystem {
     const { path, follow } = this.xpath(this.node(nodeid));
     const r = native.listxattr(path, follow);
     if (typeof r === 'number') throw new FsError(-r);
-    return r.toString('utf8').split('\0').filter((s) => s.length > 0 && !isPrivateXattr(s));
+    const hideOverride = this.opts.ids.p.xattrPermissions !== 0;
+    return r.toString('utf8').split('\0').filter((s) => s.length > 0 && !isPrivateXattr(s) && !(hideOverride && isOverrideXattr(s)));
   }
 
   removexattr(nodeid: number, name: string): void {
     if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
-    if (isPrivateXattr(name)) throw new FsError(E.EPERM);
+    if (isPrivateXattr(name) || (this.opts.ids.p.xattrPermissions && isOverrideXattr(name))) throw new FsError(E.EPERM);
     const n = this.node(nodeid);
     this.copyUp(n, false);
     const { path, follow } = this.xpath(n);
