@@ -46,12 +46,23 @@ function scratch(t: Target): string {
 
 const python = (code: string): string => `python3 -c '${code}'`;
 
-export function workloads(base: string): Workload[] {
+export interface FixtureNames {
+  tarball: string;   // absolute path of the tarball extracted by 'tar x'
+  bigFile: string;   // relative: the 1 GiB file
+  bigDir: string;    // relative: the directory listed by 'readdir'
+  exclude: string[]; // relative: left out of 'tar c'
+}
+
+export function workloads(base: string, names: FixtureNames = {
+  tarball: `${base}/small.tar`, bigFile: 'big1g', bigDir: 'bigdir', exclude: ['big1g'],
+}): Workload[] {
+  const big = (t: Target): string => `${t.dir}/${names.bigFile}`;
+  const excl = names.exclude.map((e) => `--exclude=./${e}`).join(' ');
   return [
     { name: 'find cold', unit: 's', prepare: () => dropCaches(), run: (t) => timed(`find ${t.dir} -path '*/scratch-*' -prune -o -print | wc -l`) },
     { name: 'find warm', unit: 's', prepare: (t) => void sh(`find ${t.dir} >/dev/null`), run: (t) => timed(`find ${t.dir} -path '*/scratch-*' -prune -o -print >/dev/null`) },
     { name: 'stat all warm', unit: 's', prepare: (t) => void sh(`find ${t.dir} -printf '%s\\n' >/dev/null`), run: (t) => timed(`find ${t.dir} -path '*/scratch-*' -prune -o -printf '%s %m %U\\n' >/dev/null`) },
-    { name: 'readdir 20k dir', unit: 's', prepare: (t) => void sh(`ls -f ${t.dir}/bigdir >/dev/null`), run: (t) => timed(`for i in 1 2 3 4 5; do ls -f ${t.dir}/bigdir >/dev/null; done`) },
+    { name: 'readdir big dir', unit: 's', prepare: (t) => void sh(`ls -f ${t.dir}/${names.bigDir} >/dev/null`), run: (t) => timed(`for i in 1 2 3 4 5; do ls -f ${t.dir}/${names.bigDir} >/dev/null; done`) },
     {
       name: 'create 10k', unit: 's',
       prepare: (t) => { fs.rmSync(scratch(t), { recursive: true, force: true }); fs.mkdirSync(scratch(t)); },
@@ -61,12 +72,12 @@ export function workloads(base: string): Workload[] {
     {
       name: 'tar x 5k files', unit: 's',
       prepare: (t) => { fs.rmSync(scratch(t), { recursive: true, force: true }); fs.mkdirSync(scratch(t)); },
-      run: (t) => timed(`tar xf ${base}/small.tar -C ${scratch(t)}`),
+      run: (t) => timed(`tar xf ${names.tarball} -C ${scratch(t)}`),
     },
-    { name: 'tar c tree', unit: 's', prepare: (t) => void sh(`find ${t.dir} >/dev/null`), run: (t) => timed(`tar cf - -C ${t.dir} --exclude='./scratch-*' --exclude=./big1g . | cat >/dev/null`) },
+    { name: 'tar c tree', unit: 's', prepare: (t) => void sh(`find ${t.dir} >/dev/null`), run: (t) => timed(`tar cf - -C ${t.dir} --exclude='./scratch-*' ${excl} . | cat >/dev/null`) },
     {
-      name: 'seq read 1 GiB', unit: 'MiB/s', prepare: (t) => void sh(`cat ${t.dir}/big1g >/dev/null`),
-      run: (t) => fio(['--name=sr', `--filename=${t.dir}/big1g`, '--rw=read', '--bs=1M', '--size=1G', '--ioengine=psync', '--invalidate=0']).bw,
+      name: 'seq read 1 GiB', unit: 'MiB/s', prepare: (t) => void sh(`cat ${big(t)} >/dev/null`),
+      run: (t) => fio(['--name=sr', `--filename=${big(t)}`, '--rw=read', '--bs=1M', '--size=1G', '--ioengine=psync', '--invalidate=0']).bw,
     },
     {
       name: 'seq write 1 GiB', unit: 'MiB/s',
@@ -74,13 +85,13 @@ export function workloads(base: string): Workload[] {
       run: (t) => fio(['--name=sw', `--filename=${scratch(t)}/w1g`, '--rw=write', '--bs=1M', '--size=1G', '--ioengine=psync']).bw,
     },
     {
-      name: 'round trip 4k O_DIRECT qd1', unit: 'µs', prepare: (t) => void sh(`cat ${t.dir}/big1g >/dev/null`),
-      run: (t) => fio(['--name=rt', `--filename=${t.dir}/big1g`, '--rw=randread', '--bs=4k', '--size=256M', '--direct=1',
+      name: 'round trip 4k O_DIRECT qd1', unit: 'µs', prepare: (t) => void sh(`cat ${big(t)} >/dev/null`),
+      run: (t) => fio(['--name=rt', `--filename=${big(t)}`, '--rw=randread', '--bs=4k', '--size=256M', '--direct=1',
         '--ioengine=psync', '--iodepth=1', '--runtime=4', '--time_based', '--invalidate=0']).latUs,
     },
     {
       name: 'rand read 4k O_DIRECT qd16', unit: 'IOPS',
-      run: (t) => fio(['--name=rr', `--filename=${t.dir}/big1g`, '--rw=randread', '--bs=4k', '--size=256M', '--direct=1',
+      run: (t) => fio(['--name=rr', `--filename=${big(t)}`, '--rw=randread', '--bs=4k', '--size=256M', '--direct=1',
         '--ioengine=libaio', '--iodepth=16', '--runtime=4', '--time_based', '--invalidate=0']).iops,
     },
   ];

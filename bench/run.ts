@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ROOT, table, type SuiteResult } from './lib';
 import { passthroughSuite, TARGETS_TEXT as PT_TARGETS, workloads as ptWorkloads } from './passthrough';
+import { overlaySuite, overlayWorkloads, TARGETS_TEXT as OV_TARGETS } from './overlay';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(name);
@@ -14,7 +15,7 @@ function main(): void {
   if (process.geteuid?.() !== 0) throw new Error('the benchmark drops caches and mounts kernel overlayfs: run it as root');
   const rounds = Number(arg('--rounds', '3'));
   const base = arg('--dir', '/var/tmp/layerfs-bench');
-  const suites = arg('--suite', 'passthrough').split(',');
+  const suites = arg('--suite', 'passthrough,overlay').split(',');
   const out: SuiteResult[] = [];
   const md: string[] = [`# layerfs benchmark ${new Date().toISOString()}`, '', `rounds: ${rounds}, medians; cost = time ratio (or inverse rate ratio): < 1 is faster.`, ''];
   if (suites.includes('passthrough')) {
@@ -22,6 +23,13 @@ function main(): void {
     out.push(r);
     md.push('## Binding: layerfs passthrough vs fuse-overlayfs vs the bare directory', '',
       table(r, 'layerfs', ['bare dir', 'fuse-overlayfs'], ptWorkloads(base), PT_TARGETS), '');
+  }
+  if (suites.includes('overlay')) {
+    const r = overlaySuite(path.join(base, 'overlay'), rounds);
+    out.push(r);
+    md.push('## Overlay: layerfs and fuse-overlayfs as a multiple of kernel overlayfs', '',
+      table(r, 'layerfs', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(base, 'overlay')), OV_TARGETS), '',
+      'fuse-overlayfs cost vs kernel overlayfs:', '', table(r, 'fuse-overlayfs', ['kernel overlayfs'], overlayWorkloads(path.join(base, 'overlay'))), '');
   }
   const text = md.join('\n');
   process.stdout.write(text + '\n');
