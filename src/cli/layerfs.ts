@@ -6,6 +6,7 @@ import { unmount } from '../mount/unmount';
 import { passthroughMount } from '../passthrough/mount';
 import { overlayCheck, overlayMount } from '../overlay/mount';
 import { UsageError } from '../mount/validate';
+import { registerThin } from '../thin/cli';
 
 function fail(msg: string): never {
   process.stderr.write(`layerfs: ${msg}\n`);
@@ -72,6 +73,26 @@ async function main(argv: string[]): Promise<void> {
       const err = await startDaemon(argv.slice(2));
       if (err) fail(err);
     });
+  registerThin(program, fail, async (rawArgs, build, check, f) => {
+    if (isDaemon) return daemonChild(build);
+    try {
+      check();
+    } catch (e) {
+      fail((e as Error).message);
+    }
+    if (f.foreground || f.debug) {
+      let m: Mountable;
+      try {
+        m = build();
+      } catch (e) {
+        fail((e as Error).message);
+      }
+      process.exitCode = await serve(m, (msg) => { if (msg !== 'ok') process.stderr.write(`layerfs: ${msg.replace(/^error /, '')}\n`); });
+      return;
+    }
+    const err = await startDaemon(argv.slice(2));
+    if (err) fail(err);
+  });
   program.command('umount')
     .alias('unmount')
     .description('unmount a layerfs mount (also one whose daemon died)')

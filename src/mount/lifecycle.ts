@@ -13,6 +13,8 @@ export interface Mountable {
   session: SessionOptions;
   /** Called once the session is up, e.g. to hand it to the filesystem for notifies. */
   onSession?(s: Session): void;
+  /** Called after the mount has ended (flush and close what the filesystem holds). */
+  onEnd?(): void;
 }
 
 const READY_TIMEOUT_MS = 30_000;
@@ -35,6 +37,7 @@ export async function serve(m: Mountable, report: (msg: string) => void): Promis
   report('ok');
   await session.ended;
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.off(sig, stop);
+  m.onEnd?.();
   return 0;
 }
 

@@ -11,7 +11,7 @@ import { E, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../sys/constants';
 import { MetaFile } from './metafile';
 import { SpaceMap } from './spacemap';
 import {
-  FANOUT, UNMAPPED, isLeaf, lookup, newLeaf, nodesOf, privateLeaf, release, walk, type Inner, type Leaf, type TreeNode,
+  FANOUT, UNMAPPED, isLeaf, lookup, nodesOf, privateLeaf, release, walk, type Inner, type Leaf, type TreeNode,
 } from './tree';
 
 export class ThinError extends Error {
@@ -486,7 +486,12 @@ export class Pool {
     return out;
   }
 
-  static newLeafForTest = newLeaf;
+  /** Restore from a dump: maps a block as recorded (two volumes may map the same block). */
+  restoreMapping(devId: number, vblock: number, block: number): void {
+    this.dev(devId);
+    if (block < 0 || block >= this.nrBlocks) throw new ThinError(E.EINVAL, `mapping to block ${block} outside the pool (${this.nrBlocks} blocks)`);
+    this.apply(['map', devId, vblock, block]);
+  }
 }
 
 export interface CheckpointState {

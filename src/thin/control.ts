@@ -1,0 +1,68 @@
+// The control socket of a mounted pool (POOL/control.sock): `layerfs thin message|status|
+// resize|check|dump` reach the daemon that owns the metadata; without a daemon they open the
+// pool themselves. One JSON request per connection, one JSON answer.
+import * as net from 'node:net';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { E } from '../sys/constants';
+import { ThinError } from './pool';
+
+export const SOCKET = 'control.sock';
+
+export interface Request {
+  cmd: 'message' | 'status' | 'resize' | 'check' | 'dump' | 'checkpoint';
+  arg?: string | number;
+}
+
+export interface Answer {
+  ok: boolean;
+  out?: unknown;
+  errno?: number;
+  error?: string;
+}
+
+export function serveControl(dir: string, handle: (r: Request) => unknown): net.Server {
+  const p = path.join(dir, SOCKET);
+  fs.rmSync(p, { force: true });
+  const srv = net.createServer((c) => {
+    let buf = '';
+    c.setEncoding('utf8');
+    c.on('data', (d) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      let a: Answer;
+      try {
+        a = { ok: true, out: handle(JSON.parse(buf.slice(0, nl)) as Request) };
+      } catch (e) {
+        a = { ok: false, errno: e instanceof ThinError ? e.errno : E.EIO, error: (e as Error).message };
+      }
+      c.end(JSON.stringify(a) + '\n');
+    });
+    c.on('error', () => {});
+  });
+  srv.listen(p);
+  srv.unref();
+  return srv;
+}
+
+/** Asks the daemon of a mounted pool; null when no daemon answers. */
+export function ask(dir: string, r: Request): Promise<Answer | null> {
+  const p = path.join(dir, SOCKET);
+  if (!fs.existsSync(p)) return Promise.resolve(null);
+  return new Promise((resolve) => {
+    const c = net.connect(p);
+    let buf = '';
+    c.setEncoding('utf8');
+    c.on('connect', () => c.write(JSON.stringify(r) + '\n'));
+    c.on('data', (d) => (buf += d));
+    c.on('end', () => {
+      try {
+        resolve(JSON.parse(buf) as Answer);
+      } catch {
+        resolve(null);
+      }
+    });
+    c.on('error', () => resolve(null));
+  });
+}
