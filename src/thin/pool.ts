@@ -158,6 +158,8 @@ export class Pool {
       case 'txn': this.transactionId = a; break;
       case 'hold': this.heldRoot = a < 0 ? null : a; break;
       case 'grow': this.space.grow(a); break;
+      case 'time': this.time = a; break;
+      case 'devmeta': Object.assign(this.devices.get(a)!, { transaction: b, creationTime: c, snapTime: op[4] }); break;
       default: throw new Error(`unknown metadata op ${k}`);
     }
     if (log) this.pending.push(op);
@@ -484,6 +486,12 @@ export class Pool {
     const out: [number, number][] = [];
     walk(this.dev(devId).root, (v, b) => out.push([v, b]));
     return out;
+  }
+
+  /** Restore from a dump: the pool's time and a device's transaction and times as recorded. */
+  restoreTimes(time: number, devs: { id: number; transaction: number; creationTime: number; snapTime: number }[]): void {
+    this.apply(['time', time]);
+    for (const d of devs) this.apply(['devmeta', d.id, d.transaction, d.creationTime, d.snapTime]);
   }
 
   /** Restore from a dump: maps a block as recorded (two volumes may map the same block). */

@@ -145,9 +145,11 @@ export function restoreXml(xml: string, dir: string): Pool {
   if (!Number.isFinite(blockSize) || !Number.isFinite(nr) || nr <= 0) throw new ThinError(E.EINVAL, 'bad <superblock> attributes');
   const p = Pool.create(dir, nr * blockSize, { blockSize });
   const devRe = /<device\b([^>]*)>([\s\S]*?)<\/device>/g;
+  const times: { id: number; transaction: number; creationTime: number; snapTime: number }[] = [];
   for (const m of xml.matchAll(devRe)) {
     const a = attrs(m[1]);
     const id = Number(a.dev_id);
+    times.push({ id, transaction: Number(a.transaction ?? 0), creationTime: Number(a.creation_time ?? 0), snapTime: Number(a.snap_time ?? 0) });
     p.message(`create_thin ${id}`);
     let maxV = 0;
     for (const r of m[2].matchAll(/<(range_mapping|single_mapping)\b([^>]*)\/>/g)) {
@@ -160,6 +162,7 @@ export function restoreXml(xml: string, dir: string): Pool {
     }
     p.setSize(id, maxV * blockSize);
   }
+  p.restoreTimes(Number(sb.time ?? 0), times);
   const t = Number(sb.transaction);
   if (t) p.message(`set_transaction_id 0 ${t}`);
   p.checkpoint();

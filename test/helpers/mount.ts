@@ -33,11 +33,26 @@ export function isMounted(p: string): boolean {
   return mountPointsUnder(p).includes(p);
 }
 
-/** Unmounts (lazily, deepest first) every mount below the test temp prefix. */
+/** Unmounts (lazily, deepest first) every mount below the test temp prefix, and detaches the
+ * loop devices whose backing files live there. */
 export function unmountAll(prefix = TMP_PREFIX): void {
+  const loops = (): { name: string; file: string }[] => {
+    const r = spawnSync('losetup', ['-J'], { encoding: 'utf8' });
+    try {
+      return (JSON.parse(r.stdout || '{"loopdevices":[]}').loopdevices as { name: string; 'back-file': string }[])
+        .map((l) => ({ name: l.name, file: l['back-file'] ?? '' }));
+    } catch {
+      return [];
+    }
+  };
+  // filesystems on our loop devices first (they may live anywhere), then our mounts
+  const ours = loops().filter((l) => l.file.startsWith(prefix));
+  const mounts = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' '));
+  for (const l of ours) for (const m of mounts) if (m[0] === l.name) spawnSync('umount', ['-l', m[1]]);
   for (const p of mountPointsUnder(prefix).sort().reverse()) {
     spawnSync('umount', ['-l', p]);
   }
+  for (const l of ours) spawnSync('losetup', ['-d', l.name]);
 }
 
 /** The pid of the daemon serving mountpoint, from its command line. */

@@ -1,0 +1,265 @@
+// Thin volumes through a real mount: losetup + mkfs.ext4 + mount, snapshots of a mounted and
+// written origin, e2fsck, fstrim giving space back to the host, online resize under load,
+// out-of-space in both modes, CLI errors, crash consistency, and Debian's thin-provisioning-tools.
+import { spawn, spawnSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { daemonPid, isMounted, layerfs, requireFuse, tempDir, unmountAll, waitFor } from './helpers/mount';
+
+function sh(cmd: string): string {
+  const r = spawnSync('bash', ['-c', cmd], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr}`);
+  return r.stdout;
+}
+
+function ok(args: string[]): string {
+  const r = layerfs(args);
+  if (r.status !== 0) throw new Error(`layerfs ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+function losetup(file: string): string {
+  return sh(`losetup -f --show ${file}`).trim();
+}
+
+function allocated(file: string): number {
+  return fs.statSync(file).blocks * 512;
+}
+
+function statusJson(pool: string): { data: { used: number; total: number }; line: string } {
+  return JSON.parse(ok(['thin', 'status', pool, '--json']));
+}
+
+describe('thin volumes through a mount', () => {
+  let base: string, pool: string, mnt: string;
+
+  beforeAll(() => {
+    requireFuse();
+    base = tempDir('thin');
+    pool = path.join(base, 'pool');
+    mnt = path.join(base, 'vols');
+    fs.mkdirSync(mnt);
+    ok(['thin', 'create', pool, '--data-size', '2G']);
+    ok(['thin', 'message', pool, 'create_thin 0']);
+    ok(['thin', 'mount', pool, mnt]);
+  });
+  afterAll(() => unmountAll(base));
+
+  test('losetup + mkfs.ext4 + mount; snapshot of the mounted origin; e2fsck clean on both', () => {
+    fs.truncateSync(path.join(mnt, '0'), 1 << 30);
+    expect(fs.statSync(path.join(mnt, '0')).size).toBe(1 << 30);
+    const loop0 = losetup(path.join(mnt, '0'));
+    const fs0 = path.join(base, 'fs0'), fs1 = path.join(base, 'fs1');
+    fs.mkdirSync(fs0);
+    fs.mkdirSync(fs1);
+    try {
+      sh(`mkfs.ext4 -q ${loop0} && mount ${loop0} ${fs0}`);
+      fs.writeFileSync(path.join(fs0, 'a.txt'), 'version 1');
+      fs.writeFileSync(path.join(fs0, 'big'), crypto.randomBytes(8 << 20));
+      const bigSha = crypto.createHash('sha256').update(fs.readFileSync(path.join(fs0, 'big'))).digest('hex');
+      sh('sync');
+      sh(`fsfreeze -f ${fs0}`);   // a consistent filesystem for the snapshot
+      try {
+        ok(['thin', 'message', pool, 'create_snap 1 0']);
+      } finally {
+        sh(`fsfreeze -u ${fs0}`);
+      }
+      expect(fs.readdirSync(mnt).sort()).toEqual(['0', '1']);
+      fs.writeFileSync(path.join(fs0, 'a.txt'), 'version 2');
+      fs.unlinkSync(path.join(fs0, 'big'));
+      sh('sync');
+      const loop1 = losetup(path.join(mnt, '1'));
+      try {
+        sh(`mount ${loop1} ${fs1}`);
+        expect(fs.readFileSync(path.join(fs1, 'a.txt'), 'utf8')).toBe('version 1');
+        expect(crypto.createHash('sha256').update(fs.readFileSync(path.join(fs1, 'big'))).digest('hex')).toBe(bigSha);
+        expect(fs.readFileSync(path.join(fs0, 'a.txt'), 'utf8')).toBe('version 2');
+        sh(`umount ${fs1}`);
+        sh(`e2fsck -fn ${loop1}`);
+      } finally {
+        spawnSync('umount', [fs1]);
+        spawnSync('losetup', ['-d', loop1]);
+      }
+      sh(`umount ${fs0}`);
+      sh(`e2fsck -fn ${loop0}`);
+      sh(`mount ${loop0} ${fs0}`);
+      // fstrim: blocks no volume uses go back to the host; the snapshot still holds its copy
+      fs.writeFileSync(path.join(fs0, 'trimmed'), crypto.randomBytes(64 << 20));
+      sh('sync');
+      const before = allocated(path.join(pool, 'data'));
+      const usedBefore = statusJson(pool).data.used;
+      fs.unlinkSync(path.join(fs0, 'trimmed'));
+      sh(`sync && fstrim ${fs0}`);
+      ok(['thin', 'message', pool, 'set_transaction_id 0 0']);   // any message commits
+      expect(statusJson(pool).data.used).toBeLessThan(usedBefore - 900);
+      expect(allocated(path.join(pool, 'data'))).toBeLessThan(before - (56 << 20));
+      expect(fs.readFileSync(path.join(mnt, '1')).length).toBe(1 << 30);   // snapshot readable
+    } finally {
+      spawnSync('umount', [fs0]);
+      spawnSync('losetup', ['-d', loop0]);
+    }
+    expect(ok(['thin', 'check', pool]).trim()).toBe('ok');
+  });
+
+  test('delete of an open volume is EBUSY; CLI errors are one line and change nothing', () => {
+    const dump = ok(['thin', 'dump', pool]);
+    const fd = fs.openSync(path.join(mnt, '1'), 'r');
+    try {
+      const r = layerfs(['thin', 'message', pool, 'delete 1']);
+      expect(r.status).not.toBe(0);
+      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/device 1 is open/)]);
+    } finally {
+      fs.closeSync(fd);
+    }
+    for (const [msg, re] of [['create_thin 0', /already exists/], ['create_snap 7 99', /does not exist/], ['delete 42', /does not exist/],
+      ['set_transaction_id 5 6', /current id is 0/], ['create_thin 99999999', /24 bits/], ['bogus 1', /unknown message/]] as const) {
+      const r = layerfs(['thin', 'message', pool, msg]);
+      expect(r.status, msg).not.toBe(0);
+      expect(r.stderr.trim().split('\n'), msg).toEqual([expect.stringMatching(re)]);
+    }
+    expect(ok(['thin', 'dump', pool])).toBe(dump);
+    for (const args of [['thin', 'create', path.join(base, 'bad1'), '--data-size', '1G', '--block-size', '96k'],
+      ['thin', 'create', pool, '--data-size', '1G'], ['thin', 'status', path.join(base, 'nopool')]]) {
+      const r = layerfs(args);
+      expect(r.status, args.join(' ')).not.toBe(0);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    }
+    expect(fs.existsSync(path.join(base, 'bad1', 'data'))).toBe(false);
+    ok(['thin', 'message', pool, 'delete 1']);
+    expect(fs.readdirSync(mnt)).toEqual(['0']);
+  });
+
+  test('online resize while a volume is written', async () => {
+    ok(['thin', 'message', pool, 'create_thin 5']);
+    fs.truncateSync(path.join(mnt, '5'), 512 << 20);
+    const total = statusJson(pool).data.total;
+    const writer = spawn('dd', ['if=/dev/urandom', `of=${path.join(mnt, '5')}`, 'bs=1M', 'count=256', 'conv=notrunc,fsync', 'status=none']);
+    const done = new Promise<number>((r) => writer.on('exit', (c) => r(c ?? -1)));
+    await new Promise((r) => setTimeout(r, 200));
+    ok(['thin', 'resize', pool, '--data-size', '3G']);
+    expect(await done).toBe(0);
+    const s = statusJson(pool);
+    expect(s.data.total).toBe(total * 1.5);
+    expect(fs.statSync(path.join(pool, 'data')).size).toBe(3 * 2 ** 30);
+    expect(ok(['thin', 'check', pool]).trim()).toBe('ok');
+  });
+
+  test("dump is thin_dump's XML: Debian's thin_restore, thin_check and thin_dump accept it", () => {
+    const xml = path.join(base, 'pool.xml'), meta = path.join(base, 'meta.bin');
+    fs.writeFileSync(xml, ok(['thin', 'dump', pool]));
+    fs.writeFileSync(meta, '');
+    fs.truncateSync(meta, 64 << 20);
+    sh(`thin_restore -i ${xml} -o ${meta}`);
+    sh(`thin_check ${meta}`);
+    const back = sh(`thin_dump ${meta}`);
+    const norm = (x: string): string[] => x.split('\n').map((l) => l.trim()).filter((l) => /mapping|<device/.test(l));
+    expect(norm(back)).toEqual(norm(fs.readFileSync(xml, 'utf8')));
+    // and restore reads it back into a pool with the same mappings
+    const pool2 = path.join(base, 'pool2');
+    ok(['thin', 'restore', xml, pool2]);
+    expect(norm(ok(['thin', 'dump', pool2]))).toEqual(norm(fs.readFileSync(xml, 'utf8')));
+    expect(ok(['thin', 'check', pool2]).trim()).toBe('ok');
+  });
+});
+
+describe('thin out of space', () => {
+  let base: string;
+  beforeAll(() => {
+    requireFuse();
+    base = tempDir('thinfull');
+  });
+  afterAll(() => unmountAll(base));
+
+  for (const mode of ['error', 'queue'] as const) {
+    test(`${mode}_if_no_space: writes needing a block fail, the rest keeps working, the daemon answers`, () => {
+      const pool = path.join(base, `p-${mode}`), mnt = path.join(base, `m-${mode}`);
+      fs.mkdirSync(mnt);
+      ok(['thin', 'create', pool, '--data-size', '1M', ...(mode === 'error' ? ['--error-if-no-space'] : [])]);
+      ok(['thin', 'message', pool, 'create_thin 0']);
+      ok(['thin', 'mount', pool, mnt, ...(mode === 'queue' ? ['-o', 'no_space_timeout=2'] : [])]);
+      try {
+        const vol = path.join(mnt, '0');
+        fs.truncateSync(vol, 4 << 20);
+        const fd = fs.openSync(vol, 'r+');
+        try {
+          fs.writeSync(fd, Buffer.alloc(1 << 20, 1), 0, 1 << 20, 0);     // fills the pool
+          const t0 = Date.now();
+          expect(() => fs.writeSync(fd, Buffer.alloc(4096, 2), 0, 4096, 2 << 20)).toThrow(/ENOSPC/);
+          const waited = Date.now() - t0;
+          if (mode === 'error') expect(waited).toBeLessThan(1000);
+          else expect(waited).toBeGreaterThanOrEqual(1500);
+          fs.writeSync(fd, Buffer.alloc(4096, 3), 0, 4096, 4096);        // provisioned: fine
+          expect(statusJson(pool).line).toMatch(/out_of_data_space/);
+          expect(statusJson(pool).line).toMatch(mode === 'error' ? /error_if_no_space/ : /queue_if_no_space/);
+        } finally {
+          fs.closeSync(fd);
+        }
+      } finally {
+        expect(layerfs(['umount', mnt]).status).toBe(0);
+      }
+    });
+  }
+});
+
+describe('thin crash consistency', () => {
+  let base: string;
+  beforeAll(() => {
+    requireFuse();
+    base = tempDir('thincrash');
+  });
+  afterAll(() => unmountAll(base));
+
+  test('SIGKILL during writes, snapshots and deletes: check passes, fsynced data is intact', async () => {
+    const pool = path.join(base, 'pool'), mnt = path.join(base, 'mnt');
+    fs.mkdirSync(mnt);
+    ok(['thin', 'create', pool, '--data-size', '1G']);
+    ok(['thin', 'message', pool, 'create_thin 0']);
+    for (const delay of [50, 150, 300, 600]) {
+      ok(['thin', 'mount', pool, mnt]);
+      fs.truncateSync(path.join(mnt, '0'), 256 << 20);
+      // a writer that records each region after its fsync returned, and churns snapshots
+      const log = path.join(base, `acked-${delay}`);
+      const script = `
+        const fs = require('fs'), cp = require('child_process');
+        const [vol, log, pool, cli] = process.argv.slice(1);
+        const fd = fs.openSync(vol, 'r+');
+        for (let i = 0; ; i++) {
+          const off = (i * 7919 % 4000) * 65536, fill = (i % 250) + 1;
+          try { fs.writeSync(fd, Buffer.alloc(65536, fill), 0, 65536, off); fs.fsyncSync(fd); } catch { process.exit(0); }
+          fs.appendFileSync(log, off + ' ' + fill + '\\n');
+          if (i % 20 === 5) cp.spawnSync(process.execPath, [cli, 'thin', 'message', pool, 'create_snap ' + (100 + i) + ' 0']);
+          if (i % 20 === 15) cp.spawnSync(process.execPath, [cli, 'thin', 'message', pool, 'delete ' + (100 + i - 10)]);
+        }`;
+      const w = spawn(process.execPath, ['-e', script, path.join(mnt, '0'), log, pool, path.resolve(__dirname, '../dist/src/cli/layerfs.js')], { stdio: 'ignore' });
+      await new Promise((r) => setTimeout(r, delay));
+      const pid = daemonPid(mnt);
+      process.kill(pid, 'SIGKILL');
+      waitFor(() => !fs.existsSync(`/proc/${pid}`));
+      await new Promise((r) => w.on('exit', r));
+      expect(layerfs(['umount', mnt]).status).toBe(0);
+      expect(isMounted(mnt)).toBe(false);
+      fs.rmSync(path.join(pool, 'control.sock'), { force: true });
+      const c = layerfs(['thin', 'check', pool]);
+      expect(c.stdout.trim(), c.stderr).toBe('ok');
+      // every acknowledged write reads back (the last one per offset wins)
+      ok(['thin', 'mount', pool, mnt]);
+      const last = new Map<number, number>();
+      if (fs.existsSync(log)) {
+        for (const line of fs.readFileSync(log, 'utf8').trim().split('\n').filter(Boolean)) {
+          const [o, f] = line.split(' ').map(Number);
+          last.set(o, f);
+        }
+      }
+      const fd = fs.openSync(path.join(mnt, '0'), 'r');
+      for (const [o, f] of last) {
+        const b = Buffer.alloc(65536);
+        fs.readSync(fd, b, 0, 65536, o);
+        expect(b.equals(Buffer.alloc(65536, f)), `offset ${o} after kill at ${delay} ms`).toBe(true);
+      }
+      fs.closeSync(fd);
+      expect(layerfs(['umount', mnt]).status).toBe(0);
+    }
+  });
+});
