@@ -70,8 +70,8 @@ export interface SuiteResult {
 export function runSuite(suite: string, targets: Target[], workloads: Workload[], rounds: number): SuiteResult {
   const results: SuiteResult['results'] = {};
   for (const w of workloads) results[w.name] = Object.fromEntries(targets.map((t) => [t.name, []]));
-  for (const t of targets) t.setup();
   try {
+    for (const t of targets) t.setup();
     for (let r = 0; r < rounds; r++) {
       const order = targets.map((_, i) => targets[(i + r) % targets.length]);
       for (const w of workloads) {

@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { ROOT, table, type SuiteResult } from './lib';
 import { passthroughSuite, TARGETS_TEXT as PT_TARGETS, workloads as ptWorkloads } from './passthrough';
 import { overlaySuite, overlayWorkloads, TARGETS_TEXT as OV_TARGETS } from './overlay';
+import { snapLatency, thinSuite, TARGETS_TEXT as TH_TARGETS } from './thin';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(name);
@@ -15,7 +16,7 @@ function main(): void {
   if (process.geteuid?.() !== 0) throw new Error('the benchmark drops caches and mounts kernel overlayfs: run it as root');
   const rounds = Number(arg('--rounds', '3'));
   const base = arg('--dir', '/var/tmp/layerfs-bench');
-  const suites = arg('--suite', 'passthrough,overlay').split(',');
+  const suites = arg('--suite', 'passthrough,overlay,thin').split(',');
   const out: SuiteResult[] = [];
   const md: string[] = [`# layerfs benchmark ${new Date().toISOString()}`, '', `rounds: ${rounds}, medians; cost = time ratio (or inverse rate ratio): < 1 is faster.`, ''];
   if (suites.includes('passthrough')) {
@@ -30,6 +31,18 @@ function main(): void {
     md.push('## Overlay: layerfs and fuse-overlayfs as a multiple of kernel overlayfs', '',
       table(r, 'layerfs', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(base, 'overlay')), OV_TARGETS), '',
       'fuse-overlayfs cost vs kernel overlayfs:', '', table(r, 'fuse-overlayfs', ['kernel overlayfs'], overlayWorkloads(path.join(base, 'overlay'))), '');
+  }
+  if (suites.includes('thin')) {
+    const r = thinSuite(path.join(base, 'thin'), rounds);
+    out.push(r);
+    const lat = snapLatency(path.join(base, 'thin'));
+    (r as SuiteResult & { snapMs?: unknown }).snapMs = lat;
+    md.push('## Thin: ext4 on a loop device on a thin volume vs on a plain sparse file', '',
+      table(r, 'thin volume', ['plain sparse file'], [
+        { name: 'seq write 1M', unit: 'MiB/s', run: () => 0 }, { name: 'seq read 1M', unit: 'MiB/s', run: () => 0 },
+        { name: 'rand write 4k', unit: 'IOPS', run: () => 0 }, { name: 'first writes into a snapshot (rand 4k)', unit: 'IOPS', run: () => 0 },
+      ], TH_TARGETS), '',
+      `create_snap: ${lat.full100G.toFixed(3)} ms on a fully mapped 100 GiB volume, ${lat.depth1000.toFixed(3)} ms at depth 1,000 (target ≤ 10 ms)`, '');
   }
   const text = md.join('\n');
   process.stdout.write(text + '\n');

@@ -118,6 +118,8 @@ export class ThinFs implements Filesystem {
     const h = this.nextHandle++;
     this.handles.set(h, id);
     this.pool.openDevices.set(id, (this.pool.openDevices.get(id) ?? 0) + 1);
+    // direct_io: every write reaches the pool before it is acknowledged, so a snapshot between
+    // requests holds exactly the acknowledged writes (measured: also faster than buffered here)
     return { jsHandle: h, directIo: true };
   }
 

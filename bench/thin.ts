@@ -1,0 +1,113 @@
+// The thin suite: fio on ext4 on a loop device on a thin volume, against the same on a plain
+// sparse file on the same host filesystem; first writes into a fresh snapshot (breaking
+// sharing); create_snap latency on a 100 GiB volume and at snapshot depth 1,000.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CLI, fio, runSuite, sh, umount, type SuiteResult, type Target, type Workload } from './lib';
+import { Pool } from '../src/thin/pool';
+
+export const TARGETS_TEXT: Record<string, string> = {
+  'rand write 4k': '≥ 0.5× plain',
+  'seq write 1M': '≥ 0.7× plain',
+  'seq read 1M': '≥ 0.7× plain',
+  'first writes into a snapshot (rand 4k)': '≥ 0.3× plain',
+};
+
+const VOL = 4 * 2 ** 30;
+
+function layerfs(args: string[]): void {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`layerfs ${args.join(' ')}: ${r.stderr}`);
+}
+
+function loopFs(image: string, mnt: string): string {
+  const loop = sh(`losetup -f --show ${image}`).trim();
+  sh(`mkfs.ext4 -q -E nodiscard ${loop} && mkdir -p ${mnt} && mount ${loop} ${mnt}`);
+  return loop;
+}
+
+export function thinSuite(base: string, rounds: number): SuiteResult {
+  fs.rmSync(base, { recursive: true, force: true });
+  fs.mkdirSync(base, { recursive: true });
+  const pool = path.join(base, 'pool'), vols = path.join(base, 'vols');
+  let plainLoop = '', thinLoop = '';
+  const plain: Target = {
+    name: 'plain sparse file', dir: path.join(base, 'plain-fs'),
+    setup() {
+      fs.writeFileSync(path.join(base, 'plain.img'), '');
+      fs.truncateSync(path.join(base, 'plain.img'), VOL);
+      plainLoop = loopFs(path.join(base, 'plain.img'), this.dir);
+    },
+    teardown() {
+      umount(this.dir);
+      spawnSync('losetup', ['-d', plainLoop]);
+    },
+  };
+  const thin: Target = {
+    name: 'thin volume', dir: path.join(base, 'thin-fs'),
+    setup() {
+      layerfs(['thin', 'create', pool, '--data-size', '16G']);
+      layerfs(['thin', 'message', pool, 'create_thin 0']);
+      fs.mkdirSync(vols, { recursive: true });
+      layerfs(['thin', 'mount', pool, vols]);
+      fs.truncateSync(path.join(vols, '0'), VOL);
+      thinLoop = loopFs(path.join(vols, '0'), this.dir);
+    },
+    teardown() {
+      umount(this.dir);
+      spawnSync('losetup', ['-d', thinLoop]);
+      umount(vols);
+    },
+  };
+  const job = (t: Target, extra: string[]): number[] => {
+    const r = fio([`--name=j`, `--filename=${t.dir}/fio.dat`, '--size=1G', '--direct=1', '--ioengine=libaio', ...extra]);
+    return [r.bw, r.iops];
+  };
+  let snapId = 1;
+  const workloads: Workload[] = [
+    { name: 'seq write 1M', unit: 'MiB/s', prepare: (t) => fs.rmSync(`${t.dir}/fio.dat`, { force: true }), run: (t) => job(t, ['--rw=write', '--bs=1M', '--iodepth=4', '--end_fsync=1'])[0] },
+    { name: 'seq read 1M', unit: 'MiB/s', run: (t) => job(t, ['--rw=read', '--bs=1M', '--iodepth=4'])[0] },
+    { name: 'rand write 4k', unit: 'IOPS', run: (t) => job(t, ['--rw=randwrite', '--bs=4k', '--iodepth=16', '--runtime=5', '--time_based'])[1] },
+    {
+      name: 'first writes into a snapshot (rand 4k)', unit: 'IOPS',
+      prepare: (t) => {
+        if (t === thin) {
+          sh(`sync && fsfreeze -f ${t.dir}`);
+          try {
+            layerfs(['thin', 'message', pool, `create_snap ${snapId++} 0`]);
+          } finally {
+            sh(`fsfreeze -u ${t.dir}`);
+          }
+        }
+      },
+      run: (t) => job(t, ['--rw=randwrite', '--bs=4k', '--iodepth=16', '--runtime=5', '--time_based'])[1],
+    },
+  ];
+  return runSuite('thin', [plain, thin], workloads, rounds);
+}
+
+/** create_snap of a 100 GiB (fully mapped) volume, and of the end of a 1,000-deep chain, in ms. */
+export function snapLatency(base: string): { full100G: number; depth1000: number } {
+  const dir = path.join(base, 'snap-pool');
+  fs.rmSync(dir, { recursive: true, force: true });
+  const p = Pool.create(dir, 101 * 2 ** 30, {});
+  try {
+    p.message('create_thin 0');
+    p.setSize(0, 100 * 2 ** 30);
+    const blocks = (100 * 2 ** 30) / p.blockSize;
+    for (let vb = 0; vb < blocks; vb++) p.restoreMapping(0, vb, vb);
+    const time = (msg: string): number => {
+      const t = process.hrtime.bigint();
+      p.message(msg);
+      return Number(process.hrtime.bigint() - t) / 1e6;
+    };
+    const full100G = time('create_snap 1 0');
+    for (let i = 2; i < 1001; i++) p.message(`create_snap ${i} ${i - 1}`);
+    const depth1000 = time('create_snap 1001 1000');
+    return { full100G, depth1000 };
+  } finally {
+    p.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
