@@ -181,6 +181,28 @@ print(first.decode(), bytes(buf[:4]).decode())
     expect(typeof x === 'number' ? '' : x.toString()).not.toMatch(/overlay/);
   });
 
+  test('changes made directly in a layer show within timeout=SECS', async () => {
+    const m2 = path.join(base, 'mnt-t'), up2 = path.join(base, 'up-t'), w2 = path.join(base, 'work-t');
+    for (const d of [m2, up2, w2]) fs.mkdirSync(d);
+    mountOk(['-o', `lowerdir=${l1}:${l2},upperdir=${up2},workdir=${w2},timeout=1`, m2]);
+    try {
+      expect(fs.existsSync(path.join(m2, 'late'))).toBe(false);
+      const before = fs.readdirSync(path.join(m2, 'a'));
+      fs.writeFileSync(path.join(l2, 'late'), 'arrived');
+      fs.writeFileSync(path.join(l2, 'a', 'late2'), 'x');
+      fs.writeFileSync(path.join(l2, 'public'), 'public, changed');
+      await new Promise((r) => setTimeout(r, 1300));
+      expect(fs.readFileSync(path.join(m2, 'late'), 'utf8')).toBe('arrived');
+      expect(fs.readdirSync(path.join(m2, 'a')).sort()).toEqual([...before, 'late2'].sort());
+      expect(fs.readFileSync(path.join(m2, 'public'), 'utf8')).toBe('public, changed');
+    } finally {
+      spawnSync('umount', [m2]);
+      fs.rmSync(path.join(l2, 'late'));
+      fs.rmSync(path.join(l2, 'a', 'late2'));
+      fs.writeFileSync(path.join(l2, 'public'), 'public');
+    }
+  });
+
   test('after umount and a fresh mount of the same upper/work, everything looks the same', () => {
     const v1 = view(mnt);
     const ino1 = fs.statSync(path.join(mnt, 'big')).ino;

@@ -94,6 +94,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
     format = probeFormat(workFd, id.root);
   }
   const union = new Union(layers, workFd, {
+    timeout: cfg.timeout,
     format,
     ids: new Ids({ uidMap: cfg.uidMap, gidMap: cfg.gidMap, squashUid: cfg.squashUid, squashGid: cfg.squashGid, xattrPermissions: cfg.xattrPermissions }),
     redirectDir: cfg.redirectDir,

@@ -36,7 +36,7 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
   if (id.root) mountOptions.push('allow_other');
   for (const k of ['ro', 'noatime', 'nodev', 'nosuid', 'noexec']) if (o.has(k)) mountOptions.push(k);
   return {
-    fs: new Passthrough(root, { writeback, directRead }, id, native.raiseNofile()),
+    fs: new Passthrough(root, { writeback, directRead, timeout }, id, native.raiseNofile()),
     mountpoint,
     session: {
       mountOptions, entryTimeout: timeout, attrTimeout: timeout, negativeTimeout: timeout,

@@ -33,6 +33,8 @@ interface Node {
 
 export interface PassthroughOptions {
   writeback: boolean;
+  /** timeout=SECS: with a short one, listings are read anew at each open (changes behind our back). */
+  timeout: number;
   /** Serve files nobody has opened for writing with direct_io from the backing page cache. */
   directRead: boolean;
 }
@@ -311,7 +313,8 @@ export class Passthrough implements Filesystem {
 
   opendir(nodeid: number): DirOpened {
     this.dirFd(this.node(nodeid));
-    return { cacheReaddir: true, keepCache: true };  // the kernel drops it when the dir changes
+    // kept across opens only with a long timeout: the kernel drops it when the dir's mtime moves
+    return { cacheReaddir: true, keepCache: this.opts.timeout >= 3600 };
   }
 
   readdir(nodeid: number): DirList {

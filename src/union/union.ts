@@ -25,6 +25,8 @@ import { formatOverride, Ids, isOverrideXattr, OVERRIDE_XATTRS } from './ids';
 import { ST_GID, ST_UID } from '../sys/stat';
 
 export interface UnionOptions {
+  /** The kernel cache time (timeout=SECS): listings are kept across opens only when it is long. */
+  timeout: number;
   format: WhiteoutFormat;
   ids: Ids;
   redirectDir: boolean;   // rename lower dirs with a redirect (else EXDEV)
@@ -35,6 +37,7 @@ export interface UnionOptions {
 }
 
 const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
+const LONG_TIMEOUT = 3600;
 const UPPER = 0;
 
 export class Union implements Filesystem {
@@ -753,7 +756,9 @@ export class Union implements Filesystem {
 
   opendir(nodeid: number): DirOpened {
     this.node(nodeid);
-    return { cacheReaddir: true, keepCache: true };
+    // a layer changed behind the union's back does not move the upper dir's mtime, so with a
+    // short timeout a listing is read anew at each open; with the default one it stays cached
+    return { cacheReaddir: true, keepCache: this.opts.timeout >= LONG_TIMEOUT };
   }
 
   /** The merged listing of a directory node: names, presented inos, d_types. */
