@@ -28,6 +28,13 @@ struct handle {
   int open_flags;
   uint64_t ino;           // FUSE node id, so JS can find handles of a node
   uint64_t js_id;         // JS-side handle id (HANDLE_JS)
+  // thin volume fast path (HANDLE_JS): block map and exclusive flags owned by JS
+  int32_t *thin_blocks;   // virtual block -> data block, -1 unmapped
+  uint8_t *thin_excl;     // 1: written in place (no allocation, no copy-on-write needed)
+  uint64_t thin_n;        // entries in both arrays
+  uint64_t thin_size;     // volume size in bytes
+  uint32_t thin_bs;       // block size
+  int thin_fd;            // the pool's data file
 };
 
 uint64_t handle_add(int kind, int fd, uint64_t ino, int open_flags, int flags, uint64_t js_id);

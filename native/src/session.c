@@ -439,10 +439,55 @@ static void js_handle_op(int op, fuse_req_t req, fuse_ino_t ino, struct handle *
   enqueue(j);
 }
 
+// Thin volumes: reads map each block through the JS-owned table; unmapped blocks are zeros.
+static void thin_read(fuse_req_t req, struct handle *h, size_t size, off_t off) {
+  if ((uint64_t)off >= h->thin_size) { fuse_reply_buf(req, NULL, 0); return; }
+  if ((uint64_t)off + size > h->thin_size) size = h->thin_size - (uint64_t)off;
+  char *buf = malloc(size ? size : 1);
+  if (!buf) { fuse_reply_err(req, ENOMEM); return; }
+  size_t done = 0;
+  while (done < size) {
+    uint64_t pos = (uint64_t)off + done, vb = pos / h->thin_bs, in = pos % h->thin_bs;
+    size_t n = h->thin_bs - in;
+    if (n > size - done) n = size - done;
+    int32_t b = vb < h->thin_n ? h->thin_blocks[vb] : -1;
+    if (b < 0) memset(buf + done, 0, n);
+    else {
+      ssize_t r = pread(h->thin_fd, buf + done, n, (off_t)b * h->thin_bs + (off_t)in);
+      if (r < 0) { int e = errno; free(buf); fuse_reply_err(req, e); return; }
+      if ((size_t)r < n) memset(buf + done + r, 0, n - (size_t)r);
+    }
+    done += n;
+  }
+  fuse_reply_buf(req, buf, size);
+  free(buf);
+}
+
+// Thin volumes: a write that lands only on exclusive mapped blocks is done here; anything that
+// needs a block (allocation, copy-on-write) goes to JS. Returns 0 when it was not handled.
+static int thin_write(fuse_req_t req, struct handle *h, const char *data, size_t size, off_t off) {
+  if ((uint64_t)off + size > h->thin_size) return 0;
+  for (uint64_t vb = (uint64_t)off / h->thin_bs; vb * h->thin_bs < (uint64_t)off + size; vb++) {
+    if (vb >= h->thin_n || h->thin_blocks[vb] < 0 || !h->thin_excl[vb]) return 0;
+  }
+  size_t done = 0;
+  while (done < size) {
+    uint64_t pos = (uint64_t)off + done, vb = pos / h->thin_bs, in = pos % h->thin_bs;
+    size_t n = h->thin_bs - in;
+    if (n > size - done) n = size - done;
+    ssize_t r = pwrite(h->thin_fd, data + done, n, (off_t)h->thin_blocks[vb] * h->thin_bs + (off_t)in);
+    if (r < 0) { fuse_reply_err(req, errno); return 1; }
+    done += (size_t)r;
+  }
+  fuse_reply_write(req, size);
+  return 1;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi) {
   struct handle *h = fh_of(fi);
   if (!h) { fuse_reply_err(req, EBADF); return; }
+  if (h->kind == HANDLE_JS && h->thin_blocks) { thin_read(req, h, size, off); return; }
   if (h->kind == HANDLE_JS) { js_handle_op(OP_READ, req, ino, h, (double)size, (double)off, 0); return; }
   struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
   pthread_rwlock_rdlock(&h->lock);
@@ -466,6 +511,7 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
     mem.buf[0].mem = j->buf;
     ssize_t n = fuse_buf_copy(&mem, in, 0);
     if (n < 0) { fuse_reply_err(req, (int)-n); job_free(j); return; }
+    if (h->thin_blocks && thin_write(req, h, j->buf, (size_t)n, off)) { job_free(j); return; }
     j->buflen = (size_t)n;
     j->a[4] = (double)h->js_id; j->a[6] = (double)off;
     enqueue(j);
@@ -1102,6 +1148,30 @@ static napi_value js_retarget(napi_env env, napi_callback_info info) {
   return num(env, handle_retarget((uint64_t)arg_f64(env, argv[0]), (int)arg_i64(env, argv[1])));
 }
 
+// thinAttach(fh, dataFd, blockSize, blocks: Int32Array, excl: Uint8Array, volumeSize): the C
+// fast path of a thin volume handle. JS keeps both arrays alive and calls again when they change
+// size; with no worker threads every use happens on the JS thread.
+static napi_value js_thin_attach(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  struct handle *h = handle_get((uint64_t)arg_f64(env, argv[0]));
+  if (!h || h->kind != HANDLE_JS) return num(env, -EBADF);
+  napi_typedarray_type t1, t2;
+  size_t n1, n2;
+  void *d1, *d2;
+  if (napi_get_typedarray_info(env, argv[3], &t1, &n1, &d1, NULL, NULL) != napi_ok || t1 != napi_int32_array ||
+      napi_get_typedarray_info(env, argv[4], &t2, &n2, &d2, NULL, NULL) != napi_ok || t2 != napi_uint8_array || n1 != n2)
+    return num(env, -EINVAL);
+  h->thin_fd = (int)arg_i64(env, argv[1]);
+  h->thin_bs = (uint32_t)arg_i64(env, argv[2]);
+  h->thin_blocks = d1;
+  h->thin_excl = d2;
+  h->thin_n = n1;
+  h->thin_size = (uint64_t)arg_f64(env, argv[5]);
+  return num(env, 0);
+}
+
 static napi_value js_handle_count(napi_env env, napi_callback_info info) {
   (void)info;
   return num(env, (double)handle_count());
@@ -1167,6 +1237,7 @@ napi_value session_init_exports(napi_env env, napi_value exports) {
   export_fn(env, exports, "handlesOf", js_handles_of);
   export_fn(env, exports, "retarget", js_retarget);
   export_fn(env, exports, "handleCount", js_handle_count);
+  export_fn(env, exports, "thinAttach", js_thin_attach);
   export_fn(env, exports, "notifyInvalEntry", js_notify_entry);
   export_fn(env, exports, "notifyInvalAttr", js_notify_attr);
   export_fn(env, exports, "notifyInvalInode", js_notify_inode);

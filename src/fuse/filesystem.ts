@@ -43,6 +43,8 @@ export interface Opened {
   directIo?: boolean;
   keepCache?: boolean;
   noSync?: boolean;
+  /** Told the kernel's file handle once the open is answered. */
+  onOpened?(fh: number): void;
 }
 
 export interface DirOpened {

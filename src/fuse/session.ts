@@ -164,8 +164,10 @@ export class Session {
         case OP.LINK:
           return this.settle(req, this.fs.link(ino, a1, s1!, caller), (e) => this.replyEntry(req, e));
         case OP.OPEN:
-          return this.settle(req, this.fs.open(ino, a1, caller), (o) =>
-            native.replyOpen(req, o.fd ?? -(o.jsHandle as number), fopenFlags(o), ino, a1));
+          return this.settle(req, this.fs.open(ino, a1, caller), (o) => {
+            const fh = native.replyOpen(req, o.fd ?? -(o.jsHandle as number), fopenFlags(o), ino, a1);
+            if (fh) o.onOpened?.(fh);
+          });
         case OP.CREATE:
           return this.settle(req, this.fs.create(ino, s1!, a1, a2, caller), ({ entry, opened }) => {
             const fh = native.replyCreate(req, entry.nodeid, entry.generation ?? 0,

@@ -48,6 +48,7 @@ export interface Native {
   handlesOf(nodeid: number): number[];
   retarget(fh: number, fd: number): number;
   handleCount(): number;
+  thinAttach(fh: number, dataFd: number, blockSize: number, blocks: Int32Array, excl: Uint8Array, size: number): number;
   notifyInvalEntry(sid: number, parent: number, name: string): void;
   notifyInvalAttr(sid: number, nodeid: number): number;
   notifyInvalInode(sid: number, ino: number, off: number, len: number): void;

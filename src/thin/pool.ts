@@ -45,6 +45,12 @@ export interface Device {
 
 type Op = [string, ...number[]];
 
+export interface PoolListener {
+  mapped(dev: number, vblock: number, block: number, exclusive: boolean): void;
+  shared(dev: number): void;     // all of dev's blocks may now be shared (it was snapshotted)
+  resized(dev: number): void;
+}
+
 export const DATA_FILE = 'data';
 export const META_FILE = 'metadata';
 
@@ -59,6 +65,8 @@ export class Pool {
   private lowWaterLogged = false;
   readonly openDevices = new Map<number, number>();  // dev -> open count (delete -> EBUSY)
   onEvent: (msg: string) => void = () => {};
+  /** Told of every change the C fast path of open volumes must mirror. */
+  listener: PoolListener | null = null;
 
   private constructor(readonly dir: string, readonly opts: PoolOptions, nrBlocks: number,
     readonly dataFd: number, readonly meta: MetaFile) {
@@ -141,6 +149,7 @@ export class Pool {
       case 'snap': {
         const o = this.devices.get(b)!;
         if (o.root) o.root.refs++;
+        this.listener?.shared(b);
         this.time++;
         this.devices.set(a, { id: a, root: o.root, size: o.size, mapped: o.mapped, transaction: this.transactionId, creationTime: this.time, snapTime: this.time });
         o.snapTime = this.time;
@@ -154,7 +163,7 @@ export class Pool {
       }
       case 'map': this.setMapping(a, b, c); break;
       case 'unmap': this.setMapping(a, b, UNMAPPED); break;
-      case 'size': this.devices.get(a)!.size = b; break;
+      case 'size': this.devices.get(a)!.size = b; this.listener?.resized(a); break;
       case 'txn': this.transactionId = a; break;
       case 'hold': this.heldRoot = a < 0 ? null : a; break;
       case 'grow': this.space.grow(a); break;
@@ -182,6 +191,15 @@ export class Pool {
       r.leaf.count--;
       d.mapped--;
     }
+    this.listener?.mapped(dev, vblock, block, block !== UNMAPPED && this.isExclusive(dev, vblock));
+  }
+
+  /** Can vblock of dev be written in place: mapped, its block and every node on the path unshared? */
+  isExclusive(dev: number, vblock: number): boolean {
+    const d = this.devices.get(dev);
+    if (!d) return false;
+    const b = lookup(d.root, vblock);
+    return b !== UNMAPPED && this.space.refs[b] === 1 && this.exclusive(d, vblock);
   }
 
   // ---- messages (dm-thin's grammar) ----
