@@ -4,6 +4,7 @@ import { native, type SessionConfig } from '../sys/native';
 import type { DirList } from '../sys/native';
 import { FsError } from '../sys/errors';
 import { spawn } from 'node:child_process';
+import { LRUCache } from 'lru-cache';
 import { E, MNT_DETACH } from '../sys/constants';
 import { ST_INO, newStat } from '../sys/stat';
 import type { Caller, Entry, Filesystem, Opened } from './filesystem';
@@ -17,6 +18,10 @@ export interface SessionOptions extends SessionConfig {
   attrTimeout: number;
   negativeTimeout: number;
   debug?: boolean;
+  /** Answer OPENDIR with ENOSYS: the kernel then sends neither OPENDIR nor RELEASEDIR (one
+   * round trip less per directory walked) and keeps listings cached; only for long timeouts,
+   * since a listing can then not be forced to be read anew at open. */
+  noOpendir?: boolean;
 }
 
 interface DirHandle {
@@ -77,6 +82,7 @@ if (trace) {
 export class Session {
   readonly sid: number;
   private readonly dirs = new Map<number, DirHandle>();
+  private readonly listings = new LRUCache<number, DirHandle>({ max: 256 });
   private nextDir = 1;
   private endedResolve!: () => void;
   private readyResolve!: () => void;
@@ -176,6 +182,10 @@ export class Session {
             if (!fh) this.fs.forget(entry.nodeid, 1);  // the kernel never saw the entry
           });
         case OP.OPENDIR:
+          if (this.opts.noOpendir) {
+            native.replyErr(req, E.ENOSYS);
+            return;
+          }
           return this.settle(req, this.fs.opendir(ino, a1, caller), (d) => {
             const fh = this.nextDir++;
             this.dirs.set(fh, { nodeid: ino, list: null });
@@ -261,7 +271,12 @@ export class Session {
 
   private readdir(req: number, ino: number, fh: number, size: number, off: number, plus: boolean,
     caller: Caller): void {
-    const d = this.dirs.get(fh);
+    let d = this.dirs.get(fh);
+    if (!d && fh === 0 && this.opts.noOpendir) {
+      // no handles: the listing read at offset 0 serves the offsets that follow
+      d = this.listings.get(ino) ?? { nodeid: ino, list: null };
+      this.listings.set(ino, d);
+    }
     if (!d) {
       native.replyErr(req, E.EBADF);
       return;

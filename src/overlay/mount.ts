@@ -114,7 +114,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
     session: {
       mountOptions, entryTimeout: cfg.timeout, attrTimeout: cfg.timeout, negativeTimeout: cfg.timeout,
       writeback: cfg.writeback, debug, readdirplus: 2, threads: cfg.threads, splice: false, asyncDio: true,
-      posixAcl: false,
+      posixAcl: false, noOpendir: cfg.timeout >= 3600,
     },
   };
 }

@@ -40,7 +40,7 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
     mountpoint,
     session: {
       mountOptions, entryTimeout: timeout, attrTimeout: timeout, negativeTimeout: timeout,
-      writeback, debug, readdirplus: 2, parallelDirops: false, threads, splice, asyncDio: true,
+      writeback, debug, readdirplus: 2, parallelDirops: false, threads, splice, asyncDio: true, noOpendir: timeout >= 3600,
     },
   };
 }
