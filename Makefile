@@ -41,8 +41,12 @@ build: debs $(ADDON) $(CLI)
 demo: build
 	bash scripts/demo.sh
 
+# vitest's own summary, then one plain closing line: "tests: N passed, M failed"
 test: build
-	npx vitest run
+	@rm -f .test-results.json
+	npx vitest run --reporter=default --reporter=json --outputFile=.test-results.json; rc=$$?; \
+	node -e 'const r=require("./.test-results.json"); console.log(`tests: $${r.numPassedTests} passed, $${r.numFailedTests} failed` + (r.numPendingTests ? `, $${r.numPendingTests} skipped` : ""))' || true; \
+	exit $$rc
 
 bench: build
 	node dist/bench/run.js $(BENCH_ARGS)
