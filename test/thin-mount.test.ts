@@ -127,6 +127,13 @@ describe('thin volumes through a mount', () => {
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
     }
     expect(fs.existsSync(path.join(base, 'bad1', 'data'))).toBe(false);
+    // a pool has one owner: a second mount is refused
+    const other = path.join(base, 'other-mnt');
+    fs.mkdirSync(other);
+    const r2 = layerfs(['thin', 'mount', pool, other]);
+    expect(r2.status).not.toBe(0);
+    expect(r2.stderr).toMatch(/already mounted/);
+    expect(isMounted(other)).toBe(false);
     ok(['thin', 'message', pool, 'delete 1']);
     expect(fs.readdirSync(mnt)).toEqual(['0']);
   });

@@ -3,7 +3,7 @@
 //   layerfs-overlay [-f] [-d] -o OPTS [SOURCE] MNT      (podman's mount_program)
 //   layerfs-overlay SOURCE MNT -o OPTS                  (mount.fuse / fstab order)
 // It exits 0 only once the mount answers, and never keeps the caller's stdout/stderr open.
-import { DAEMON_FLAG, daemonChild, serve, startDaemon } from '../mount/lifecycle';
+import { DAEMON_FLAG, runMount } from '../mount/lifecycle';
 import { overlayCheck, overlayMount } from '../overlay/mount';
 
 function fail(msg: string): never {
@@ -44,25 +44,11 @@ async function main(): Promise<void> {
   if (a.positional.length < 1 || a.positional.length > 2) fail(USAGE);
   const mnt = a.positional[a.positional.length - 1];
   const source = a.positional.length === 2 ? a.positional[0] : 'layerfs-overlay';
-  const build = () => overlayMount(mnt, a.options, a.debug, { source, subtype: 'layerfs-overlay' });
-  if (a.daemon) return daemonChild(build);
-  try {
-    overlayCheck(mnt, a.options);
-  } catch (e) {
-    fail((e as Error).message);
-  }
-  if (a.foreground || a.debug) {
-    let m;
-    try {
-      m = build();
-    } catch (e) {
-      fail((e as Error).message);
-    }
-    process.exitCode = await serve(m, (msg) => { if (msg !== 'ok') process.stderr.write(`layerfs-overlay: ${msg.replace(/^error /, '')}\n`); });
-    return;
-  }
-  const err = await startDaemon(argv);
-  if (err) fail(err);
+  await runMount({
+    daemon: a.daemon, argv, name: 'layerfs-overlay', foreground: a.foreground || a.debug,
+    check: () => overlayCheck(mnt, a.options),
+    build: () => overlayMount(mnt, a.options, a.debug, { source, subtype: 'layerfs-overlay' }),
+  });
 }
 
 main().catch((e) => fail((e as Error).message));

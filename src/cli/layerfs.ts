@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `layerfs`: mount, umount (and later thin, diff, doctor).
 import { Command } from 'commander';
-import { DAEMON_FLAG, daemonChild, serve, startDaemon, type Mountable } from '../mount/lifecycle';
+import { DAEMON_FLAG, runMount, type Mountable } from '../mount/lifecycle';
 import { unmount } from '../mount/unmount';
 import { passthroughMount } from '../passthrough/mount';
 import { overlayCheck, overlayMount } from '../overlay/mount';
@@ -53,46 +53,13 @@ async function main(argv: string[]): Promise<void> {
     .option('-f, --foreground', 'serve in the foreground')
     .option('-d, --debug', 'print each request (implies -f)')
     .option(DAEMON_FLAG, '(internal)')
-    .action(async (args: string[], f: MountFlags) => {
-      if (isDaemon) return daemonChild(() => buildMount(args, f));
-      try {
-        checkMount(args, f);
-      } catch (e) {
-        fail((e as Error).message);
-      }
-      if (f.foreground || f.debug) {
-        let m: Mountable;
-        try {
-          m = buildMount(args, f);
-        } catch (e) {
-          fail((e as Error).message);
-        }
-        process.exitCode = await serve(m, (msg) => { if (msg !== 'ok') process.stderr.write(`layerfs: ${msg.replace(/^error /, '')}\n`); });
-        return;
-      }
-      const err = await startDaemon(argv.slice(2));
-      if (err) fail(err);
-    });
-  registerThin(program, fail, async (rawArgs, build, check, f) => {
-    if (isDaemon) return daemonChild(build);
-    try {
-      check();
-    } catch (e) {
-      fail((e as Error).message);
-    }
-    if (f.foreground || f.debug) {
-      let m: Mountable;
-      try {
-        m = build();
-      } catch (e) {
-        fail((e as Error).message);
-      }
-      process.exitCode = await serve(m, (msg) => { if (msg !== 'ok') process.stderr.write(`layerfs: ${msg.replace(/^error /, '')}\n`); });
-      return;
-    }
-    const err = await startDaemon(argv.slice(2));
-    if (err) fail(err);
-  });
+    .action((args: string[], f: MountFlags) => runMount({
+      daemon: isDaemon, argv: argv.slice(2), name: 'layerfs', foreground: !!(f.foreground || f.debug),
+      check: () => checkMount(args, f), build: () => buildMount(args, f),
+    }));
+  registerThin(program, fail, (build, check, f) => runMount({
+    daemon: isDaemon, argv: argv.slice(2), name: 'layerfs', foreground: !!(f.foreground || f.debug), check, build,
+  }));
   program.command('umount')
     .alias('unmount')
     .description('unmount a layerfs mount (also one whose daemon died)')

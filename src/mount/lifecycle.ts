@@ -98,3 +98,38 @@ export function startDaemon(argv: string[]): Promise<string | null> {
     child.on('error', (e) => finish(`cannot start the daemon: ${e.message}`));
   });
 }
+
+export interface MountCommand {
+  daemon: boolean;          // this process is the daemon child
+  argv: string[];           // the command's arguments, re-run by the daemon child
+  check(): void;            // validation only: touches nothing
+  build(): Mountable;
+  foreground: boolean;
+  name: string;             // for error lines
+}
+
+/** The one mount flow of every command: check, then serve here (-f/-d) or start the daemon. */
+export async function runMount(c: MountCommand): Promise<void> {
+  const fail = (msg: string): never => {
+    process.stderr.write(`${c.name}: ${msg}\n`);
+    process.exit(1);
+  };
+  if (c.daemon) return daemonChild(() => c.build());
+  try {
+    c.check();
+  } catch (e) {
+    fail((e as Error).message);
+  }
+  if (c.foreground) {
+    let m: Mountable | undefined;
+    try {
+      m = c.build();
+    } catch (e) {
+      fail((e as Error).message);
+    }
+    process.exitCode = await serve(m!, (msg) => { if (msg !== 'ok') process.stderr.write(`${c.name}: ${msg.replace(/^error /, '')}\n`); });
+    return;
+  }
+  const err = await startDaemon(c.argv);
+  if (err) fail(err);
+}

@@ -8,7 +8,7 @@ import { parseOptions, numberOption } from '../mount/options';
 import { checkFuseDevice, checkMountpoint, requireDir, UsageError } from '../mount/validate';
 import { Pool, ThinError } from './pool';
 import { ThinFs } from './thinfs';
-import { ask, serveControl, type Request } from './control';
+import { ask, owner, serveControl, stopServing, type Request } from './control';
 import { check, dumpXml, restoreXml, status, statusLine, statusText } from './report';
 
 export function parseSize(s: string, what = 'size'): number {
@@ -25,6 +25,9 @@ async function run(dir: string, r: Request, offline: (p: Pool) => unknown, readO
     if (!a.ok) throw new ThinError(a.errno ?? E.EIO, a.error ?? 'failed');
     return a.out;
   }
+  // never two writers: a live daemon that does not answer keeps the pool to itself
+  const pid = owner(dir);
+  if (pid !== null) throw new ThinError(E.EBUSY, `${dir} is mounted by pid ${pid}, whose control socket does not answer`);
   const p = Pool.open(dir, readOnly);
   try {
     const out = offline(p);
@@ -57,6 +60,8 @@ function controlHandler(p: Pool, tfs: ThinFs): (r: Request) => unknown {
 
 export function thinCheckMount(dir: string, mnt: string): void {
   requireDir('pool', dir);
+  const pid = owner(dir);
+  if (pid !== null) throw new UsageError(`${dir} is already mounted (daemon pid ${pid})`);
   const p = Pool.open(dir, true);
   p.close();
   checkFuseDevice();
@@ -85,8 +90,7 @@ export function thinMount(dir: string, mnt: string, options: string[], debug: bo
       srv = serveControl(dir, controlHandler(pool, tfs));
     },
     onEnd() {
-      srv?.close();
-      fs.rmSync(`${dir}/control.sock`, { force: true });
+      stopServing(dir, srv);
       tfs.shutdown();
       pool.close();
     },
@@ -95,7 +99,7 @@ export function thinMount(dir: string, mnt: string, options: string[], debug: bo
 
 type Fail = (msg: string) => never;
 
-export function registerThin(program: Command, fail: Fail, mountCmd: (args: string[], build: () => Mountable, check: () => void, f: { foreground?: boolean; debug?: boolean }) => Promise<void>): void {
+export function registerThin(program: Command, fail: Fail, mountCmd: (build: () => Mountable, check: () => void, f: { foreground?: boolean; debug?: boolean }) => Promise<void>): void {
   const thin = program.command('thin').description('thin pools: volumes and snapshots kept in two files');
   const guard = async (fn: () => Promise<void> | void): Promise<void> => {
     try {
@@ -147,7 +151,7 @@ export function registerThin(program: Command, fail: Fail, mountCmd: (args: stri
     .option('-d, --debug')
     .option(DAEMON_FLAG, '(internal)')
     .action((dir: string, mnt: string, f: { options: string[]; foreground?: boolean; debug?: boolean }) =>
-      mountCmd([dir, mnt], () => thinMount(dir, mnt, f.options, !!f.debug), () => thinCheckMount(dir, mnt), f));
+      mountCmd(() => thinMount(dir, mnt, f.options, !!f.debug), () => thinCheckMount(dir, mnt), f));
   thin.command('status')
     .argument('<pool>')
     .option('--json')

@@ -41,9 +41,30 @@ export function serveControl(dir: string, handle: (r: Request) => unknown): net.
     });
     c.on('error', () => {});
   });
+  srv.on('error', (e) => process.stderr.write(`layerfs thin: control socket ${p}: ${e.message}\n`));
   srv.listen(p);
   srv.unref();
+  fs.writeFileSync(path.join(dir, PIDFILE), `${process.pid}\n`);
   return srv;
+}
+
+export const PIDFILE = 'daemon.pid';
+
+/** The pid of a live daemon that owns the pool, if any (its socket may not answer). */
+export function owner(dir: string): number | null {
+  try {
+    const pid = Number(fs.readFileSync(path.join(dir, PIDFILE), 'utf8').trim());
+    if (pid > 0 && pid !== process.pid && fs.existsSync(`/proc/${pid}`)) return pid;
+  } catch {
+    /* none */
+  }
+  return null;
+}
+
+export function stopServing(dir: string, srv: net.Server | null): void {
+  srv?.close();
+  fs.rmSync(path.join(dir, SOCKET), { force: true });
+  fs.rmSync(path.join(dir, PIDFILE), { force: true });
 }
 
 /** Asks the daemon of a mounted pool; null when no daemon answers. */
