@@ -104,9 +104,12 @@ static int inline_mode;
 static napi_value inline_fn, inline_global;
 static void run_job(napi_env env, napi_value fn, napi_value global, struct job *j);
 static void job_free(struct job *j);
+static void open_inline_scopes(void);
+static int inline_scopes;
 
 static void enqueue(struct job *j) {
   if (inline_mode && pthread_equal(pthread_self(), js_thread)) {
+    if (!inline_scopes) open_inline_scopes();
     run_job(js_env, inline_fn, inline_global, j);
     job_free(j);
     return;
@@ -684,18 +687,25 @@ static void stop_poll(struct session *s) {
   s->poll = NULL;
 }
 
-static void on_readable(uv_poll_t *h, int status, int events) {
-  (void)status; (void)events;
-  struct session *s = h->data;
+// Scopes for calling JS are opened only when a request needs JS: data requests served in C
+// pay nothing for them.
+static napi_handle_scope inline_hs;
+static napi_callback_scope inline_cs;
+
+static void open_inline_scopes(void) {
   napi_env env = js_env;
-  napi_handle_scope hs;
-  napi_open_handle_scope(env, &hs);
   napi_value resource;
+  napi_open_handle_scope(env, &inline_hs);
   napi_get_reference_value(env, js_dispatch, &inline_fn);
   napi_get_reference_value(env, js_resource, &resource);
   napi_get_global(env, &inline_global);
-  napi_callback_scope cs;
-  napi_open_callback_scope(env, resource, js_async, &cs);
+  napi_open_callback_scope(env, resource, js_async, &inline_cs);
+  inline_scopes = 1;
+}
+
+static void on_readable(uv_poll_t *h, int status, int events) {
+  (void)status; (void)events;
+  struct session *s = h->data;
   inline_mode = 1;
   for (int i = 0; i < 256 && s->poll; i++) {
     int res = fuse_session_receive_buf(s->se, &s->fbuf);
@@ -712,8 +722,11 @@ static void on_readable(uv_poll_t *h, int status, int events) {
     fuse_session_process_buf(s->se, &s->fbuf);
   }
   inline_mode = 0;
-  napi_close_callback_scope(env, cs);
-  napi_close_handle_scope(env, hs);
+  if (inline_scopes) {
+    napi_close_callback_scope(js_env, inline_cs);
+    napi_close_handle_scope(js_env, inline_hs);
+    inline_scopes = 0;
+  }
 }
 
 // ---- notifications, sent from their own thread: a notify may block on a kernel lock

@@ -21,6 +21,7 @@ import {
 import { isPrivateXattr, ORIGIN_XATTRS, REDIRECT_XATTRS, xattrNames, type XattrNames } from './xattrs';
 import { buildCopy, keepTimes } from './copyup';
 import { fdBudget } from '../sys/fdcache';
+import { LRUCache } from 'lru-cache';
 import { formatOverride, Ids, isOverrideXattr, OVERRIDE_XATTRS } from './ids';
 import { ST_GID, ST_UID } from '../sys/stat';
 
@@ -37,6 +38,12 @@ export interface UnionOptions {
 }
 
 const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
+
+/** A directory's merged listing: for each visible name, the top layer showing it. */
+interface Listing {
+  until: number;                   // valid until (ms): the timeout, for changes behind our back
+  names: Map<string, number>;      // name -> layer index of the top object
+}
 const LONG_TIMEOUT = 3600;
 const UPPER = 0;
 
@@ -49,6 +56,8 @@ export class Union implements Filesystem {
   private readonly x: XattrNames;
   private readonly nodes = new Map<number, UNode>();
   private readonly byUpperIno = new Map<number, UNode>();  // upper non-dirs with several names
+  // merged listings of directories, by node: which layer shows each name (see lookupIn)
+  private readonly listings = new LRUCache<number, Listing>({ max: 1024 });
   private readonly root: UNode;
   private nextId = ROOT_ID + 1;
   private tmpSeq = 0;
@@ -205,11 +214,20 @@ export class Union implements Filesystem {
 
   private lookupIn(p: UNode, name: string): { st: Stat; upper: boolean; lowers: LowerRef[]; type: number; opaque: boolean; upperXwh: boolean; ino: number } | null {
     if (isHiddenName(name)) return null;
+    // a fresh merged listing of p says where name is: absent (no syscall at all), or the top
+    // layer that shows it, so the layers above are not probed (whiteouts were applied by merge)
+    const li = this.listings.get(p.id);
+    let startLayer = -1;
+    if (li && li.until > Date.now()) {
+      const layer = li.names.get(name);
+      if (layer === undefined) return null;
+      if (layer !== UPPER) startLayer = layer;
+    }
     const st = newStat();
     let found = false, upper = false, type = 0, opaque = false, upperXwh = false, ino = 0;
     let redirect: string | null = null;
     const lowers: LowerRef[] = [];
-    if (p.upper) {
+    if (p.upper && startLayer < 0) {
       const ufd = this.upperDirFd(p);
       const pr = probe(ufd, name, st, p.upperXwh);
       if (pr === 'whiteout') return null;
@@ -229,6 +247,7 @@ export class Union implements Filesystem {
     if (p.opaque) return found ? { st, upper, lowers, type, opaque, upperXwh, ino } : null;
     const lst = newStat();
     for (const ref of p.lowers) {
+      if (startLayer >= 0 && ref.layer < startLayer) continue;
       const path = redirect !== null
         ? (redirect.startsWith('/') ? redirect.slice(1) : joinPath(dirName(joinPath(ref.path, name)), redirect))
         : joinPath(ref.path, name);
@@ -374,6 +393,7 @@ export class Union implements Filesystem {
     const l = n.links[0];
     if (!l) throw new FsError(E.ESTALE);
     this.ensureUpperDir(l.parent);
+    for (const k of n.links) this.listings.delete(k.parent.id);  // the name's top is now the upper
     const lo = n.lowers[0];
     const src = { dirfd: this.dirs.fd(lo.layer, dirName(lo.path)), name: baseName(lo.path), st: newStat() };
     check(native.fstatat(src.dirfd, src.name, NOFOLLOW, src.st));
@@ -426,6 +446,7 @@ export class Union implements Filesystem {
    */
   private createUpper(p: UNode, name: string, type: number, callerIn: Caller, make: (dirfd: number, at: string) => number, mode = -1): number {
     this.ensureUpperDir(p);
+    this.listings.delete(p.id);
     const ids = this.opts.ids;
     // the caller's ids as stored on disk; with xattr_permissions the daemon owns the file and
     // the caller's owner and mode go into the override xattr
@@ -564,6 +585,7 @@ export class Union implements Filesystem {
   unlink(parent: number, name: string): void {
     this.requireUpper();
     const p = this.node(parent);
+    this.listings.delete(p.id);
     const e = this.entry(p, name);
     if (!e) throw new FsError(E.ENOENT);
     if (e.node.type === S_IFDIR) throw new FsError(E.EISDIR);
@@ -577,6 +599,7 @@ export class Union implements Filesystem {
   rmdir(parent: number, name: string): void {
     this.requireUpper();
     const p = this.node(parent);
+    this.listings.delete(p.id);
     const e = this.entry(p, name);
     if (!e) throw new FsError(E.ENOENT);
     const n = e.node;
@@ -595,6 +618,8 @@ export class Union implements Filesystem {
   rename(parent: number, name: string, newparent: number, newname: string, flags: number): void {
     this.requireUpper();
     const p = this.node(parent), q = this.node(newparent);
+    this.listings.delete(p.id);
+    this.listings.delete(q.id);
     const src = this.entry(p, name);
     if (!src) throw new FsError(E.ENOENT);
     const dst = this.entry(q, newname);
@@ -767,11 +792,14 @@ export class Union implements Filesystem {
     const names: string[] = ['.', '..'];
     const inos: number[] = [n.ino, n.links[0] ? n.links[0].parent.ino : n.ino];
     const types: number[] = [4, 4];
-    this.merge(n, (name, ino, type) => {
+    const where = new Map<string, number>();
+    this.merge(n, (name, ino, type, layer) => {
       names.push(name);
       inos.push(ino);
       types.push(type);
+      where.set(name, layer);
     });
+    this.listings.set(n.id, { until: Date.now() + this.opts.timeout * 1000, names: where });
     return { names, inos: Float64Array.from(inos), types: Uint8Array.from(types) };
   }
 
@@ -782,7 +810,7 @@ export class Union implements Filesystem {
   }
 
   /** Walks the layers of a directory top-down, applying whiteouts and opaque dirs. */
-  private merge(n: UNode, emit: (name: string, ino: number, type: number) => void, namesOnly = false): void {
+  private merge(n: UNode, emit: (name: string, ino: number, type: number, layer: number) => void, namesOnly = false): void {
     const seen = new Set<string>();
     const st = newStat();
     const sources: { layer: number; fd: number; xwh: boolean }[] = [];
@@ -816,13 +844,13 @@ export class Union implements Filesystem {
           type = (st[ST_MODE] & S_IFMT) >> 12;
         }
         if (namesOnly) {
-          emit(name, 0, type);
+          emit(name, 0, type, src.layer);
           continue;
         }
         const ino = src.layer === UPPER
           ? this.originIno(src.fd, name) || this.mapIno(UPPER, inos[i])
           : this.mapIno(src.layer, inos[i]);
-        emit(name, ino, type);
+        emit(name, ino, type, src.layer);
       }
     }
   }
