@@ -203,6 +203,37 @@ print(first.decode(), bytes(buf[:4]).decode())
     }
   });
 
+  test('with the default (long) timeout, changes in a lower layer show at once (inotify)', async () => {
+    const m3 = path.join(base, 'mnt-w'), up3 = path.join(base, 'up-w'), w3 = path.join(base, 'work-w');
+    for (const d of [m3, up3, w3]) fs.mkdirSync(d);
+    mountOk(['-o', `lowerdir=${l1}:${l2},upperdir=${up3},workdir=${w3}`, m3]);
+    try {
+      // let the kernel cache all of it: a negative entry, a listing, a file's attributes and pages
+      expect(fs.existsSync(path.join(m3, 'a', 'fresh'))).toBe(false);
+      const before = fs.readdirSync(path.join(m3, 'a'));
+      expect(fs.readFileSync(path.join(m3, 'public'), 'utf8')).toBe('public');
+      fs.writeFileSync(path.join(l2, 'a', 'fresh'), 'new');
+      fs.writeFileSync(path.join(l2, 'public'), 'public, edited');
+      fs.rmSync(path.join(l2, 'a', 'file'));
+      const ok = await (async () => {
+        for (let i = 0; i < 40; i++) {
+          await new Promise((r) => setTimeout(r, 50));
+          const names = fs.readdirSync(path.join(m3, 'a')).sort();
+          if (fs.existsSync(path.join(m3, 'a', 'fresh')) && names.includes('fresh') && !names.includes('file') &&
+            fs.readFileSync(path.join(m3, 'public'), 'utf8') === 'public, edited') return true;
+        }
+        return false;
+      })();
+      expect(ok, `listing before: ${before}`).toBe(true);
+      expect(fs.existsSync(path.join(m3, 'a', 'file'))).toBe(false);
+    } finally {
+      spawnSync('umount', [m3]);
+      fs.rmSync(path.join(l2, 'a', 'fresh'));
+      fs.writeFileSync(path.join(l2, 'a', 'file'), 'lower a/file');
+      fs.writeFileSync(path.join(l2, 'public'), 'public');
+    }
+  });
+
   test('after umount and a fresh mount of the same upper/work, everything looks the same', () => {
     const v1 = view(mnt);
     const ino1 = fs.statSync(path.join(mnt, 'big')).ino;

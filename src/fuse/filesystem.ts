@@ -60,6 +60,8 @@ export interface Notifier {
   invalAttr(nodeid: number): void;
   /** The name no longer means what the kernel cached (sent asynchronously). */
   invalEntry(parent: number, name: string): void;
+  /** Attributes and cached data (pages, a directory's listing) are stale (sent asynchronously). */
+  invalData(nodeid: number): void;
 }
 
 export interface Filesystem {

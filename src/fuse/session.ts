@@ -107,6 +107,7 @@ export class Session {
     fs.attach?.({
       invalAttr: (nodeid) => void native.notifyInvalAttr(this.sid, nodeid),
       invalEntry: (parent, name) => native.notifyInvalEntry(this.sid, parent, name),
+      invalData: (nodeid) => native.notifyInvalInode(this.sid, nodeid, 0, 0),
     });
   }
 

@@ -95,6 +95,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
   }
   const union = new Union(layers, workFd, {
     timeout: cfg.timeout,
+    watch: cfg.watch,
     format,
     ids: new Ids({ uidMap: cfg.uidMap, gidMap: cfg.gidMap, squashUid: cfg.squashUid, squashGid: cfg.squashGid, xattrPermissions: cfg.xattrPermissions }),
     redirectDir: cfg.redirectDir,

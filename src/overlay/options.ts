@@ -23,6 +23,7 @@ export interface OverlayConfig {
   noXattrs: boolean;
   xattrPermissions: 0 | 1 | 2;
   redirectDir: boolean;
+  watch: boolean;
   ro: boolean;
   kernelOptions: string[];   // passed on to the kernel mount (allow_other, nodev, ...)
   fsname: string | null;
@@ -130,6 +131,7 @@ export function overlayConfig(o: OptionMap): OverlayConfig {
     noXattrs: o.has('noxattrs') ? bool01(o, 'noxattrs', true) : false,
     xattrPermissions: xp as 0 | 1 | 2,
     redirectDir,
+    watch: bool01(o, 'watch', true),
     ro: o.has('ro'),
     kernelOptions: [],
     fsname: o.has('fsname') ? String(o.get('fsname')) : null,
@@ -139,7 +141,7 @@ export function overlayConfig(o: OptionMap): OverlayConfig {
     if (PASSED_ON.has(k)) cfg.kernelOptions.push(k);
     const known = ['lowerdir', 'upperdir', 'workdir', 'uidmapping', 'gidmapping', 'squash_to_root', 'squash_to_uid',
       'squash_to_gid', 'static_nlink', 'noacl', 'fsync', 'volatile', 'timeout', 'writeback', 'noxattrs',
-      'xattr_permissions', 'redirect_dir', 'ro', 'fsname'];
+      'xattr_permissions', 'redirect_dir', 'ro', 'fsname', 'watch'];
     if (!known.includes(k) && !KERNEL_FLAGS.has(k) && !KNOWN_IGNORED.has(k)) warnings.push(`unknown option ${k} ignored`);
   }
   return cfg;

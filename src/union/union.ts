@@ -22,12 +22,15 @@ import { isPrivateXattr, ORIGIN_XATTRS, REDIRECT_XATTRS, xattrNames, type XattrN
 import { buildCopy, keepTimes } from './copyup';
 import { fdBudget } from '../sys/fdcache';
 import { LRUCache } from 'lru-cache';
+import { LowerWatcher } from './watch';
 import { formatOverride, Ids, isOverrideXattr, OVERRIDE_XATTRS } from './ids';
 import { ST_GID, ST_UID } from '../sys/stat';
 
 export interface UnionOptions {
   /** The kernel cache time (timeout=SECS): listings are kept across opens only when it is long. */
   timeout: number;
+  /** Watch lower dirs (inotify) and invalidate at once what changed behind the union's back. */
+  watch: boolean;
   format: WhiteoutFormat;
   ids: Ids;
   redirectDir: boolean;   // rename lower dirs with a redirect (else EXDEV)
@@ -62,6 +65,7 @@ export class Union implements Filesystem {
   private nextId = ROOT_ID + 1;
   private tmpSeq = 0;
   private notifiers: Notifier[] = [];
+  private readonly watcher: LowerWatcher | null;
 
   /** layers: the upper first when there is one (writable), then the lowers top to bottom. */
   constructor(layers: Layer[], workFd: number, private readonly opts: UnionOptions,
@@ -74,7 +78,32 @@ export class Union implements Filesystem {
     this.x = xattrNames(opts.format.ns);
     this.root = this.newNode(ROOT_ID, S_IFDIR);
     this.root.nlookup = 1;
+    this.watcher = opts.watch ? new LowerWatcher((id, name) => this.lowerChanged(id, name), 32768) : null;
     this.resolveRoot();
+    this.watchLowers(this.root);
+  }
+
+  private watchLowers(n: UNode): void {
+    if (!this.watcher) return;
+    for (const l of n.lowers) {
+      const fd = this.dirs.tryFd(l.layer, l.path);
+      if (fd >= 0) this.watcher.add(n.id, `${l.layer}\0${l.path}`, fd);
+    }
+  }
+
+  /** A lower dir of node id changed (name, when known): drop what the daemon and kernel cached. */
+  private lowerChanged(id: number, name: string | null): void {
+    const n = this.nodes.get(id);
+    if (!n) return;
+    this.listings.delete(id);
+    for (const x of this.notifiers) {
+      x.invalData(id);
+      if (name) {
+        x.invalEntry(id, name);
+        const child = n.kids.get(name);
+        if (child) x.invalData(child.id);
+      }
+    }
   }
 
   attach(n: Notifier): void {
@@ -122,6 +151,8 @@ export class Union implements Filesystem {
   private maybeFree(n: UNode): void {
     if (n === this.root || n.nlookup > 0 || n.kids.size > 0) return;
     this.nodes.delete(n.id);
+    this.watcher?.forget(n.id);
+    this.listings.delete(n.id);
     for (const [k, v] of this.byUpperIno) if (v === n) { this.byUpperIno.delete(k); break; }
     const links = n.links;
     n.links = [];
@@ -332,6 +363,7 @@ export class Union implements Filesystem {
     n.opaque = r.opaque;
     n.upperXwh = r.upperXwh;
     n.ino = r.ino;
+    if (n.type === S_IFDIR) this.watchLowers(n);
     this.present(n, r.st);
     return { node: n, st: r.st };
   }
