@@ -79,6 +79,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
   const id = identity();
   const layers: Layer[] = [];
   let workFd = -1;
+  let indexFd = -1;
   const writable = v.upper !== null && !cfg.ro;
   if (v.upper) layers.push(openLayer(0, v.upper, writable));
   for (const l of v.lowers) layers.push(openLayer(layers.length, l, false));
@@ -90,6 +91,9 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
     removeTree(wfd, 'work');
     check(native.mkdirat(wfd, 'work', 0o700));
     workFd = check(native.openat(wfd, 'work', O_PATH | O_DIRECTORY, 0));
+    // copied-up lower hard links, kept across mounts (the kernel's own index dir is 'index')
+    native.mkdirat(wfd, 'layerfs-index', 0o700);
+    indexFd = check(native.openat(wfd, 'layerfs-index', O_PATH | O_DIRECTORY, 0));
     native.close(wfd);
     format = probeFormat(workFd, id.root);
   }
@@ -103,7 +107,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
     writeback: cfg.writeback,
     noXattrs: cfg.noXattrs,
     staticNlink: cfg.staticNlink,
-  }, id, native.raiseNofile());
+  }, id, native.raiseNofile(), indexFd);
   const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');
   const mountOptions = [`fsname=${fsname}`, `subtype=${name.subtype}`, 'default_permissions'];
   if (id.root) mountOptions.push('allow_other');

@@ -6,7 +6,7 @@ import { FsError, check } from '../sys/errors';
 import {
   AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, E, O_DIRECTORY, O_PATH, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS,
 } from '../sys/constants';
-import { ST_DEV, newStat } from '../sys/stat';
+import { ST_DEV, ST_INO, newStat } from '../sys/stat';
 import { FdCache } from '../sys/fdcache';
 
 export interface Layer {
@@ -16,13 +16,14 @@ export interface Layer {
   dev: number;
   fsIndex: number;      // distinct st_dev number among the layers (0 = the first layer's fs)
   writable: boolean;
+  rootIno: number;      // names the layer in index keys (stable across mounts)
 }
 
 export function openLayer(index: number, dir: string, writable: boolean): Layer {
   const fd = check(native.openat(AT_FDCWD, dir, O_PATH | O_DIRECTORY, 0));
   const st = newStat();
   check(native.fstatat(fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, st));
-  return { index, path: dir, fd, dev: st[ST_DEV], fsIndex: 0, writable };
+  return { index, path: dir, fd, dev: st[ST_DEV], fsIndex: 0, writable, rootIno: st[ST_INO] };
 }
 
 export function assignFsIndexes(layers: Layer[]): void {

@@ -25,6 +25,7 @@ export interface UNode {
   lowers: LowerRef[];         // non-dir: the lower object (if any); dir: lower dirs merged, top first
   opaque: boolean;            // (dirs) nothing below the upper dir shows
   ino: number;                // presented st_ino
+  indexKey: string | null;    // a lower hard link copied up: its data is the index entry
 }
 
 export function unionPath(n: UNode): string {

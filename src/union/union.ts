@@ -59,6 +59,7 @@ export class Union implements Filesystem {
   private readonly x: XattrNames;
   private readonly nodes = new Map<number, UNode>();
   private readonly byUpperIno = new Map<number, UNode>();  // upper non-dirs with several names
+  private readonly byIndexKey = new Map<string, UNode>();  // lower hard links, one node for all names
   // merged listings of directories, by node: which layer shows each name (see lookupIn)
   private readonly listings = new LRUCache<number, Listing>({ max: 1024 });
   private readonly root: UNode;
@@ -69,7 +70,7 @@ export class Union implements Filesystem {
 
   /** layers: the upper first when there is one (writable), then the lowers top to bottom. */
   constructor(layers: Layer[], workFd: number, private readonly opts: UnionOptions,
-    private readonly id: Identity, fdLimit: number) {
+    private readonly id: Identity, fdLimit: number, private readonly indexFd = -1) {
     this.layers = layers;
     this.hasUpper = layers.length > 0 && layers[0].writable;
     this.lowerStart = this.hasUpper ? 1 : 0;
@@ -117,7 +118,7 @@ export class Union implements Filesystem {
   // ---- nodes ----
 
   private newNode(id: number, type: number): UNode {
-    const n: UNode = { id, links: [], kids: new Map(), type, nlookup: 0, upper: false, upperXwh: false, lowers: [], opaque: false, ino: 0 };
+    const n: UNode = { id, links: [], kids: new Map(), type, nlookup: 0, upper: false, upperXwh: false, lowers: [], opaque: false, ino: 0, indexKey: null };
     this.nodes.set(id, n);
     return n;
   }
@@ -154,6 +155,8 @@ export class Union implements Filesystem {
     this.watcher?.forget(n.id);
     this.listings.delete(n.id);
     for (const [k, v] of this.byUpperIno) if (v === n) { this.byUpperIno.delete(k); break; }
+    if (n.indexKey && this.byIndexKey.get(n.indexKey) === n) this.byIndexKey.delete(n.indexKey);
+    for (const [k, v] of this.byIndexKey) if (v === n) { this.byIndexKey.delete(k); break; }
     const links = n.links;
     n.links = [];
     for (const l of links) {
@@ -211,6 +214,7 @@ export class Union implements Filesystem {
       const layer = n.upper ? UPPER : n.lowers[0].layer;
       return { dirfd: this.layers[layer].fd, name: '', layer };
     }
+    if (n.indexKey) return { dirfd: this.indexFd, name: n.indexKey, layer: UPPER };
     if (n.upper) {
       const l = n.links[0];
       if (!l) throw new FsError(E.ESTALE);
@@ -236,6 +240,10 @@ export class Union implements Filesystem {
   private present(n: UNode, st: Stat): void {
     if (this.opts.ids.active) this.opts.ids.present(st, this.opts.ids.p.xattrPermissions ? this.readOverride(n) : null);
     st[ST_INO] = n.ino;
+    if (n.indexKey) {
+      const v = native.getxattr(procPath(this.indexFd, n.indexKey), this.x.nlink, 0);
+      if (typeof v !== 'number') st[ST_NLINK] = Number(v.toString()) || st[ST_NLINK];
+    }
     if (n.type === S_IFDIR && (this.opts.staticNlink || (n.lowers.length > 0 && (n.upper || n.lowers.length > 1)))) {
       st[ST_NLINK] = 1;  // a merged directory: the kernel's overlayfs reports 1 as well
     }
@@ -345,21 +353,41 @@ export class Union implements Filesystem {
       this.dropName(p, name);
       n = undefined;
     }
-    const realIno = r.st[ST_INO];
-    if (!n && r.upper && r.type !== S_IFDIR && r.st[ST_NLINK] > 1) {
-      const same = this.byUpperIno.get(realIno);
-      if (same && this.nodes.has(same.id) && same.upper) {
-        n = same;
-        attachLink(p, name, n);
-      }
+    let realIno = r.st[ST_INO];
+    // a lower hard link: one node for all its names; once copied up, its data is the index entry
+    const hkey = !r.upper && r.type === S_IFREG && r.st[ST_NLINK] > 1 && this.indexFd >= 0
+      ? `${this.layers[r.lowers[0].layer].rootIno}-${realIno}` : null;
+    let indexed = false;
+    if (hkey && native.fstatat(this.indexFd, hkey, NOFOLLOW, r.st) === 0) {
+      indexed = true;
+      realIno = r.st[ST_INO];
     }
+    if (!n && hkey) {
+      const same = this.byIndexKey.get(hkey);
+      if (same && this.nodes.has(same.id)) n = same;
+    }
+    if (!n && (r.upper || indexed) && r.type !== S_IFDIR && r.st[ST_NLINK] > 1) {
+      const same = this.byUpperIno.get(realIno);
+      if (same && this.nodes.has(same.id) && (same.upper || same.indexKey)) n = same;
+    }
+    if (n && !p.kids.has(name)) attachLink(p, name, n);
     if (!n) {
       n = this.newNode(this.nextId++, r.type);
       attachLink(p, name, n);
     }
-    if (r.upper && r.type !== S_IFDIR && r.st[ST_NLINK] > 1) this.byUpperIno.set(realIno, n);
-    n.upper = r.upper;
-    n.lowers = r.lowers;
+    if ((r.upper || indexed) && r.type !== S_IFDIR && r.st[ST_NLINK] > 1) this.byUpperIno.set(realIno, n);
+    if (hkey) this.byIndexKey.set(hkey, n);
+    if (indexed) n.indexKey = hkey;
+    if (!n.indexKey && r.upper && r.type === S_IFREG && r.st[ST_NLINK] > 1 && this.indexFd >= 0) {
+      // an upper link of a copied-up lower hard link (e.g. after a remount): its inode says so
+      const v = native.getxattr(procPath(this.upperDirFd(p), name), this.x.index, 0);
+      if (typeof v !== 'number') {
+        n.indexKey = v.toString();
+        this.byIndexKey.set(n.indexKey, n);
+      }
+    }
+    n.upper = r.upper || n.upper && n.indexKey !== null;
+    n.lowers = r.lowers.length || !n.indexKey ? r.lowers : n.lowers;
     n.opaque = r.opaque;
     n.upperXwh = r.upperXwh;
     n.ino = r.ino;
@@ -421,7 +449,7 @@ export class Union implements Filesystem {
   /** Copies a lower object up; open handles on it are re-targeted to the copy. */
   private copyUp(n: UNode, skipData: boolean): void {
     this.requireUpper();
-    if (n.upper) return;
+    if (n.upper || n.indexKey) return;
     const l = n.links[0];
     if (!l) throw new FsError(E.ESTALE);
     this.ensureUpperDir(l.parent);
@@ -433,6 +461,19 @@ export class Union implements Filesystem {
     buildCopy(src, {
       workFd: this.workFd, tmp, sync: this.opts.fsync, originXattr: this.x.origin, originIno: n.ino, skipData,
     });
+    // a lower hard link: the copy is entered in the index first, so every other name of the
+    // lower inode finds it (now and after a remount) and stays a link of the same file
+    const key = n.type === S_IFREG && src.st[ST_NLINK] > 1 && this.indexFd >= 0
+      ? `${this.layers[lo.layer].rootIno}-${src.st[ST_INO]}` : null;
+    if (key) {
+      native.setxattr(procPath(this.workFd, tmp), this.x.nlink, Buffer.from(String(src.st[ST_NLINK])), 0, 0);
+      native.setxattr(procPath(this.workFd, tmp), this.x.index, Buffer.from(key), 0, 0);
+      const lr = native.linkat(this.workFd, tmp, this.indexFd, key, 0);
+      if (lr < 0) {
+        native.unlinkat(this.workFd, tmp, 0);
+        throw new FsError(-lr);
+      }
+    }
     const pfd = this.upperDirFd(l.parent);
     const r = keepTimes(pfd, () => native.renameat2(this.workFd, tmp, pfd, l.name, RENAME_NOREPLACE));
     if (r < 0) {
@@ -440,6 +481,12 @@ export class Union implements Filesystem {
       throw new FsError(-r);
     }
     n.upper = true;
+    if (key) {
+      n.indexKey = key;
+      this.byIndexKey.set(key, n);
+      const ist = newStat();
+      if (native.fstatat(this.indexFd, key, NOFOLLOW, ist) === 0) this.byUpperIno.set(ist[ST_INO], n);
+    }
     if (n.type === S_IFREG) this.retargetHandles(n);
     else if (n.type === S_IFDIR) this.invalAttr(n);  // now merged: nlink shows 1
   }
@@ -576,6 +623,7 @@ export class Union implements Filesystem {
     // one node for every name of the upper inode: the kernel caches attributes per node
     this.dropName(q, newname);
     attachLink(q, newname, n);
+    if (n.indexKey) this.addNlink(n, 1);
     n.nlookup++;
     return { nodeid: n.id, attr: this.attrs(n) };
   }
@@ -623,9 +671,47 @@ export class Union implements Filesystem {
     if (e.node.type === S_IFDIR) throw new FsError(E.EISDIR);
     this.ensureUpperDir(p);
     const needWh = this.lowerHas(p, name);
-    if (needWh) this.whiteout(p, name, e.node.upper, false);
+    const present = this.upperHasName(p, name);
+    if (needWh) this.whiteout(p, name, present, false);
     else check(native.unlinkat(this.upperDirFd(p), name, 0));
+    if (e.node.indexKey) this.addNlink(e.node, -1);
     this.dropName(p, name);
+  }
+
+  /** Is name an object (not a whiteout) in p's upper dir? (names of one node differ in this) */
+  private upperHasName(p: UNode, name: string): boolean {
+    if (!p.upper) return false;
+    const st = newStat();
+    return native.fstatat(this.upperDirFd(p), name, NOFOLLOW, st) === 0 && !isCharWhiteout(st);
+  }
+
+  /** A lower hard link copied up: its names live in the upper as links of the index entry. */
+  private upperName(p: UNode, name: string, n: UNode): void {
+    if (!n.indexKey || this.upperHasName(p, name)) return;
+    this.ensureUpperDir(p);
+    const pfd = this.upperDirFd(p);
+    const st = newStat();
+    if (native.fstatat(pfd, name, NOFOLLOW, st) === 0) {
+      // a whiteout cannot stand here for a name that shows, but be safe: replace atomically
+      const tmp = this.tmpName();
+      check(native.linkat(this.indexFd, n.indexKey, this.workFd, tmp, 0));
+      check(native.renameat2(this.workFd, tmp, pfd, name, 0));
+      return;
+    }
+    check(native.linkat(this.indexFd, n.indexKey, pfd, name, 0));
+  }
+
+  /** The link count of a copied-up lower hard link; at 0 its index entry goes too. */
+  private addNlink(n: UNode, delta: number): void {
+    const path = procPath(this.indexFd, n.indexKey!);
+    const v = native.getxattr(path, this.x.nlink, 0);
+    const cur = typeof v === 'number' ? 1 : Number(v.toString()) || 1;
+    const next = cur + delta;
+    if (next <= 0) {
+      native.unlinkat(this.indexFd, n.indexKey!, 0);
+      return;
+    }
+    native.setxattr(path, this.x.nlink, Buffer.from(String(next)), 0, 0);
   }
 
   rmdir(parent: number, name: string): void {
@@ -666,6 +752,9 @@ export class Union implements Filesystem {
     }
     this.prepareMove(s);
     if (d && flags & RENAME_EXCHANGE) this.prepareMove(d);
+    this.upperName(p, name, s);
+    if (d && flags & RENAME_EXCHANGE) this.upperName(q, newname, d);
+    if (d && d !== s && !(flags & RENAME_EXCHANGE) && d.indexKey) this.addNlink(d, -1);
     this.ensureUpperDir(q);
     this.ensureUpperDir(p);
     const pfd = this.upperDirFd(p), qfd = this.upperDirFd(q);

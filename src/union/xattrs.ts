@@ -11,6 +11,8 @@ export interface XattrNames {
   opaque: string;     // overlay.opaque ("y")
   redirect: string;   // overlay.redirect (kernel's redirect_dir format)
   origin: string;     // layerfs: presented st_ino kept across copy-up (under overlay.*: the kernel hides it)
+  nlink: string;      // layerfs: link count of a copied-up lower hard link (on its index entry)
+  index: string;      // layerfs: the index key of that inode (found again from any of its names)
 }
 
 export function xattrNames(ns: XattrNs): XattrNames {
@@ -18,6 +20,8 @@ export function xattrNames(ns: XattrNs): XattrNames {
     opaque: `${ns}.overlay.opaque`,
     redirect: `${ns}.overlay.redirect`,
     origin: `${ns}.overlay.layerfs.ino`,
+    nlink: `${ns}.overlay.layerfs.nlink`,
+    index: `${ns}.overlay.layerfs.index`,
   };
 }
 
