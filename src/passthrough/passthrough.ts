@@ -14,6 +14,7 @@ import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Opened, SetAttr }
 import { ROOT_ID, SETATTR } from '../fuse/ops';
 import { asCaller, type Identity } from '../sys/identity';
 import { FdCache, fdBudget } from '../sys/fdcache';
+import { statByHandle } from '../sys/handles';
 
 interface Link {
   parent: Node;
@@ -147,9 +148,7 @@ export class Passthrough implements Filesystem {
       if (!(e instanceof FsError)) throw e;
     }
     if (r === 0) return st;
-    // an unlinked file that is still open: its handles know it
-    const hs = native.handlesOf(n.id);
-    if (hs.length && native.fstatat(native.handleFd(hs[0]), '', AT_EMPTY_PATH, st) === 0) return st;
+    if (statByHandle(n.id, st)) return st;  // an unlinked file that is still open
     throw new FsError(r < 0 ? -r : E.ESTALE);
   }
 

@@ -23,6 +23,7 @@ import { buildCopy, keepTimes } from './copyup';
 import { fdBudget } from '../sys/fdcache';
 import { LRUCache } from 'lru-cache';
 import { LowerWatcher } from './watch';
+import { statByHandle } from '../sys/handles';
 import { formatOverride, Ids, isOverrideXattr, OVERRIDE_XATTRS } from './ids';
 import { ST_GID, ST_UID } from '../sys/stat';
 
@@ -419,9 +420,8 @@ export class Union implements Filesystem {
       return { attr: this.attrs(n) };
     } catch (e) {
       // an unlinked file that is still open: its handles still know it
-      const hs = native.handlesOf(n.id);
       const st = newStat();
-      if (hs.length && native.fstatat(native.handleFd(hs[0]), '', AT_EMPTY_PATH, st) === 0) {
+      if (statByHandle(n.id, st)) {
         this.present(n, st);
         return { attr: st };
       }
