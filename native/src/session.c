@@ -964,14 +964,9 @@ static void stat_from(const double *a, struct stat *st) {
   st->st_ctim.tv_sec = (time_t)a[13]; st->st_ctim.tv_nsec = (long)a[14];
 }
 
-static napi_value reply_result(napi_env env, int res) {
-  if (res != 0 && res != -ENOENT) {}  // the kernel may have dropped the request (interrupted)
-  return num(env, res);
-}
-
 static napi_value js_reply_err(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(2);
-  return reply_result(env, fuse_reply_err(req, (int)arg_i64(env, argv[1])));
+  return num(env, fuse_reply_err(req, (int)arg_i64(env, argv[1])));
 }
 
 static napi_value js_reply_none(napi_env env, napi_callback_info info) {
@@ -997,7 +992,7 @@ static napi_value js_reply_entry(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(6);
   struct fuse_entry_param e;
   if (entry_from(env, argv, &e) < 0) { fuse_reply_err(req, EIO); napi_throw_type_error(env, NULL, "stat"); return NULL; }
-  return reply_result(env, fuse_reply_entry(req, &e));
+  return num(env, fuse_reply_entry(req, &e));
 }
 
 // replyAttr(req, stat, timeout)
@@ -1007,14 +1002,14 @@ static napi_value js_reply_attr(napi_env env, napi_callback_info info) {
   if (!a) { fuse_reply_err(req, EIO); napi_throw_type_error(env, NULL, "stat"); return NULL; }
   struct stat st;
   stat_from(a, &st);
-  return reply_result(env, fuse_reply_attr(req, &st, arg_f64(env, argv[2])));
+  return num(env, fuse_reply_attr(req, &st, arg_f64(env, argv[2])));
 }
 
 static napi_value js_reply_readlink(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(2);
   char buf[PATH_MAX + 1];
   if (arg_str(env, argv[1], buf, sizeof buf) < 0) { fuse_reply_err(req, EIO); return NULL; }
-  return reply_result(env, fuse_reply_readlink(req, buf));
+  return num(env, fuse_reply_readlink(req, buf));
 }
 
 // FOPEN-style flags from JS: 1 direct_io, 2 keep_cache, 4 cache_readdir, 8 nonseekable, 16 nosync, 32 noflush
@@ -1075,7 +1070,7 @@ static napi_value js_reply_opendir(napi_env env, napi_callback_info info) {
   memset(&fi, 0, sizeof fi);
   fi_from(&fi, (int)arg_i64(env, argv[2]));
   fi.fh = (uint64_t)arg_f64(env, argv[1]);
-  return reply_result(env, fuse_reply_open(req, &fi));
+  return num(env, fuse_reply_open(req, &fi));
 }
 
 // replyBuf(req, buffer[, length])
@@ -1100,17 +1095,17 @@ static napi_value js_reply_buf(napi_env env, napi_callback_info info) {
     size_t want = (size_t)arg_i64(env, argv[2]);
     if (want < len) len = want;
   }
-  return reply_result(env, fuse_reply_buf(req, data, len));
+  return num(env, fuse_reply_buf(req, data, len));
 }
 
 static napi_value js_reply_write(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(2);
-  return reply_result(env, fuse_reply_write(req, (size_t)arg_i64(env, argv[1])));
+  return num(env, fuse_reply_write(req, (size_t)arg_i64(env, argv[1])));
 }
 
 static napi_value js_reply_xattr(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(2);
-  return reply_result(env, fuse_reply_xattr(req, (size_t)arg_i64(env, argv[1])));
+  return num(env, fuse_reply_xattr(req, (size_t)arg_i64(env, argv[1])));
 }
 
 // replyStatfs(req, Float64Array[bsize, frsize, blocks, bfree, bavail, files, ffree, favail, fsid, flag, namemax])
@@ -1124,7 +1119,7 @@ static napi_value js_reply_statfs(napi_env env, napi_callback_info info) {
   s.f_blocks = (fsblkcnt_t)a[2]; s.f_bfree = (fsblkcnt_t)a[3]; s.f_bavail = (fsblkcnt_t)a[4];
   s.f_files = (fsfilcnt_t)a[5]; s.f_ffree = (fsfilcnt_t)a[6]; s.f_favail = (fsfilcnt_t)a[7];
   s.f_fsid = (unsigned long)a[8]; s.f_flag = (unsigned long)a[9]; s.f_namemax = (unsigned long)a[10];
-  return reply_result(env, fuse_reply_statfs(req, &s));
+  return num(env, fuse_reply_statfs(req, &s));
 }
 
 // ---- handles, seen from JS ----

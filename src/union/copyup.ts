@@ -1,10 +1,11 @@
 // Copy-up: an object of a lower layer becomes an upper object. It is built under the work dir
 // (data, owner, mode, xattrs, origin, times), synced unless volatile, then renamed into place:
 // a crash leaves the old view or the new one, never a half-written file in the upper.
+import * as fs from 'node:fs';
 import { native } from '../sys/native';
 import { FsError, check } from '../sys/errors';
 import {
-  AT_SYMLINK_NOFOLLOW, E, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
+  AT_EMPTY_PATH, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, E, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
   SEEK_DATA, SEEK_HOLE,
 } from '../sys/constants';
 import {
@@ -40,8 +41,6 @@ export function copyData(src: number, dst: number, size: number): void {
 }
 
 function copyLoop(src: number, dst: number, pos: number, len: number): number {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const fs = require('node:fs') as typeof import('node:fs');
   const buf = Buffer.allocUnsafe(Math.min(len, 1 << 20));
   let done = 0;
   while (done < len) {
@@ -86,7 +85,7 @@ export function buildCopy(src: CopySource, t: CopyTarget): void {
   const { st } = src;
   const type = st[ST_MODE] & S_IFMT;
   const perm = st[ST_MODE] & 0o7777;
-  const at = `${t.tmp}`;
+  const at = t.tmp;
   try {
     if (type === S_IFREG) {
       const out = check(native.openat(t.workFd, at, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW, 0o600));
@@ -121,7 +120,7 @@ export function buildCopy(src: CopySource, t: CopyTarget): void {
     }
     check(native.utimensat(t.workFd, at, st[ST_ATIME], st[ST_ATIME_NS], st[ST_MTIME], st[ST_MTIME_NS], AT_SYMLINK_NOFOLLOW));
   } catch (e) {
-    native.unlinkat(t.workFd, at, type === S_IFDIR ? 0x200 : 0);
+    native.unlinkat(t.workFd, at, type === S_IFDIR ? AT_REMOVEDIR : 0);
     throw e;
   }
 }
@@ -129,7 +128,7 @@ export function buildCopy(src: CopySource, t: CopyTarget): void {
 /** Keeps a directory's times across a change made in it (copy-up is not a visible change). */
 export function keepTimes<T>(dirfd: number, fn: () => T): T {
   const st = newStat();
-  const ok = native.fstatat(dirfd, '', 0x1000 | AT_SYMLINK_NOFOLLOW, st) === 0;
+  const ok = native.fstatat(dirfd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, st) === 0;
   const r = fn();
   // through the fd's own /proc link: it names the directory itself, nothing inside a layer
   if (ok) native.utimensat(-100, procPath(dirfd, ''), st[ST_ATIME], st[ST_ATIME_NS], st[ST_MTIME], st[ST_MTIME_NS], 0);

@@ -315,9 +315,6 @@ export class Union implements Filesystem {
       if (r !== null) redirect = r;
     }
     if (!found) return null;
-    if (upper && type === S_IFDIR && lowers.length && ino === this.mapIno(UPPER, st[ST_INO])) {
-      // a merged dir with no recorded origin shows the upper's ino (as the kernel does)
-    }
     return { st, upper, lowers, type, opaque, upperXwh, ino };
   }
 
@@ -662,12 +659,18 @@ export class Union implements Filesystem {
     removeTree(this.workFd, tmp);
   }
 
-  unlink(parent: number, name: string): void {
+  /** What a removal of p/name works on; p's listing is dropped (its names change). */
+  private toRemove(parent: number, name: string): { p: UNode; e: { node: UNode; st: Stat } } {
     this.requireUpper();
     const p = this.node(parent);
     this.listings.delete(p.id);
     const e = this.entry(p, name);
     if (!e) throw new FsError(E.ENOENT);
+    return { p, e };
+  }
+
+  unlink(parent: number, name: string): void {
+    const { p, e } = this.toRemove(parent, name);
     if (e.node.type === S_IFDIR) throw new FsError(E.EISDIR);
     this.ensureUpperDir(p);
     const needWh = this.lowerHas(p, name);
@@ -715,11 +718,7 @@ export class Union implements Filesystem {
   }
 
   rmdir(parent: number, name: string): void {
-    this.requireUpper();
-    const p = this.node(parent);
-    this.listings.delete(p.id);
-    const e = this.entry(p, name);
-    if (!e) throw new FsError(E.ENOENT);
+    const { p, e } = this.toRemove(parent, name);
     const n = e.node;
     if (n.type !== S_IFDIR) throw new FsError(E.ENOTDIR);
     if (this.listNames(n).length > 0) throw new FsError(E.ENOTEMPTY);

@@ -4,6 +4,7 @@
 // or a `.wh..wh..opq` file. Write the kernel's: char 0/0 and trusted.overlay.opaque=y as root;
 // `.wh.` files and user.overlay.opaque where mknod is not permitted (as fuse-overlayfs does).
 import { native } from '../sys/native';
+import { FsError } from '../sys/errors';
 import { AT_SYMLINK_NOFOLLOW, E, S_IFCHR, S_IFMT, S_IFREG } from '../sys/constants';
 import { ST_MODE, ST_RDEV, ST_SIZE, type Stat } from '../sys/stat';
 
@@ -79,7 +80,8 @@ export function probe(dirfd: number, name: string, st: Stat, xwhiteouts: boolean
     if (xwhiteouts && isXattrWhiteout(dirfd, name, st)) return 'whiteout';
     return 'found';
   }
-  if (r !== -E.ENOENT && r !== -E.ENOTDIR) return r === -E.ENAMETOOLONG ? 'none' : 'none';
+  if (r === -E.ENAMETOOLONG) return 'none';             // no such name can exist here
+  if (r !== -E.ENOENT && r !== -E.ENOTDIR) throw new FsError(-r);  // EACCES, EIO: not an absence
   const w = native.fstatat(dirfd, WH_PREFIX + name, AT_SYMLINK_NOFOLLOW, st);
   return w === 0 ? 'whiteout' : 'none';
 }
