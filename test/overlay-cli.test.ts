@@ -5,7 +5,12 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ROOT, isMounted, requireFuse, tempDir, unmountAll } from './helpers/mount';
+import { ROOT, daemonPid, isMounted, requireFuse, tempDir, unmountAll } from './helpers/mount';
+
+/** The command line of the daemon serving mnt. */
+function daemonCmdline(mnt: string): string {
+  return fs.readFileSync(`/proc/${daemonPid(mnt)}/cmdline`, 'utf8').split('\0').join(' ');
+}
 
 const OVERLAY_CLI = path.join(ROOT, 'dist/src/cli/layerfs-overlay.js');
 
@@ -72,23 +77,55 @@ describe('layerfs-overlay command line', () => {
     expect(spawnSync('umount', [mnt]).status).toBe(0);
   });
 
-  test('mount -t fuse.layerfs-overlay and an fstab line work through mount.fuse3', () => {
-    // the same wrapper `make install` writes, on a PATH of its own
-    const bin = path.join(base, 'bin');
-    fs.mkdirSync(bin, { recursive: true });
-    fs.writeFileSync(path.join(bin, 'layerfs-overlay'), `#!/bin/sh\nexec "${process.execPath}" "${OVERLAY_CLI}" "$@"\n`, { mode: 0o755 });
-    const env = { ...process.env, PATH: `${bin}:${process.env.PATH}` };
+  /** A wrapper that runs this checkout's build (never an installed copy). */
+  function checkoutWrapper(dir: string): string {
+    fs.mkdirSync(dir, { recursive: true });
+    const w = path.join(dir, 'layerfs-overlay');
+    fs.writeFileSync(w, `#!/bin/sh\nexec "${process.execPath}" "${OVERLAY_CLI}" "$@"\n`, { mode: 0o755 });
+    return w;
+  }
+
+  function mountThenCheck(args: string[], file: string, want: string): void {
+    const r = spawnSync('mount', args, { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    try {
+      expect(fs.readFileSync(path.join(mnt, file), 'utf8')).toBe(want);
+      // the daemon is this checkout's build: its command line names this checkout's CLI
+      expect(daemonCmdline(mnt)).toContain(OVERLAY_CLI);
+    } finally {
+      expect(spawnSync('umount', [mnt]).status).toBe(0);
+    }
+  }
+
+  test("mount -t fuse with the checkout's program named explicitly, and the same fstab line", () => {
+    // mount(8) runs mount.fuse3 with a fixed PATH: PROG#SOURCE names the program by path
+    const prog = checkoutWrapper(path.join(base, 'bin'));
     const opts = `lowerdir=${l1}:${l2},upperdir=${up},workdir=${work}`;
-    let r = spawnSync('mount', ['-t', 'fuse.layerfs-overlay', 'layerfs-overlay', mnt, '-o', opts], { encoding: 'utf8', env });
-    expect(r.status, r.stderr).toBe(0);
-    expect(fs.readFileSync(path.join(mnt, 'bottom'), 'utf8')).toBe('bottom');
-    expect(spawnSync('umount', [mnt]).status).toBe(0);
+    mountThenCheck(['-t', 'fuse', `${prog}#layerfs-overlay`, mnt, '-o', opts], 'bottom', 'bottom');
     const fstab = path.join(base, 'fstab');
-    fs.writeFileSync(fstab, `layerfs-overlay ${mnt} fuse.layerfs-overlay ${opts},noauto 0 0\n`);
-    r = spawnSync('mount', ['-T', fstab, mnt], { encoding: 'utf8', env });
-    expect(r.status, r.stderr).toBe(0);
-    expect(fs.readFileSync(path.join(mnt, 'top'), 'utf8')).toBe('top');
-    expect(spawnSync('umount', [mnt]).status).toBe(0);
+    fs.writeFileSync(fstab, `${prog}#layerfs-overlay ${mnt} fuse ${opts},noauto 0 0\n`);
+    mountThenCheck(['-T', fstab, mnt], 'top', 'top');
+  });
+
+  test('mount -t fuse.layerfs-overlay and its fstab line find the program by name (put back afterwards)', () => {
+    // mount.fuse3 looks the name up in /usr/local/bin first: this checkout's program goes there
+    // for the test, and whatever was there (an installed or a stale copy) is put back
+    const slot = '/usr/local/bin/layerfs-overlay';
+    const saved = path.join(base, 'saved-layerfs-overlay');
+    const had = fs.existsSync(slot);
+    if (had) fs.renameSync(slot, saved);
+    try {
+      fs.copyFileSync(checkoutWrapper(path.join(base, 'bin2')), slot);
+      fs.chmodSync(slot, 0o755);
+      const opts = `lowerdir=${l1}:${l2},upperdir=${up},workdir=${work}`;
+      mountThenCheck(['-t', 'fuse.layerfs-overlay', 'layerfs-overlay', mnt, '-o', opts], 'bottom', 'bottom');
+      const fstab = path.join(base, 'fstab2');
+      fs.writeFileSync(fstab, `layerfs-overlay ${mnt} fuse.layerfs-overlay ${opts},noauto 0 0\n`);
+      mountThenCheck(['-T', fstab, mnt], 'top', 'top');
+    } finally {
+      fs.rmSync(slot, { force: true });
+      if (had) fs.renameSync(saved, slot);
+    }
   });
 
   test('options in the order mount.fuse passes them, several -o', () => {
