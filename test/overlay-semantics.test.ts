@@ -9,22 +9,13 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { native } from '../src/sys/native';
 import { isMounted, layerfs, mountOk, requireFuse, tempDir, unmountAll } from './helpers/mount';
 import { view } from './helpers/overlay';
+import { TEST_USER, ensureUser, runAs } from './helpers/users';
 
-const USER = 'layerfs-test';
 let uid = 0;
-
-function ensureUser(): number {
-  if (spawnSync('id', ['-u', USER]).status !== 0) {
-    const r = spawnSync('useradd', ['-M', '-N', '-s', '/usr/sbin/nologin', USER], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`useradd: ${r.stderr}`);
-  }
-  return Number(spawnSync('id', ['-u', USER], { encoding: 'utf8' }).stdout.trim());
-}
 
 /** Runs a shell command as the test user (no supplementary groups). */
 function asUser(cmd: string): { status: number; stdout: string; stderr: string } {
-  const r = spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', 'sh', '-c', cmd], { encoding: 'utf8' });
-  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+  return runAs(uid, ['sh', '-c', cmd]);
 }
 
 function tree(dir: string): string {
@@ -89,7 +80,7 @@ describe('overlay semantics', () => {
   });
   afterAll(() => {
     unmountAll(base);
-    spawnSync('userdel', [USER]);
+    spawnSync('userdel', [TEST_USER]);
   });
 
   test('symlinks inside layers are shown, never followed by the daemon; the host is untouched', () => {

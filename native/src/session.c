@@ -131,6 +131,7 @@ static struct job *job_new(int op, fuse_req_t req, fuse_ino_t ino) {
   if (req) {
     const struct fuse_ctx *c = fuse_req_ctx(req);
     j->a[1] = c->uid; j->a[2] = c->gid; j->a[3] = c->pid;
+    j->a[14] = c->umask;  // with FUSE_DONT_MASK the daemon applies it (src/fuse/modes.ts)
     struct session *s = fuse_req_userdata(req);
     j->sid = (int)(s - sessions);
   }
@@ -204,8 +205,10 @@ static void on_wake(uv_async_t *h) {
 static void op_init(void *userdata, struct fuse_conn_info *conn) {
   struct session *s = userdata;
   struct session_cfg *c = &s->cfg;
+  // DONT_MASK: creation modes arrive unmasked with the caller's umask, so a parent's default
+  // ACL can decide instead of the umask, as on the kernel's own filesystems
   unsigned want = FUSE_CAP_ASYNC_READ | FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_EXPORT_SUPPORT |
-                  FUSE_CAP_AUTO_INVAL_DATA;
+                  FUSE_CAP_AUTO_INVAL_DATA | FUSE_CAP_DONT_MASK;
   if (c->splice) want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
   if (c->splice_read) want |= FUSE_CAP_SPLICE_READ;
   if (c->writeback) want |= FUSE_CAP_WRITEBACK_CACHE;

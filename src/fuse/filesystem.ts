@@ -8,6 +8,8 @@ export interface Caller {
   uid: number;
   gid: number;
   pid: number;
+  /** The caller's umask: creation modes arrive unmasked (see fuse/modes.ts). */
+  umask: number;
 }
 
 export interface Entry {
@@ -65,6 +67,8 @@ export interface Notifier {
 }
 
 export interface Filesystem {
+  /** The longest name in bytes (255 when absent): longer lookups fail with ENAMETOOLONG. */
+  readonly nameMax?: number;
   init?(info: { protoMinor: number; want: number; maxWrite: number }): void;
   /** Called once the session exists; one filesystem may be served by several sessions. */
   attach?(n: Notifier): void;

@@ -10,7 +10,7 @@ export const OP = {
 
 // jobArgs slots: A_INO is the node (or parent); A_UID/A_GID/A_PID the caller; A_1.. per op.
 export const A_INO = 0, A_UID = 1, A_GID = 2, A_PID = 3, A_1 = 4, A_2 = 5, A_3 = 6, A_4 = 7;
-export const A_SID = 15;
+export const A_UMASK = 14, A_SID = 15;
 
 export const SETATTR = {
   MODE: 1 << 0, UID: 1 << 1, GID: 1 << 2, SIZE: 1 << 3, ATIME: 1 << 4, MTIME: 1 << 5,

@@ -9,7 +9,7 @@ import { E, MNT_DETACH } from '../sys/constants';
 import { ST_INO, newStat } from '../sys/stat';
 import type { Caller, Entry, Filesystem, Opened } from './filesystem';
 import { DirentWriter } from './dirents';
-import { A_1, A_2, A_3, A_4, A_GID, A_INO, A_PID, A_SID, A_UID, OP } from './ops';
+import { A_1, A_2, A_3, A_4, A_GID, A_INO, A_PID, A_SID, A_UID, A_UMASK, OP } from './ops';
 
 export interface SessionOptions extends SessionConfig {
   /** -o options handed to libfuse / the kernel (fsname, subtype, allow_other, ro, ...). */
@@ -29,6 +29,7 @@ interface DirHandle {
   list: DirList | null;
 }
 
+const NAME_MAX = 255;
 const sessions = new Map<number, Session>();
 const args = native.jobArgs;
 let dispatcherSet = false;
@@ -128,7 +129,7 @@ export class Session {
 
   handle(op: number, req: number, s1?: string, s2?: string, buf?: Buffer): void {
     const ino = args[A_INO];
-    const caller: Caller = { uid: args[A_UID], gid: args[A_GID], pid: args[A_PID] };
+    const caller: Caller = { uid: args[A_UID], gid: args[A_GID], pid: args[A_PID], umask: args[A_UMASK] };
     const a1 = args[A_1], a2 = args[A_2], a3 = args[A_3], a4 = args[A_4];
     try {
       switch (op) {
@@ -145,6 +146,8 @@ export class Session {
           this.endedResolve();
           return;
         case OP.LOOKUP:
+          // as the kernel's filesystems: an over-long name fails before anything is probed
+          if (Buffer.byteLength(s1!) > (this.fs.nameMax ?? NAME_MAX)) throw new FsError(E.ENAMETOOLONG);
           return this.settle(req, this.fs.lookup(ino, s1!, caller), (e) => this.replyEntry(req, e));
         case OP.GETATTR:
           return this.settle(req, this.fs.getattr(ino, a1), (r) =>

@@ -23,6 +23,9 @@ export const DAEMON_FLAG = '--layerfs-daemon-child';
 /** Serves in this process until the mount ends; resolves with the exit code. */
 export async function serve(m: Mountable, report: (msg: string) => void): Promise<number> {
   native.raiseNofile();
+  // objects are created with exactly the mode the caller asked for (fuse/modes.ts); set once
+  // for the process, so no thread ever sees it change
+  process.umask(0);
   let session: Session;
   try {
     session = new Session(m.fs, m.mountpoint, m.session);

@@ -13,6 +13,7 @@ import { ST_DEV, ST_INO, ST_MODE, STATFS_LEN, newStat, type Stat } from '../sys/
 import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Opened, SetAttr } from '../fuse/filesystem';
 import { ROOT_ID, SETATTR } from '../fuse/ops';
 import { asCaller, type Identity } from '../sys/identity';
+import { creationMode } from '../fuse/modes';
 import { FdCache, fdBudget } from '../sys/fdcache';
 import { statByHandle } from '../sys/handles';
 
@@ -226,18 +227,20 @@ export class Passthrough implements Filesystem {
   }
 
   /** Runs a creating call as the caller (fsuid/fsgid), so ownership and setgid dirs behave. */
-  private make(parent: number, name: string, caller: Caller, fn: (dirfd: number) => number): Entry {
+  private make(parent: number, name: string, caller: Caller, fn: (dirfd: number, mode: number) => number, mode = 0): Entry {
     const p = this.node(parent);
-    asCaller(this.id, caller, () => check(fn(this.dirFd(p))));
+    const dfd = this.dirFd(p);
+    const m = creationMode(dfd, mode, caller.umask);
+    asCaller(this.id, caller, () => check(fn(dfd, m)));
     return this.mustEntry(p, name);
   }
 
   mknod(parent: number, name: string, mode: number, rdev: number, caller: Caller): Entry {
-    return this.make(parent, name, caller, (fd) => native.mknodat(fd, name, mode, rdev));
+    return this.make(parent, name, caller, (fd, m) => native.mknodat(fd, name, m, rdev), mode);
   }
 
   mkdir(parent: number, name: string, mode: number, caller: Caller): Entry {
-    return this.make(parent, name, caller, (fd) => native.mkdirat(fd, name, mode));
+    return this.make(parent, name, caller, (fd, m) => native.mkdirat(fd, name, m), mode);
   }
 
   symlink(target: string, parent: number, name: string, caller: Caller): Entry {
@@ -299,8 +302,9 @@ export class Passthrough implements Filesystem {
 
   create(parent: number, name: string, mode: number, flags: number, caller: Caller): { entry: Entry; opened: Opened } {
     const p = this.node(parent);
-    const fd = asCaller(this.id, caller, () =>
-      check(native.openat(this.dirFd(p), name, this.openFlags(flags) | O_CREAT, mode)));
+    const dfd = this.dirFd(p);
+    const m = creationMode(dfd, mode, caller.umask);
+    const fd = asCaller(this.id, caller, () => check(native.openat(dfd, name, this.openFlags(flags) | O_CREAT, m)));
     try {
       const entry = this.mustEntry(p, name);
       return { entry, opened: this.opened(this.node(entry.nodeid), flags, fd) };

@@ -42,9 +42,15 @@ export function serveControl(dir: string, handle: (r: Request) => unknown): net.
     c.on('error', () => {});
   });
   srv.on('error', (e) => process.stderr.write(`layerfs thin: control socket ${p}: ${e.message}\n`));
-  srv.listen(p);
+  // the daemon runs with umask 0 (callers' modes are exact): the socket is the owner's alone
+  const old = process.umask(0o077);
+  try {
+    srv.listen(p);  // binds synchronously
+  } finally {
+    process.umask(old);
+  }
   srv.unref();
-  fs.writeFileSync(path.join(dir, PIDFILE), `${process.pid}\n`);
+  fs.writeFileSync(path.join(dir, PIDFILE), `${process.pid}\n`, { mode: 0o644 });
   return srv;
 }
 

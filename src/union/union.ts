@@ -5,12 +5,13 @@ import { native, type DirList } from '../sys/native';
 import { FsError, check } from '../sys/errors';
 import {
   AT_EMPTY_PATH, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, E, O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT, O_DIRECTORY,
-  O_EXCL, O_NOFOLLOW, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT,
+  O_EXCL, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT,
   S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, UTIME_NOW, UTIME_OMIT,
 } from '../sys/constants';
 import { ST_INO, ST_MODE, ST_NLINK, STATFS_LEN, newStat, type Stat } from '../sys/stat';
 import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Notifier, Opened, SetAttr } from '../fuse/filesystem';
 import { ROOT_ID, SETATTR } from '../fuse/ops';
+import { DEFAULT_ACL_XATTR, creationMode, defaultAcl } from '../fuse/modes';
 import { asCaller, type Identity } from '../sys/identity';
 import { LayerDirs, baseName, dirName, joinPath, type Layer } from './layers';
 import { attachLink, detachLink, unionPath, type LowerRef, type UNode } from './nodes';
@@ -42,6 +43,8 @@ export interface UnionOptions {
 }
 
 const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
+/** Makes one object at dirfd/at with the given mode; returns an fd (files), 0, or -errno. */
+type Make = (dirfd: number, at: string, mode: number) => number;
 
 /** A directory's merged listing: for each visible name, the top layer showing it. */
 interface Listing {
@@ -517,18 +520,20 @@ export class Union implements Filesystem {
   }
 
   /**
-   * Creates an object at p/name in the upper layer as the caller. Over a whiteout the object
-   * is built in the work dir and swapped in atomically; a new directory there is made opaque.
+   * Creates an object at p/name in the upper layer as the caller, with the caller's mode (its
+   * umask applied unless the upper parent has a default ACL). Over a whiteout the object is
+   * built in the work dir and swapped in atomically; a new directory there is made opaque.
    */
-  private createUpper(p: UNode, name: string, type: number, callerIn: Caller, make: (dirfd: number, at: string) => number, mode = -1): number {
+  private createUpper(p: UNode, name: string, type: number, callerIn: Caller, make: Make, modeIn = -1): number {
     this.ensureUpperDir(p);
     this.listings.delete(p.id);
     const ids = this.opts.ids;
+    const mode = modeIn >= 0 ? creationMode(this.upperDirFd(p), modeIn, callerIn.umask) : modeIn;
     // the caller's ids as stored on disk; with xattr_permissions the daemon owns the file and
     // the caller's owner and mode go into the override xattr
-    const caller: Caller = ids.p.xattrPermissions ? { uid: 0, gid: 0, pid: callerIn.pid }
-      : { uid: ids.storeUid(callerIn.uid), gid: ids.storeGid(callerIn.gid), pid: callerIn.pid };
-    const r = this.createUpperAs(p, name, type, caller, make);
+    const caller: Caller = ids.p.xattrPermissions ? { ...callerIn, uid: 0, gid: 0 }
+      : { ...callerIn, uid: ids.storeUid(callerIn.uid), gid: ids.storeGid(callerIn.gid) };
+    const r = this.createUpperAs(p, name, type, caller, (fd, at) => make(fd, at, mode));
     if (ids.p.xattrPermissions && mode >= 0) {
       const pfd = this.upperDirFd(p);
       native.setxattr(procPath(pfd, name), ids.overrideXattr, Buffer.from(formatOverride(callerIn.uid, callerIn.gid, mode)), 0, 0);
@@ -552,23 +557,44 @@ export class Union implements Filesystem {
       if (overWh) native.unlinkat(pfd, WH_PREFIX + name, 0);
       return r;
     }
-    const tmp = this.tmpName();
-    const r = asCaller(this.id, caller, () => make(this.workFd, tmp));
-    if (r < 0) throw new FsError(-r);
-    try {
-      if (opaqueNeeded) this.setOpaque(this.workFd, tmp);
-      if (type === S_IFDIR) {
-        check(native.renameat2(this.workFd, tmp, pfd, name, RENAME_EXCHANGE));
-        native.unlinkat(this.workFd, tmp, 0);  // the whiteout, swapped out
-      } else {
-        check(native.renameat2(this.workFd, tmp, pfd, name, 0));
+    // built beside the work dir's other objects; in a parent with a default ACL, inside a work
+    // subdir carrying the same default ACL, so the new object inherits it as it would in place
+    const acl = defaultAcl(pfd);
+    let wfd = this.workFd;
+    const wdir = acl ? this.tmpName() : '';
+    if (acl) {
+      check(native.mkdirat(this.workFd, wdir, 0o700));
+      wfd = native.openat(this.workFd, wdir, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
+      if (wfd < 0 || native.setxattr(procPath(this.workFd, wdir), DEFAULT_ACL_XATTR, acl, 0, 0) < 0) {
+        if (wfd >= 0) native.close(wfd);
+        native.unlinkat(this.workFd, wdir, AT_REMOVEDIR);
+        throw new FsError(E.EIO);
       }
-    } catch (e) {
-      native.unlinkat(this.workFd, tmp, type === S_IFDIR ? AT_REMOVEDIR : 0);
-      if (r > 0 && type === S_IFREG) native.close(r);
-      throw e;
     }
-    return r;
+    const tmp = this.tmpName();
+    try {
+      const r = asCaller(this.id, caller, () => make(wfd, tmp));
+      if (r < 0) throw new FsError(-r);
+      try {
+        if (opaqueNeeded) this.setOpaque(wfd, tmp);
+        if (type === S_IFDIR) {
+          check(native.renameat2(wfd, tmp, pfd, name, RENAME_EXCHANGE));
+          native.unlinkat(wfd, tmp, 0);  // the whiteout, swapped out
+        } else {
+          check(native.renameat2(wfd, tmp, pfd, name, 0));
+        }
+      } catch (e) {
+        native.unlinkat(wfd, tmp, type === S_IFDIR ? AT_REMOVEDIR : 0);
+        if (r > 0 && type === S_IFREG) native.close(r);
+        throw e;
+      }
+      return r;
+    } finally {
+      if (acl) {
+        native.close(wfd);
+        native.unlinkat(this.workFd, wdir, AT_REMOVEDIR);
+      }
+    }
   }
 
   private setOpaque(dirfd: number, name: string): void {
@@ -583,13 +609,13 @@ export class Union implements Filesystem {
 
   mknod(parent: number, name: string, mode: number, rdev: number, caller: Caller): Entry {
     const p = this.node(parent);
-    this.createUpper(p, name, mode & S_IFMT, caller, (fd, at) => native.mknodat(fd, at, mode, rdev), mode);
+    this.createUpper(p, name, mode & S_IFMT, caller, (fd, at, m) => native.mknodat(fd, at, m, rdev), mode);
     return this.made(p, name);
   }
 
   mkdir(parent: number, name: string, mode: number, caller: Caller): Entry {
     const p = this.node(parent);
-    this.createUpper(p, name, S_IFDIR, caller, (fd, at) => native.mkdirat(fd, at, mode), mode);
+    this.createUpper(p, name, S_IFDIR, caller, (fd, at, m) => native.mkdirat(fd, at, m), mode);
     return this.made(p, name);
   }
 
@@ -601,8 +627,8 @@ export class Union implements Filesystem {
 
   create(parent: number, name: string, mode: number, flags: number, caller: Caller): { entry: Entry; opened: Opened } {
     const p = this.node(parent);
-    const fd = this.createUpper(p, name, S_IFREG, caller, (dfd, at) =>
-      native.openat(dfd, at, this.openFlags(flags) | O_CREAT | O_EXCL, mode), mode);
+    const fd = this.createUpper(p, name, S_IFREG, caller, (dfd, at, m) =>
+      native.openat(dfd, at, this.openFlags(flags) | O_CREAT | O_EXCL, m), mode);
     try {
       const entry = this.made(p, name);
       return { entry, opened: { fd, noSync: !this.opts.fsync } };
