@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { native } from '../src/sys/native';
-import { AT_FDCWD, RENAME_EXCHANGE, RENAME_NOREPLACE } from '../src/sys/constants';
+import { AT_FDCWD, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT } from '../src/sys/constants';
 import { requireFuse, tempDir, unmountAll } from './helpers/mount';
 import {
   buildLowers, fixtureTimes, mountSide, prepareSide, runSteps, sysCall, unmountSide, upperView, view,
@@ -31,6 +31,40 @@ const st = (rel: string): StepFn => (r) => {
   return { mode: s.mode.toString(8), size: s.size, uid: s.uid, gid: s.gid, nlink: s.isDirectory() ? undefined : s.nlink };
 };
 const exists = (rel: string): StepFn => (r) => fs.existsSync(path.join(r, rel));
+
+const N255 = 'n'.repeat(255), N256 = 'n'.repeat(256);
+
+/** Every call on a name of 256 bytes fails with ENAMETOOLONG before anything else; 255 works. */
+function longNameSteps(): [string, StepFn][] {
+  const at = (r: string, rel: string): string => path.join(r, rel);
+  const out: [string, StepFn][] = [];
+  for (const [tag, name] of [['256', N256], ['256 component', `${N256}/x`], ['256 under lower dir', `etc/${N256}`]] as const) {
+    out.push([`stat ${tag}`, st(name)], [`chmod ${tag}`, (r) => fs.chmodSync(at(r, name), 0o600)],
+      [`chown ${tag}`, (r) => fs.chownSync(at(r, name), 1, 1)], [`lchown ${tag}`, (r) => fs.lchownSync(at(r, name), 1, 1)],
+      [`truncate ${tag}`, (r) => fs.truncateSync(at(r, name), 1)], [`unlink ${tag}`, rm(name)], [`rmdir ${tag}`, rmdir(name)],
+      [`rename from ${tag}`, mv(name, 'x')], [`rename to ${tag}`, mv('top.txt', name)], [`open ${tag}`, rd(name)],
+      [`create ${tag}`, w(name, 'x')], [`mkdir ${tag}`, mkdir(name)], [`symlink ${tag}`, (r) => fs.symlinkSync('t', at(r, name))],
+      [`link ${tag}`, (r) => fs.linkSync(at(r, 'base.txt'), at(r, name))], [`mkfifo ${tag}`, (r) => sysCall(native.mknodat(AT_FDCWD, at(r, name), 0o10600, 0))],
+      [`getxattr ${tag}`, (r) => sysCall(native.getxattr(at(r, name), 'user.x', 0))]);
+  }
+  out.push(['create 255', w(N255, 'long')], ['stat 255', st(N255)], ['read 255', rd(N255)], ['mkdir 255 in lower dir', mkdir(`etc/${N255}`)],
+    ['mv 255', mv(N255, `etc/${N255}/${N255}`)], ['ls', ls(`etc/${N255}`)], ['rm 255', rm(`etc/${N255}/${N255}`)]);
+  return out;
+}
+
+/** renameat2 with every flag combination, on lower and upper files and dirs. */
+function renameFlagSteps(): [string, StepFn][] {
+  const out: [string, StepFn][] = [['make upper', w('up1', 'u1')], ['make upper 2', w('up2', 'u2')], ['make dir', mkdir('ud')]];
+  const flags = [0, RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT, RENAME_NOREPLACE | RENAME_EXCHANGE,
+    RENAME_NOREPLACE | RENAME_WHITEOUT, RENAME_EXCHANGE | RENAME_WHITEOUT, 7, 8];
+  const pairs: [string, string][] = [['base.txt', 'new-name'], ['up1', 'up2'], ['etc/hosts', 'etc/passwd'], ['ud', 'emptydir'],
+    ['usr/bin', 'var/log'], ['nope', 'up2']];
+  for (const f of flags) {
+    for (const [x, y] of pairs) out.push([`renameat2 ${f} ${x} ${y}`, mv2(x, y, f)], [`ls after ${f} ${x}`, ls(path.dirname(x))]);
+  }
+  out.push(['ls /', ls('')]);
+  return out;
+}
 
 const scenarios: Scenario[] = [
   ['read only', [['ls /', ls('')], ['ls etc', ls('etc')], ['read hosts', rd('etc/hosts')], ['read passwd', rd('etc/passwd')],
@@ -89,6 +123,8 @@ const scenarios: Scenario[] = [
     ['files', (r) => { for (let i = 0; i < 50; i++) fs.writeFileSync(path.join(r, `n/a/b/c/d/f${i}`), String(i)); }],
     ['copy-up deep', a('deep/a/b/c/d/e/f.txt', 'more')], ['rm deep middle', rmrf('deep/a/b/c')], ['ls deep/a/b', ls('deep/a/b')],
     ['mv tree', mv('n/a', 'deep/a/b/c2')], ['ls moved', ls('deep/a/b/c2/b/c/d')]]],
+  ['names of 255 and 256 bytes', longNameSteps()],
+  ['rename flags, every combination', renameFlagSteps()],
 ];
 
 describe('overlay mode against kernel overlayfs', () => {

@@ -26,6 +26,7 @@ export interface UNode {
   opaque: boolean;            // (dirs) nothing below the upper dir shows
   ino: number;                // presented st_ino
   indexKey: string | null;    // a lower hard link copied up: its data is the index entry
+  redirect: string | null;    // (dirs) the upper dir's redirect xattr, as last read or written
 }
 
 export function unionPath(n: UNode): string {

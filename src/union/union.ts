@@ -122,7 +122,7 @@ export class Union implements Filesystem {
   // ---- nodes ----
 
   private newNode(id: number, type: number): UNode {
-    const n: UNode = { id, links: [], kids: new Map(), type, nlookup: 0, upper: false, upperXwh: false, lowers: [], opaque: false, ino: 0, indexKey: null };
+    const n: UNode = { id, links: [], kids: new Map(), type, nlookup: 0, upper: false, upperXwh: false, lowers: [], opaque: false, ino: 0, indexKey: null, redirect: null };
     this.nodes.set(id, n);
     return n;
   }
@@ -255,7 +255,7 @@ export class Union implements Filesystem {
 
   // ---- lookup ----
 
-  private lookupIn(p: UNode, name: string): { st: Stat; upper: boolean; lowers: LowerRef[]; type: number; opaque: boolean; upperXwh: boolean; ino: number } | null {
+  private lookupIn(p: UNode, name: string): { st: Stat; upper: boolean; lowers: LowerRef[]; type: number; opaque: boolean; upperXwh: boolean; ino: number; upperRedirect: string | null } | null {
     if (isHiddenName(name)) return null;
     // a fresh merged listing of p says where name is: absent (no syscall at all), or the top
     // layer that shows it, so the layers above are not probed (whiteouts were applied by merge)
@@ -268,7 +268,7 @@ export class Union implements Filesystem {
     }
     const st = newStat();
     let found = false, upper = false, type = 0, opaque = false, upperXwh = false, ino = 0;
-    let redirect: string | null = null;
+    let redirect: string | null = null, upperRedirect: string | null = null;
     const lowers: LowerRef[] = [];
     if (p.upper && startLayer < 0) {
       const ufd = this.upperDirFd(p);
@@ -278,27 +278,44 @@ export class Union implements Filesystem {
         found = upper = true;
         type = st[ST_MODE] & S_IFMT;
         ino = this.originIno(ufd, name) || this.mapIno(UPPER, st[ST_INO]);
-        if (type !== S_IFDIR) return { st, upper, lowers, type, opaque, upperXwh, ino };
+        if (type !== S_IFDIR) return { st, upper, lowers, type, opaque, upperXwh, ino, upperRedirect };
         const o = dirOpacity(ufd, name);
         opaque = o.opaque;
         upperXwh = o.xwhiteouts;
         // below an opaque dir nothing merges (no lowers), but the dir is opaque only by its own xattr
-        if (opaque || p.opaque) return { st, upper, lowers, type, opaque, upperXwh, ino };
-        redirect = this.readRedirect(ufd, name);
+        if (opaque || p.opaque) return { st, upper, lowers, type, opaque, upperXwh, ino, upperRedirect };
+        redirect = upperRedirect = this.readRedirect(ufd, name);
       }
     }
-    if (p.opaque) return found ? { st, upper, lowers, type, opaque, upperXwh, ino } : null;
+    if (p.opaque) return found ? { st, upper, lowers, type, opaque, upperXwh, ino, upperRedirect } : null;
     const lst = newStat();
-    for (const ref of p.lowers) {
+    // the layers to search: the parent's lower dirs; after an absolute redirect (in the upper or
+    // in a lower) the root's, from the layer below the one that redirected (the kernel's poe = roe)
+    let refs = redirect?.startsWith('/') ? this.root.lowers : p.lowers;
+    for (let i = 0; i < refs.length; i++) {
+      const ref = refs[i];
       if (startLayer >= 0 && ref.layer < startLayer) continue;
-      const path = redirect !== null
-        ? (redirect.startsWith('/') ? redirect.slice(1) : joinPath(dirName(joinPath(ref.path, name)), redirect))
-        : joinPath(ref.path, name);
-      const pfd = this.dirs.tryFd(ref.layer, dirName(path));
-      if (pfd < 0) continue;
-      const pr = probe(pfd, baseName(path), lst, redirect === null && ref.xwh);
+      let at: { pfd: number; base: string; path: string; stop: boolean };
+      if (redirect?.startsWith('/')) {
+        const w = this.walkAbsolute(ref.layer, redirect);
+        redirect = w.name;
+        if (w.pfd < 0) {
+          if (w.stop) break;
+          continue;
+        }
+        at = w;
+      } else {
+        const base = redirect ?? name;
+        at = { pfd: this.dirs.tryFd(ref.layer, ref.path), base, path: joinPath(ref.path, base), stop: false };
+        if (at.pfd < 0) continue;
+      }
+      const { pfd, base, path } = at;
+      const pr = probe(pfd, base, lst, redirect === null && ref.xwh);
       if (pr === 'whiteout') break;
-      if (pr === 'none') continue;
+      if (pr === 'none') {
+        if (at.stop) break;
+        continue;
+      }
       const t = lst[ST_MODE] & S_IFMT;
       if (!found) {
         found = true;
@@ -311,14 +328,22 @@ export class Union implements Filesystem {
         }
       } else if (t !== S_IFDIR || type !== S_IFDIR) break;
       if (!upper && lowers.length === 0) ino = this.mapIno(ref.layer, lst[ST_INO]);
-      const o = dirOpacity(pfd, baseName(path));
+      const o = dirOpacity(pfd, base);
       lowers.push({ layer: ref.layer, path, xwh: o.xwhiteouts });
-      if (o.opaque) break;
-      const r = this.readRedirect(pfd, baseName(path));
-      if (r !== null) redirect = r;
+      if (o.opaque || at.stop) break;
+      const r = this.readRedirect(pfd, base);
+      if (r !== null) {
+        // a relative redirect replaces the last component of the name looked up, which stays
+        // absolute once an absolute redirect was followed (the kernel's ovl_check_redirect)
+        redirect = r.startsWith('/') || !redirect?.startsWith('/') ? r : `/${joinPath(dirName(path), r)}`;
+        if (redirect.startsWith('/') && refs !== this.root.lowers) {
+          refs = this.root.lowers;
+          i = refs.findIndex((x) => x.layer === ref.layer);
+        }
+      }
     }
     if (!found) return null;
-    return { st, upper, lowers, type, opaque, upperXwh, ino };
+    return { st, upper, lowers, type, opaque, upperXwh, ino, upperRedirect };
   }
 
   private readOverride(n: UNode): string | null {
@@ -341,6 +366,34 @@ export class Union implements Filesystem {
       if (typeof v !== 'number' && v.length) return v.toString('utf8');
     }
     return null;
+  }
+
+  /**
+   * An absolute name (from a redirect) in one layer, walked as the kernel's ovl_lookup_layer
+   * does: one component at a time, no symlink followed; a redirect on an intermediate dir
+   * rewrites the name (the walk goes on below that dir); a whiteout or a non-dir there ends the
+   * lookup; an opaque one ends it after this layer. pfd < 0: the parent is not in this layer.
+   */
+  private walkAbsolute(layer: number, abs: string): { pfd: number; base: string; path: string; name: string; stop: boolean } {
+    let name = abs;
+    let stop = false;
+    const parts = abs.slice(1).split('/');
+    let dir = '';
+    const st = newStat();
+    for (let j = 0; j < parts.length - 1; j++) {
+      const fd = this.dirs.tryFd(layer, dir);
+      if (fd < 0) return { pfd: -1, base: '', path: '', name, stop };
+      const pr = probe(fd, parts[j], st, false);
+      if (pr === 'none') return { pfd: -1, base: '', path: '', name, stop };
+      if (pr === 'whiteout' || (st[ST_MODE] & S_IFMT) !== S_IFDIR) return { pfd: -1, base: '', path: '', name, stop: true };
+      if (dirOpacity(fd, parts[j]).opaque) stop = true;
+      const r = this.readRedirect(fd, parts[j]);
+      const rest = parts.slice(j + 1).join('/');
+      if (r !== null) name = r.startsWith('/') ? `${r}/${rest}` : `/${joinPath(joinPath(parts.slice(0, j).join('/'), r), rest)}`;
+      dir = joinPath(dir, parts[j]);
+    }
+    const base = parts[parts.length - 1];
+    return { pfd: this.dirs.tryFd(layer, dir), base, path: joinPath(dir, base), name, stop };
   }
 
   private entry(p: UNode, name: string): { node: UNode; st: Stat } | null {
@@ -391,6 +444,7 @@ export class Union implements Filesystem {
     n.lowers = r.lowers.length || !n.indexKey ? r.lowers : n.lowers;
     n.opaque = r.opaque;
     n.upperXwh = r.upperXwh;
+    n.redirect = r.upperRedirect;
     n.ino = r.ino;
     if (n.type === S_IFDIR) this.watchLowers(n);
     this.present(n, r.st);
@@ -759,6 +813,8 @@ export class Union implements Filesystem {
   // ---- rename ----
 
   rename(parent: number, name: string, newparent: number, newname: string, flags: number): void {
+    // as kernel overlayfs: RENAME_WHITEOUT (or any other flag) is refused before anything else
+    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) throw new FsError(E.EINVAL);
     this.requireUpper();
     const p = this.node(parent), q = this.node(newparent);
     this.listings.delete(p.id);
@@ -775,8 +831,8 @@ export class Union implements Filesystem {
       if (s.type !== S_IFDIR && d.type === S_IFDIR) throw new FsError(E.EISDIR);
       if (d.type === S_IFDIR && this.listNames(d).length > 0) throw new FsError(E.ENOTEMPTY);
     }
-    this.prepareMove(s);
-    if (d && flags & RENAME_EXCHANGE) this.prepareMove(d);
+    this.prepareMove(s, p === q);
+    if (d && flags & RENAME_EXCHANGE) this.prepareMove(d, p === q);
     this.upperName(p, name, s);
     if (d && flags & RENAME_EXCHANGE) this.upperName(q, newname, d);
     if (d && d !== s && !(flags & RENAME_EXCHANGE) && d.indexKey) this.addNlink(d, -1);
@@ -836,22 +892,25 @@ export class Union implements Filesystem {
     native.close(fd);
   }
 
-  /** Before a move: files are copied up; a directory with lower parts gets a redirect. */
-  private prepareMove(n: UNode): void {
+  /**
+   * Before a move: files are copied up; a directory with lower parts gets a redirect, written as
+   * the kernel's ovl_set_redirect does: the old name for a move within its directory, else the
+   * absolute union path in which every ancestor with a redirect of its own stands for it; one
+   * it has already is kept when it still applies.
+   */
+  private prepareMove(n: UNode, samedir: boolean): void {
     if (n.type !== S_IFDIR) {
       this.copyUp(n, false);
       return;
     }
     if (n.lowers.length === 0) return;
     if (!this.opts.redirectDir) throw new FsError(E.EXDEV);
-    const had = n.upper;
     this.ensureUpperDir(n);
+    if (n.redirect !== null && (samedir || n.redirect.startsWith('/'))) return;
     const l = n.links[0];
-    const pfd = this.upperDirFd(l.parent);
-    if (!had || this.readRedirect(pfd, l.name) === null) {
-      // absolute, from the layer root, as the kernel writes it
-      check(native.setxattr(procPath(pfd, l.name), this.x.redirect, Buffer.from('/' + n.lowers[0].path), 0, 0));
-    }
+    const redirect = samedir ? l.name : absoluteRedirect(n);
+    check(native.setxattr(procPath(this.upperDirFd(l.parent), l.name), this.x.redirect, Buffer.from(redirect), 0, 0));
+    n.redirect = redirect;
   }
 
   // ---- attributes ----
@@ -1058,6 +1117,18 @@ export class Union implements Filesystem {
     const { path, follow } = this.xpath(n);
     check(native.removexattr(path, name, follow));
   }
+}
+
+/** The union path of n from the root, each ancestor's own redirect standing for its name (an
+ * absolute one ends the walk): the kernel's ovl_get_redirect. */
+function absoluteRedirect(n: UNode): string {
+  const parts: string[] = [];
+  for (let d = n; d.links[0]; d = d.links[0].parent) {
+    const part = d.redirect ?? d.links[0].name;
+    parts.unshift(part.startsWith('/') ? part.slice(1) : part);
+    if (part.startsWith('/')) break;
+  }
+  return '/' + parts.join('/');
 }
 
 /** Removes a directory tree below dirfd/name without following symlinks. */
