@@ -9,7 +9,7 @@ import {
   O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR, O_WRONLY, RENAME_EXCHANGE, S_IFDIR, S_IFMT,
   UTIME_NOW, UTIME_OMIT,
 } from '../sys/constants';
-import { ST_DEV, ST_INO, ST_MODE, STATFS_LEN, newStat, type Stat } from '../sys/stat';
+import { ST_DEV, ST_INO, ST_MODE, ST_NLINK, STATFS_LEN, newStat, type Stat } from '../sys/stat';
 import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Opened, SetAttr } from '../fuse/filesystem';
 import { ROOT_ID, SETATTR } from '../fuse/ops';
 import { asCaller, type Identity } from '../sys/identity';
@@ -31,6 +31,7 @@ interface Node {
   links: Link[];               // known names; empty for the root
   kids: Map<string, Node>;     // known children (they keep this node alive)
   writers: number;             // opens for writing so far: such a file keeps the page cache
+  gone?: Stat;                 // (dirs) removed while the kernel still knows it: its last attributes
 }
 
 export interface PassthroughOptions {
@@ -150,6 +151,7 @@ export class Passthrough implements Filesystem {
     }
     if (r === 0) return st;
     if (statByHandle(n.id, st)) return st;  // an unlinked file that is still open
+    if (n.gone && !n.links.length) return n.gone;  // a removed directory still held open
     throw new FsError(r < 0 ? -r : E.ESTALE);
   }
 
@@ -261,13 +263,33 @@ export class Passthrough implements Filesystem {
 
   rmdir(parent: number, name: string): void {
     const p = this.node(parent);
+    const last = this.lastAttrs(p.kids.get(name));
     check(native.unlinkat(this.dirFd(p), name, AT_REMOVEDIR));
+    last();
     this.unlinkName(p, name);
+  }
+
+  /** Before a directory the kernel knows is removed: what fstat of it shows afterwards (its
+   * attributes with nlink 0, as on the backing filesystem). Call the result once it is gone. */
+  private lastAttrs(n: Node | undefined): () => void {
+    if (!n || n.type !== S_IFDIR || n.nlookup === 0) return () => {};
+    let st: Stat;
+    try {
+      st = this.stat(n);
+    } catch {
+      return () => {};
+    }
+    return () => {
+      st[ST_NLINK] = 0;
+      n.gone = st;
+    };
   }
 
   rename(parent: number, name: string, newparent: number, newname: string, flags: number): void {
     const p = this.node(parent), q = this.node(newparent);
+    const last = flags & RENAME_EXCHANGE ? () => {} : this.lastAttrs(q.kids.get(newname));
     check(native.renameat2(this.dirFd(p), name, this.dirFd(q), newname, flags));
+    last();
     const a = p.kids.get(name), b = q.kids.get(newname);
     if (a) this.unlinkName(p, name);
     if (b) this.unlinkName(q, newname);

@@ -27,6 +27,7 @@ export interface UNode {
   ino: number;                // presented st_ino
   indexKey: string | null;    // a lower hard link copied up: its data is the index entry
   redirect: string | null;    // (dirs) the upper dir's redirect xattr, as last read or written
+  gone?: Float64Array;        // (dirs) removed while the kernel still knows it: its last attributes
 }
 
 export function unionPath(n: UNode): string {

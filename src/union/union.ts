@@ -479,6 +479,7 @@ export class Union implements Filesystem {
         this.present(n, st);
         return { attr: st };
       }
+      if (n.gone && !n.links.length) return { attr: n.gone };  // a removed dir still held open
       throw e;
     }
   }
@@ -803,11 +804,25 @@ export class Union implements Filesystem {
     if (n.type !== S_IFDIR) throw new FsError(E.ENOTDIR);
     if (this.listNames(n).length > 0) throw new FsError(E.ENOTEMPTY);
     this.ensureUpperDir(p);
+    const last = this.lastAttrs(n);
     // (a redirected dir's lower parts live under another name, already whited out there)
     const needWh = this.lowerHas(p, name);
     if (needWh) this.whiteout(p, name, n.upper, true);
     else this.removeUpper(this.upperDirFd(p), name, true);
+    last();
     this.dropName(p, name);
+  }
+
+  /** Before a directory the kernel knows is removed or replaced: what fstat of it shows
+   * afterwards, as on kernel overlayfs (an upper-only dir: nlink 0; merged: 1; lower: the
+   * lower's). Call the result once it is gone. */
+  private lastAttrs(n: UNode | undefined): () => void {
+    if (!n || n.type !== S_IFDIR || n.nlookup === 0) return () => {};
+    const st = this.attrs(n);
+    return () => {
+      if (!n.lowers.length) st[ST_NLINK] = 0;
+      n.gone = st;
+    };
   }
 
   // ---- rename ----
@@ -831,6 +846,7 @@ export class Union implements Filesystem {
       if (s.type !== S_IFDIR && d.type === S_IFDIR) throw new FsError(E.EISDIR);
       if (d.type === S_IFDIR && this.listNames(d).length > 0) throw new FsError(E.ENOTEMPTY);
     }
+    const last = d && !(flags & RENAME_EXCHANGE) ? this.lastAttrs(d) : () => {};
     this.prepareMove(s, p === q);
     if (d && flags & RENAME_EXCHANGE) this.prepareMove(d, p === q);
     this.upperName(p, name, s);
@@ -879,6 +895,7 @@ export class Union implements Filesystem {
     }
     if (s.type === S_IFDIR) this.dirs.forget(UPPER, oldPath);
     if (d?.type === S_IFDIR) this.dirs.forget(UPPER, newPath);
+    last();
     // the tree follows
     detachLink(p, name);
     const gone = detachLink(q, newname);
