@@ -663,6 +663,8 @@ export class Union implements Filesystem {
   }
 
   mknod(parent: number, name: string, mode: number, rdev: number, caller: Caller): Entry {
+    // as kernel overlayfs: a char device 0/0 would be a whiteout, and vanish
+    if ((mode & S_IFMT) === S_IFCHR && rdev === 0) throw new FsError(E.EPERM);
     const p = this.node(parent);
     this.createUpper(p, name, mode & S_IFMT, caller, (fd, at, m) => native.mknodat(fd, at, m, rdev), mode);
     return this.made(p, name);

@@ -3,7 +3,7 @@
 # and chdir("..") give afterwards. Prints JSON; the same script runs on every implementation.
 import json, os, sys
 
-d = sys.argv[1]
+d = os.path.abspath(sys.argv[1])
 out = {}
 
 def attrs(fn):
@@ -48,16 +48,18 @@ def cwd_removed():
     os.mkdir(p('cwd', 'in'))
     pid = os.fork()
     if pid == 0:
-        os.chdir(p('cwd', 'in'))
-        os.rmdir(p('cwd', 'in'))
-        res = [attrs(lambda: os.stat('.'))]
         try:
-            os.chdir('..')
-            res.append(sorted(os.listdir('.')))
-        except OSError as e:
-            res.append('E' + os.strerror(e.errno))
-        with open(p('cwd-result'), 'w') as f: json.dump(res, f)
-        os._exit(0)
+            os.chdir(p('cwd', 'in'))
+            os.rmdir(p('cwd', 'in'))
+            res = [attrs(lambda: os.stat('.'))]
+            try:
+                os.chdir('..')
+                res.append(sorted(os.listdir('.')))
+            except OSError as e:
+                res.append('E' + os.strerror(e.errno))
+            with open(p('cwd-result'), 'w') as f: json.dump(res, f)
+        finally:
+            os._exit(0)
     os.waitpid(pid, 0)
     with open(p('cwd-result')) as f: r = json.load(f)
     os.unlink(p('cwd-result'))
