@@ -300,9 +300,13 @@ static napi_value s_removexattr(napi_env env, napi_callback_info info) {
 
 // readdir(dirfd) -> { names: string[], inos: Float64Array, types: Uint8Array } | -errno
 // Reads the whole directory (opened anew from dirfd, which may be O_PATH).
+// The daemon's listings never move a directory's atime (O_NOATIME where the daemon may use it):
+// atime follows the mount's policy (src/fuse/atime.ts).
 static napi_value s_readdir(napi_env env, napi_callback_info info) {
   ARGS(1);
-  int fd = openat((int)arg_i64(env, argv[0]), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int dirfd = (int)arg_i64(env, argv[0]);
+  int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOATIME);
+  if (fd < 0 && errno == EPERM) fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return num(env, -errno);
   DIR *d = fdopendir(fd);
   if (!d) { int e = errno; close(fd); return num(env, -e); }

@@ -107,6 +107,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
     writeback: cfg.writeback,
     noXattrs: cfg.noXattrs,
     staticNlink: cfg.staticNlink,
+    atime: cfg.atime,
   }, id, native.raiseNofile(), indexFd);
   const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');
   const mountOptions = [`fsname=${fsname}`, `subtype=${name.subtype}`, 'default_permissions'];

@@ -1,6 +1,7 @@
 // Overlay mount options, with fuse-overlayfs's names and meanings. Unknown options are ignored
 // with a warning (podman passes options it does not know we lack); a bad value of a known
 // option is an error.
+import { atimePolicy, type AtimePolicy } from '../fuse/atime';
 import { boolOption, numberOption, type OptionMap } from '../mount/options';
 import { UsageError } from '../mount/validate';
 
@@ -25,6 +26,7 @@ export interface OverlayConfig {
   redirectDir: boolean;
   watch: boolean;
   ro: boolean;
+  atime: AtimePolicy;
   kernelOptions: string[];   // passed on to the kernel mount (allow_other, nodev, ...)
   fsname: string | null;
   warnings: string[];
@@ -66,6 +68,7 @@ const KERNEL_FLAGS = new Set(['allow_other', 'allow_root', 'default_permissions'
   'exec', 'noexec', 'atime', 'noatime', 'relatime', 'norelatime', 'strictatime', 'diratime', 'nodiratime',
   'sync', 'async', 'dirsync', 'lazytime', 'nolazytime', 'auto', 'noauto', 'user', 'nouser', 'users', '_netdev',
   'nofail', 'defaults']);
+// (relatime, strictatime, nodiratime: the daemon's own policy, fuse/atime.ts; libfuse refuses them)
 const PASSED_ON = new Set(['nodev', 'nosuid', 'noexec', 'noatime', 'dirsync', 'sync']);
 const KNOWN_IGNORED = new Set(['context', 'fscontext', 'defcontext', 'rootcontext', 'threaded', 'index', 'xino',
   'metacopy', 'userxattr', 'uuid', 'nfs_export', 'subtype', 'max_read', 'max_write', 'rw', 'plugins',
@@ -133,6 +136,7 @@ export function overlayConfig(o: OptionMap): OverlayConfig {
     redirectDir,
     watch: bool01(o, 'watch', true),
     ro: o.has('ro'),
+    atime: atimePolicy(o.keys()),
     kernelOptions: [],
     fsname: o.has('fsname') ? String(o.get('fsname')) : null,
     warnings,

@@ -1,5 +1,6 @@
 // `layerfs mount --passthrough DIR MNT`: options and validation for the passthrough mode.
 import { Passthrough } from './passthrough';
+import { atimePolicy } from '../fuse/atime';
 import { native } from '../sys/native';
 import { identity } from '../sys/identity';
 import type { Mountable } from '../mount/lifecycle';
@@ -14,7 +15,8 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
     throw new UsageError((e as Error).message);
   }
   const known = new Set(['ro', 'rw', 'allow_other', 'default_permissions', 'fsname', 'writeback', 'timeout',
-    'direct_read', 'threads', 'splice', 'noatime', 'nodev', 'nosuid', 'noexec', 'dev', 'suid', 'exec']);
+    'direct_read', 'threads', 'splice', 'noatime', 'relatime', 'strictatime', 'nodiratime', 'atime', 'diratime',
+    'nodev', 'nosuid', 'noexec', 'dev', 'suid', 'exec']);
   for (const k of o.keys()) if (!known.has(k)) process.stderr.write(`layerfs: warning: unknown option ${k} ignored\n`);
   let writeback: boolean, timeout: number, directRead: boolean, threads: number, splice: boolean;
   try {
@@ -36,7 +38,7 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
   if (id.root) mountOptions.push('allow_other');
   for (const k of ['ro', 'noatime', 'nodev', 'nosuid', 'noexec']) if (o.has(k)) mountOptions.push(k);
   return {
-    fs: new Passthrough(root, { writeback, directRead, timeout }, id, native.raiseNofile()),
+    fs: new Passthrough(root, { writeback, directRead, timeout, atime: atimePolicy(o.keys()) }, id, native.raiseNofile()),
     mountpoint,
     session: {
       mountOptions, entryTimeout: timeout, attrTimeout: timeout, negativeTimeout: timeout,

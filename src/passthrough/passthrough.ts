@@ -14,6 +14,7 @@ import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Opened, SetAttr }
 import { ROOT_ID, SETATTR } from '../fuse/ops';
 import { asCaller, type Identity } from '../sys/identity';
 import { creationMode } from '../fuse/modes';
+import { openNoatime, touchAtime, wantsAtime, type AtimePolicy } from '../fuse/atime';
 import { FdCache, fdBudget } from '../sys/fdcache';
 import { statByHandle } from '../sys/handles';
 
@@ -40,6 +41,7 @@ export interface PassthroughOptions {
   timeout: number;
   /** Serve files nobody has opened for writing with direct_io from the backing page cache. */
   directRead: boolean;
+  atime: AtimePolicy;
 }
 
 const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
@@ -318,8 +320,19 @@ export class Passthrough implements Filesystem {
 
   open(nodeid: number, flags: number): Opened {
     const n = this.node(nodeid);
-    const fd = check(this.at(n, (dfd, name) => native.openat(dfd, name, this.openFlags(flags), 0)));
+    const fd = check(this.at(n, (dfd, name) => openNoatime(dfd, name, this.openFlags(flags), 0)));
+    if ((flags & O_ACCMODE) === O_RDONLY && this.wantsAtime(n)) this.at(n, (dfd, name) => (touchAtime(dfd, name), 0));
     return this.opened(n, flags, fd);
+  }
+
+  /** Does an access now move the atime, under this mount's policy (fuse/atime.ts)? */
+  private wantsAtime(n: Node): boolean {
+    if (this.opts.atime.mode === 'noatime') return false;
+    try {
+      return wantsAtime(this.opts.atime, this.stat(n), n.type === S_IFDIR);
+    } catch {
+      return false;
+    }
   }
 
   create(parent: number, name: string, mode: number, flags: number, caller: Caller): { entry: Entry; opened: Opened } {
@@ -343,7 +356,9 @@ export class Passthrough implements Filesystem {
   }
 
   readdir(nodeid: number): DirList {
-    const r = native.readdir(this.dirFd(this.node(nodeid)));
+    const n = this.node(nodeid);
+    if (this.wantsAtime(n)) this.at(n, (dfd, name) => (touchAtime(dfd, name), 0));
+    const r = native.readdir(this.dirFd(n));
     if (typeof r === 'number') throw new FsError(-r);
     return r;
   }

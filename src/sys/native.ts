@@ -80,6 +80,7 @@ export interface Native {
   listxattr(path: string, follow: number): Buffer | number;
   setxattr(path: string, name: string, value: Buffer, flags: number, follow: number): number;
   removexattr(path: string, name: string, follow: number): number;
+  /** Reads with O_NOATIME where the daemon may (fuse/atime.ts decides when atime moves). */
   readdir(dirfd: number): DirList | number;
   umount2(path: string, flags: number): number;
   raiseNofile(): number;

@@ -13,6 +13,7 @@ import {
 } from '../sys/stat';
 import { procPath } from './whiteout';
 import { isPrivateXattr } from './xattrs';
+import { openNoatime } from '../fuse/atime';
 
 const CHUNK = 8 << 20;
 
@@ -91,7 +92,7 @@ export function buildCopy(src: CopySource, t: CopyTarget): void {
       const out = check(native.openat(t.workFd, at, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW, 0o600));
       try {
         if (!t.skipData && st[ST_SIZE] > 0) {
-          const inp = check(native.openat(src.dirfd, src.name, O_RDONLY | O_NOFOLLOW, 0));
+          const inp = check(openNoatime(src.dirfd, src.name, O_RDONLY | O_NOFOLLOW, 0));  // copy-up never moves atime
           try {
             copyData(inp, out, st[ST_SIZE]);
           } finally {

@@ -12,6 +12,7 @@ import { ST_INO, ST_MODE, ST_NLINK, STATFS_LEN, newStat, type Stat } from '../sy
 import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Notifier, Opened, SetAttr } from '../fuse/filesystem';
 import { ROOT_ID, SETATTR } from '../fuse/ops';
 import { DEFAULT_ACL_XATTR, creationMode, defaultAcl } from '../fuse/modes';
+import { openNoatime, touchAtime, wantsAtime, type AtimePolicy } from '../fuse/atime';
 import { asCaller, type Identity } from '../sys/identity';
 import { LayerDirs, baseName, dirName, joinPath, type Layer } from './layers';
 import { attachLink, detachLink, unionPath, type LowerRef, type UNode } from './nodes';
@@ -40,6 +41,7 @@ export interface UnionOptions {
   writeback: boolean;
   noXattrs: boolean;
   staticNlink: boolean;
+  atime: AtimePolicy;
 }
 
 const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
@@ -996,7 +998,9 @@ export class Union implements Filesystem {
     const writing = (flags & O_ACCMODE) !== O_RDONLY || (flags & O_TRUNC) !== 0;
     if (writing) this.copyUp(n, (flags & O_TRUNC) !== 0);
     const t = this.top(n);
-    const fd = check(native.openat(t.dirfd, t.name, this.openFlags(flags), 0));
+    const fd = check(openNoatime(t.dirfd, t.name, this.openFlags(flags), 0));
+    // as kernel overlayfs: reads move the atime of upper files only, and as the mount says
+    if (n.upper && (flags & O_ACCMODE) === O_RDONLY && this.wantsAtime(n)) touchAtime(t.dirfd, t.name);
     // a lower file never changes: its page cache stays valid across opens
     return { fd, keepCache: !n.upper, noSync: !this.opts.fsync };
   }
@@ -1010,9 +1014,24 @@ export class Union implements Filesystem {
     return { cacheReaddir: true, keepCache: this.opts.timeout >= LONG_TIMEOUT };
   }
 
+  private wantsAtime(n: UNode): boolean {
+    if (this.opts.atime.mode === 'noatime') return false;
+    const st = newStat();
+    try {
+      this.statTop(n, st);
+    } catch {
+      return false;
+    }
+    return wantsAtime(this.opts.atime, st, n.type === S_IFDIR);
+  }
+
   /** The merged listing of a directory node: names, presented inos, d_types. */
   readdir(nodeid: number): DirList {
     const n = this.node(nodeid);
+    if (n.upper && this.wantsAtime(n)) {
+      const t = this.top(n);
+      touchAtime(t.dirfd, t.name);
+    }
     const names: string[] = ['.', '..'];
     const inos: number[] = [n.ino, n.links[0] ? n.links[0].parent.ino : n.ino];
     const types: number[] = [4, 4];
