@@ -270,3 +270,63 @@ describe('thin crash consistency', () => {
     }
   });
 });
+
+describe('the owner of a pool', () => {
+  let base: string, pool: string, mnt: string;
+  beforeAll(() => {
+    requireFuse();
+    base = tempDir('thinowner');
+    pool = path.join(base, 'pool');
+    mnt = path.join(base, 'mnt');
+    fs.mkdirSync(mnt);
+    ok(['thin', 'create', pool, '--data-size', '256M']);
+    ok(['thin', 'message', pool, 'create_thin 0']);
+  });
+  afterAll(() => unmountAll(base));
+
+  test('check right after the daemon was killed: passes at once, without waiting or unmounting first', () => {
+    ok(['thin', 'mount', pool, mnt]);
+    fs.truncateSync(path.join(mnt, '0'), 64 << 20);
+    const fd = fs.openSync(path.join(mnt, '0'), 'r+');
+    fs.writeSync(fd, Buffer.alloc(1 << 20, 7), 0, 1 << 20, 0);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    const pid = daemonPid(mnt);
+    process.kill(pid, 'SIGKILL');
+    const c = layerfs(['thin', 'check', pool]);  // at once: the dying daemon's pid may still exist
+    expect(c.stderr).toBe('');
+    expect(c.stdout.trim()).toBe('ok');
+    expect(c.status).toBe(0);
+    expect(layerfs(['umount', mnt]).status).toBe(0);
+  });
+
+  test('a stale pid file naming a live process of another program is no owner', () => {
+    const other = spawn('sleep', ['30']);
+    try {
+      fs.writeFileSync(path.join(pool, 'daemon.pid'), `${other.pid}\n${mnt}\n`);
+      expect(ok(['thin', 'check', pool]).trim()).toBe('ok');
+      ok(['thin', 'mount', pool, mnt]);  // and the pool mounts
+      expect(layerfs(['umount', mnt]).status).toBe(0);
+    } finally {
+      other.kill();
+    }
+  });
+
+  test('an owner that is alive but hung: one line saying what to do, exit 1, nothing touched', () => {
+    ok(['thin', 'mount', pool, mnt]);
+    const pid = daemonPid(mnt);
+    const meta = fs.readdirSync(pool).map((n) => `${n} ${fs.statSync(path.join(pool, n)).mtimeMs}`);
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const c = layerfs(['thin', 'check', pool]);
+      expect(c.status).toBe(1);
+      const lines = c.stderr.trim().split('\n');
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(new RegExp(`pid ${pid} \\(mounted on ${mnt}\\), which is alive but does not answer.*kill ${pid}.*layerfs umount ${mnt}`));
+      expect(fs.readdirSync(pool).map((n) => `${n} ${fs.statSync(path.join(pool, n)).mtimeMs}`)).toEqual(meta);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    expect(layerfs(['umount', mnt]).status).toBe(0);
+  });
+});

@@ -1,6 +1,7 @@
 // Syscalls Node lacks, for the engine. Every call returns its result, or -errno: the engine
 // meets ENOENT on most lookups, and a thrown exception per miss would cost more than the call.
 #include "common.h"
+#include <sys/file.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -230,6 +231,12 @@ static napi_value s_fsync(napi_env env, napi_callback_info info) {
   return ret(env, arg_i64(env, argv[1]) ? fdatasync(fd) : fsync(fd));
 }
 
+// flock(fd, op): advisory whole-file lock; the kernel drops it when the holder dies.
+static napi_value s_flock(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  return ret(env, flock((int)arg_i64(env, argv[0]), (int)arg_i64(env, argv[1])));
+}
+
 // Xattrs by path; "follow" picks getxattr over lgetxattr (for /proc/self/fd/N of an O_PATH fd).
 // getxattr(path, name, follow) -> Buffer | -errno
 static napi_value s_getxattr(napi_env env, napi_callback_info info) {
@@ -427,6 +434,7 @@ napi_value sys_init_exports(napi_env env, napi_value exports) {
   export_fn(env, exports, "ficlone", s_ficlone);
   export_fn(env, exports, "lseek", s_lseek);
   export_fn(env, exports, "fsync", s_fsync);
+  export_fn(env, exports, "flock", s_flock);
   export_fn(env, exports, "getxattr", s_getxattr);
   export_fn(env, exports, "listxattr", s_listxattr);
   export_fn(env, exports, "setxattr", s_setxattr);

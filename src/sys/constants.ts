@@ -59,3 +59,6 @@ export const MNT_DETACH = 2;
 
 export const FALLOC_FL_KEEP_SIZE = 1;
 export const FALLOC_FL_PUNCH_HOLE = 2;
+
+// flock(2)
+export const LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4, LOCK_UN = 8;

@@ -76,6 +76,7 @@ export interface Native {
   ficlone(dst: number, src: number): number;
   lseek(fd: number, off: number, whence: number): number;
   fsync(fd: number, datasync: number): number;
+  flock(fd: number, op: number): number;
   getxattr(path: string, name: string, follow: number): Buffer | number;
   listxattr(path: string, follow: number): Buffer | number;
   setxattr(path: string, name: string, value: Buffer, flags: number, follow: number): number;

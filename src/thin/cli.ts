@@ -8,7 +8,7 @@ import { parseOptions, numberOption } from '../mount/options';
 import { checkFuseDevice, checkMountpoint, requireDir, UsageError } from '../mount/validate';
 import { Pool, ThinError } from './pool';
 import { ThinFs } from './thinfs';
-import { ask, owner, serveControl, stopServing, type Request } from './control';
+import { ask, claimOwnership, hungOwner, owner, serveControl, stopServing, type Request } from './control';
 import { check, dumpXml, restoreXml, status, statusLine, statusText } from './report';
 
 export function parseSize(s: string, what = 'size'): number {
@@ -26,8 +26,8 @@ async function run(dir: string, r: Request, offline: (p: Pool) => unknown, readO
     return a.out;
   }
   // never two writers: a live daemon that does not answer keeps the pool to itself
-  const pid = owner(dir);
-  if (pid !== null) throw new ThinError(E.EBUSY, `${dir} is mounted by pid ${pid}, whose control socket does not answer`);
+  const o = owner(dir);
+  if (o) throw new ThinError(E.EBUSY, hungOwner(dir, o));
   const p = Pool.open(dir, readOnly);
   try {
     const out = offline(p);
@@ -60,8 +60,8 @@ function controlHandler(p: Pool, tfs: ThinFs): (r: Request) => unknown {
 
 export function thinCheckMount(dir: string, mnt: string): void {
   requireDir('pool', dir);
-  const pid = owner(dir);
-  if (pid !== null) throw new UsageError(`${dir} is already mounted (daemon pid ${pid})`);
+  const o = owner(dir);
+  if (o) throw new UsageError(`${dir} is already mounted${o.mnt ? ` on ${o.mnt}` : ''} (daemon pid ${o.pid})`);
   const p = Pool.open(dir, true);
   p.close();
   checkFuseDevice();
@@ -74,6 +74,7 @@ export function thinMount(dir: string, mnt: string, options: string[], debug: bo
   requireDir('pool', dir);
   checkFuseDevice();
   const mountpoint = checkMountpoint(mnt);
+  claimOwnership(dir, mountpoint);  // before anything is opened or mounted: one owner per pool
   const pool = Pool.open(dir);
   pool.onEvent = (msg) => process.stderr.write(`layerfs thin: ${msg}\n`);
   const tfs = new ThinFs(pool, { noSpaceTimeoutMs: timeout * 1000 });

@@ -4,7 +4,8 @@
 import * as net from 'node:net';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { E } from '../sys/constants';
+import { E, LOCK_EX, LOCK_NB, LOCK_SH } from '../sys/constants';
+import { native } from '../sys/native';
 import { ThinError } from './pool';
 
 export const SOCKET = 'control.sock';
@@ -50,46 +51,140 @@ export function serveControl(dir: string, handle: (r: Request) => unknown): net.
     process.umask(old);
   }
   srv.unref();
-  fs.writeFileSync(path.join(dir, PIDFILE), `${process.pid}\n`, { mode: 0o644 });
   return srv;
 }
 
 export const PIDFILE = 'daemon.pid';
 
-/** The pid of a live daemon that owns the pool, if any (its socket may not answer). */
-export function owner(dir: string): number | null {
-  try {
-    const pid = Number(fs.readFileSync(path.join(dir, PIDFILE), 'utf8').trim());
-    if (pid > 0 && pid !== process.pid && fs.existsSync(`/proc/${pid}`)) return pid;
-  } catch {
-    /* none */
+export interface Owner {
+  pid: number;
+  mnt: string;
+}
+
+let ownerFd = -1;
+
+/**
+ * Makes this process the pool's owner: the pid file (pid, mountpoint) stays exclusively locked
+ * for as long as the process lives. The kernel drops the lock the moment the process dies —
+ * before it is reaped — so a killed owner never blocks check or repair, and a pid reused by
+ * another process never looks like an owner.
+ */
+export function claimOwnership(dir: string, mnt: string): void {
+  const fd = fs.openSync(path.join(dir, PIDFILE), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+  if (native.flock(fd, LOCK_EX | LOCK_NB) < 0) {
+    fs.closeSync(fd);
+    throw new ThinError(E.EBUSY, `${dir} is already in use by another layerfs daemon`);
   }
-  return null;
+  fs.ftruncateSync(fd, 0);
+  fs.writeSync(fd, `${process.pid}\n${mnt}\n`, 0);
+  ownerFd = fd;
+}
+
+const SIGKILL_BIT = 1n << 8n;  // signal 9 in /proc/PID/status's pending masks
+
+/** Whether pid is dying: a zombie, or SIGKILL pending (it will let go of its lock at once). */
+function exiting(pid: number): boolean {
+  let st: string;
+  try {
+    st = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return true;
+  }
+  if (/^State:\s+[ZX]/m.test(st)) return true;
+  for (const k of ['SigPnd', 'ShdPnd']) {
+    const m = new RegExp(`^${k}:\\s+([0-9a-f]+)`, 'm').exec(st);
+    if (m && (BigInt(`0x${m[1]}`) & SIGKILL_BIT) !== 0n) return true;
+  }
+  return false;
+}
+
+/** The live daemon that owns the pool, if any (its socket may not answer). A dying one is
+ * waited for (up to a few seconds); a stale pid file is no owner. */
+export function owner(dir: string): Owner | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(path.join(dir, PIDFILE), fs.constants.O_RDONLY);
+  } catch {
+    return null;
+  }
+  try {
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      if (native.flock(fd, LOCK_SH | LOCK_NB) === 0) return null;  // nobody holds it: stale
+      const [pid, mnt] = fs.readFileSync(fd, 'utf8').split('\n');
+      if (Number(pid) === process.pid) return null;
+      if (!exiting(Number(pid)) || Date.now() > deadline) return { pid: Number(pid), mnt: mnt ?? '' };
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** The one line for a pool whose owner is alive but does not answer. */
+export function hungOwner(dir: string, o: Owner): string {
+  return `${dir} is in use by layerfs pid ${o.pid}${o.mnt ? ` (mounted on ${o.mnt})` : ''}, which is alive but does not ` +
+    `answer on its control socket; if it is hung: kill ${o.pid} (kill -9 if it stays), ` +
+    `layerfs umount ${o.mnt || 'MOUNTPOINT'}, then try again`;
 }
 
 export function stopServing(dir: string, srv: net.Server | null): void {
   srv?.close();
   fs.rmSync(path.join(dir, SOCKET), { force: true });
   fs.rmSync(path.join(dir, PIDFILE), { force: true });
+  if (ownerFd >= 0) fs.closeSync(ownerFd);  // drops the lock
+  ownerFd = -1;
 }
 
-/** Asks the daemon of a mounted pool; null when no daemon answers. */
+/** Asks the daemon of a mounted pool; null when no daemon answers: none listens, or the owner
+ * is stopped or dead (a stopped process's socket still accepts), or no answer in ANSWER_MS. */
 export function ask(dir: string, r: Request): Promise<Answer | null> {
   const p = path.join(dir, SOCKET);
   if (!fs.existsSync(p)) return Promise.resolve(null);
+  const pid = ownerPid(dir);
   return new Promise((resolve) => {
     const c = net.connect(p);
     let buf = '';
+    const started = Date.now();
+    const watch = setInterval(() => {
+      if (Date.now() - started > ANSWER_MS || (pid > 0 && !running(pid))) done(null);
+    }, 250);
+    const done = (a: Answer | null): void => {
+      clearInterval(watch);
+      c.destroy();
+      resolve(a);
+    };
     c.setEncoding('utf8');
     c.on('connect', () => c.write(JSON.stringify(r) + '\n'));
     c.on('data', (d) => (buf += d));
     c.on('end', () => {
       try {
-        resolve(JSON.parse(buf) as Answer);
+        done(JSON.parse(buf) as Answer);
       } catch {
-        resolve(null);
+        done(null);
       }
     });
-    c.on('error', () => resolve(null));
+    c.on('error', () => done(null));
   });
+}
+
+const ANSWER_MS = 30_000;
+
+/** The pid the pid file names (0 when none). */
+function ownerPid(dir: string): number {
+  try {
+    return Number(fs.readFileSync(path.join(dir, PIDFILE), 'utf8').split('\n')[0]) || 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Whether pid exists and is neither stopped nor dying. */
+function running(pid: number): boolean {
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    return !/^State:\s+[TtZX]/m.test(st) && !exiting(pid);
+  } catch {
+    return false;
+  }
 }
