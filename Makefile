@@ -1,7 +1,7 @@
 # layerfs — `make demo` and `make test` work alone on a fresh Debian bookworm machine (as root):
 # they install what is missing (Debian packages, npm packages, the native build) first.
 SHELL := /bin/bash
-DEB_PKGS := fuse3 libfuse3-dev pkg-config attr acl fuse-overlayfs fio e2fsprogs util-linux \
+DEB_PKGS := fuse3 attr acl fuse-overlayfs fio e2fsprogs util-linux \
             thin-provisioning-tools python3 make g++
 NODE_STAMP := node_modules/.layerfs-npm-stamp
 ADDON := native/build/Release/layerfs.node

@@ -5,12 +5,12 @@
       "sources": [
         "src/addon.c",
         "src/handles.c",
+        "src/conn.c",
         "src/session.c",
         "src/sys.c"
       ],
-      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11",
-                 "<!@(pkg-config --cflags fuse3)"],
-      "libraries": ["<!@(pkg-config --libs fuse3)", "-lpthread"]
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
+      "libraries": ["-lpthread"]
     }
   ]
 }

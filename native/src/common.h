@@ -1,8 +1,8 @@
 // Shared declarations of the layerfs native addon.
 #pragma once
-#define FUSE_USE_VERSION 314
 #define _GNU_SOURCE
-#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <sys/types.h>
 #include <node_api.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -23,6 +23,7 @@ enum handle_flags { HF_NOSYNC = 1 };  // fsync=0 / volatile: fsync is a no-op
 struct handle {
   pthread_rwlock_t lock;  // read-held by I/O, write-held while re-targeting
   int fd;                 // backing fd (HANDLE_FD)
+  int io_mode;            // with passthrough negotiated: enum io_mode of conn.h (released at release)
   int kind;
   int flags;
   int open_flags;

@@ -75,6 +75,8 @@ int handle_retarget(uint64_t fh, int newfd) {
   pthread_mutex_lock(&table_lock);
   struct handle *h = handle_get(fh);
   if (!h || h->kind != HANDLE_FD) { pthread_mutex_unlock(&table_lock); return -EBADF; }
+  // the kernel reads a passthrough handle's backing file itself: it cannot follow a copy-up
+  if (h->io_mode == 1 /* IO_PASSTHROUGH */) { pthread_mutex_unlock(&table_lock); return -EBUSY; }
   pthread_rwlock_wrlock(&h->lock);  // waits for in-flight I/O on the old fd
   int old = h->fd;
   h->fd = newfd;

@@ -1,14 +1,19 @@
-// FUSE sessions. Worker threads (libfuse's multi-threaded loop, one cloned /dev/fuse fd
-// each) read requests. The data path of open files (read, write, flush, release, fsync,
-// fallocate, copy_file_range, lseek) is served right there in C. Every other request is
-// queued for the JS thread, woken by one uv_async per batch; JS replies by request id.
+// FUSE sessions over layerfs's own protocol code (conn.c; no libfuse). The JS thread reads its
+// session fd itself (libuv poll); optional worker threads read cloned fds. The data path of open
+// files (read, write, flush, release, fsync, fallocate, copy_file_range, lseek) is served right
+// there in C; every other request becomes a job for the JS thread, which replies by request id.
+// With passthrough negotiated, opens hand the kernel the backing file and reads, writes and
+// mmap never reach the daemon.
 #include "common.h"
+#include "conn.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -29,7 +34,7 @@ enum {
 struct job {
   struct job *next;
   int op, sid;
-  fuse_req_t req;
+  struct req *req;
   double a[NARGS];
   char *s1, *s2;
   void *buf;
@@ -37,19 +42,20 @@ struct job {
 };
 
 struct session_cfg {
-  int writeback, splice, readdirplus, cache_symlinks, parallel_dirops, async_dio;
-  int posix_acl, killpriv, debug, threads, splice_read;
-  unsigned max_write, max_readahead;
+  int writeback, readdirplus, cache_symlinks, parallel_dirops, async_dio;
+  int posix_acl, killpriv, debug, threads;
 };
 
 struct session {
-  struct fuse_session *se;
-  pthread_t thread;
-  int has_thread;          // worker threads (libfuse mt loop on cloned fds) were started
+  struct conn conn;        // first: a request's connection is its session
+  int used;
   int running;
+  struct worker *workers;  // threads reading cloned fds
+  int nworkers;
   uv_poll_t *poll;         // the JS thread's own reader of the session fd
-  struct fuse_buf fbuf;    // request buffer of the JS-thread reader
+  char *buf;               // request buffer of the JS-thread reader
   struct session_cfg cfg;
+  uint64_t ops[64];        // requests received per opcode (63: any higher one)
 };
 
 static struct session sessions[MAX_SESSIONS];
@@ -67,17 +73,17 @@ static napi_ref job_args_ref;
 static int live_sessions;
 
 // Request ids are handed out on the JS thread only, so this table needs no lock.
-static fuse_req_t *reqs;
+static struct req **reqs;
 static uint32_t *req_free;
 static size_t req_cap, req_free_len, req_next;
 
-static int32_t req_put(fuse_req_t r) {
+static int32_t req_put(struct req *r) {
   size_t id;
   if (req_free_len) id = req_free[--req_free_len];
   else {
     if (req_next == req_cap) {
       size_t cap = req_cap ? req_cap * 2 : 1024;
-      fuse_req_t *n = realloc(reqs, cap * sizeof(*n));
+      struct req **n = realloc(reqs, cap * sizeof(*n));
       uint32_t *f = realloc(req_free, cap * sizeof(*f));
       if (!n || !f) return -1;
       reqs = n; req_free = f; req_cap = cap;
@@ -88,11 +94,11 @@ static int32_t req_put(fuse_req_t r) {
   return (int32_t)id;
 }
 
-static fuse_req_t req_take(napi_env env, napi_value v) {
+static struct req *req_take(napi_env env, napi_value v) {
   int32_t id;
   if (napi_get_value_int32(env, v, &id) != napi_ok || id < 0 || (size_t)id >= req_next || !reqs[id])
     return NULL;
-  fuse_req_t r = reqs[id];
+  struct req *r = reqs[id];
   reqs[id] = NULL;
   req_free[req_free_len++] = id;
   return r;
@@ -122,18 +128,16 @@ static void enqueue(struct job *j) {
   if (was_empty) uv_async_send(&wake);  // a non-empty queue already has a wake-up pending
 }
 
-static struct job *job_new(int op, fuse_req_t req, fuse_ino_t ino) {
+static struct job *job_new(int op, struct req *req, uint64_t ino) {
   struct job *j = calloc(1, sizeof(*j));
-  if (!j) { if (req) fuse_reply_err(req, ENOMEM); return NULL; }
+  if (!j) { if (req) reply_err(req, ENOMEM); return NULL; }
   j->op = op;
   j->req = req;
   j->a[0] = (double)ino;
   if (req) {
-    const struct fuse_ctx *c = fuse_req_ctx(req);
-    j->a[1] = c->uid; j->a[2] = c->gid; j->a[3] = c->pid;
-    j->a[14] = c->umask;  // with FUSE_DONT_MASK the daemon applies it (src/fuse/modes.ts)
-    struct session *s = fuse_req_userdata(req);
-    j->sid = (int)(s - sessions);
+    j->a[1] = req->uid; j->a[2] = req->gid; j->a[3] = req->pid;
+    j->a[14] = req->umask;  // with FUSE_DONT_MASK the daemon applies it (src/fuse/modes.ts)
+    j->sid = (int)((struct session *)req->c - sessions);
   }
   return j;
 }
@@ -148,7 +152,7 @@ static void run_job(napi_env env, napi_value fn, napi_value global, struct job *
   int32_t id = -1;
   if (j->req) {
     id = req_put(j->req);
-    if (id < 0) { fuse_reply_err(j->req, ENOMEM); goto out; }
+    if (id < 0) { reply_err(j->req, ENOMEM); goto out; }
   }
   j->a[15] = j->sid;
   memcpy(job_args, j->a, sizeof(j->a));
@@ -199,245 +203,14 @@ static void on_wake(uv_async_t *h) {
   napi_close_handle_scope(env, hs);
 }
 
-// ---- FUSE operations handed to JS ----
+// ---- requests: decoded from the wire; metadata goes to JS, the data path is served in C ----
 #define STR(x) ((x) ? strdup(x) : NULL)
 
-static void op_init(void *userdata, struct fuse_conn_info *conn) {
-  struct session *s = userdata;
-  struct session_cfg *c = &s->cfg;
-  // DONT_MASK: creation modes arrive unmasked with the caller's umask, so a parent's default
-  // ACL can decide instead of the umask, as on the kernel's own filesystems
-  unsigned want = FUSE_CAP_ASYNC_READ | FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_EXPORT_SUPPORT |
-                  FUSE_CAP_AUTO_INVAL_DATA | FUSE_CAP_DONT_MASK;
-  if (c->splice) want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
-  if (c->splice_read) want |= FUSE_CAP_SPLICE_READ;
-  if (c->writeback) want |= FUSE_CAP_WRITEBACK_CACHE;
-  if (c->readdirplus) want |= FUSE_CAP_READDIRPLUS;
-  if (c->readdirplus == 2) want |= FUSE_CAP_READDIRPLUS_AUTO;
-  if (c->cache_symlinks) want |= FUSE_CAP_CACHE_SYMLINKS;
-  if (c->parallel_dirops) want |= FUSE_CAP_PARALLEL_DIROPS;
-  if (c->async_dio) want |= FUSE_CAP_ASYNC_DIO;
-  if (c->posix_acl) want |= FUSE_CAP_POSIX_ACL;
-  if (c->killpriv) want |= FUSE_CAP_HANDLE_KILLPRIV;
-  conn->want = (conn->want & ~(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO |
-                               FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_WRITE |
-                               FUSE_CAP_SPLICE_MOVE | FUSE_CAP_SPLICE_READ)) |
-               (want & conn->capable);
-  if (c->max_write) conn->max_write = c->max_write;
-  if (c->max_readahead) conn->max_readahead = c->max_readahead;
-  conn->max_background = 128;
-  conn->congestion_threshold = 96;
-  conn->time_gran = 1;
-  struct job *j = job_new(OP_INIT, NULL, 0);
-  if (!j) return;
-  j->sid = (int)(s - sessions);
-  j->a[4] = conn->proto_major; j->a[5] = conn->proto_minor;
-  j->a[6] = conn->want; j->a[7] = conn->max_write;
-  enqueue(j);
-}
+static struct session *session_of(struct req *r) { return (struct session *)r->c; }
 
-static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
-  struct job *j = job_new(OP_LOOKUP, req, parent);
-  if (!j) return;
-  j->s1 = STR(name);
-  enqueue(j);
-}
+static struct handle *fh_handle(uint64_t fh) { return handle_get(fh); }
 
-static void forget_one(struct session *s, fuse_ino_t ino, uint64_t n) {
-  struct job *j = job_new(OP_FORGET, NULL, ino);
-  if (!j) return;
-  j->sid = (int)(s - sessions);
-  j->a[4] = (double)n;
-  enqueue(j);
-}
-
-static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t n) {
-  forget_one(fuse_req_userdata(req), ino, n);
-  fuse_reply_none(req);
-}
-
-static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *f) {
-  struct session *s = fuse_req_userdata(req);
-  for (size_t i = 0; i < count; i++) forget_one(s, f[i].ino, f[i].nlookup);
-  fuse_reply_none(req);
-}
-
-static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  struct job *j = job_new(OP_GETATTR, req, ino);
-  if (!j) return;
-  j->a[4] = fi ? (double)fi->fh : 0;
-  enqueue(j);
-}
-
-static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *a, int valid,
-                       struct fuse_file_info *fi) {
-  struct job *j = job_new(OP_SETATTR, req, ino);
-  if (!j) return;
-  j->a[4] = valid; j->a[5] = a->st_mode; j->a[6] = a->st_uid; j->a[7] = a->st_gid;
-  j->a[8] = (double)a->st_size;
-  j->a[9] = (double)a->st_atim.tv_sec; j->a[10] = (double)a->st_atim.tv_nsec;
-  j->a[11] = (double)a->st_mtim.tv_sec; j->a[12] = (double)a->st_mtim.tv_nsec;
-  j->a[13] = fi ? (double)fi->fh : 0;
-  enqueue(j);
-}
-
-static void op_readlink(fuse_req_t req, fuse_ino_t ino) {
-  struct job *j = job_new(OP_READLINK, req, ino);
-  if (j) enqueue(j);
-}
-
-static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev) {
-  struct job *j = job_new(OP_MKNOD, req, parent);
-  if (!j) return;
-  j->s1 = STR(name); j->a[4] = mode; j->a[5] = (double)rdev;
-  enqueue(j);
-}
-
-static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode) {
-  struct job *j = job_new(OP_MKDIR, req, parent);
-  if (!j) return;
-  j->s1 = STR(name); j->a[4] = mode;
-  enqueue(j);
-}
-
-static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
-  struct job *j = job_new(OP_UNLINK, req, parent);
-  if (!j) return;
-  j->s1 = STR(name);
-  enqueue(j);
-}
-
-static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
-  struct job *j = job_new(OP_RMDIR, req, parent);
-  if (!j) return;
-  j->s1 = STR(name);
-  enqueue(j);
-}
-
-static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name) {
-  struct job *j = job_new(OP_SYMLINK, req, parent);
-  if (!j) return;
-  j->s1 = STR(name); j->s2 = STR(link);
-  enqueue(j);
-}
-
-static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
-                      const char *newname, unsigned int flags) {
-  struct job *j = job_new(OP_RENAME, req, parent);
-  if (!j) return;
-  j->s1 = STR(name); j->s2 = STR(newname); j->a[4] = (double)newparent; j->a[5] = flags;
-  enqueue(j);
-}
-
-static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname) {
-  struct job *j = job_new(OP_LINK, req, ino);
-  if (!j) return;
-  j->s1 = STR(newname); j->a[4] = (double)newparent;
-  enqueue(j);
-}
-
-static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  struct job *j = job_new(OP_OPEN, req, ino);
-  if (!j) return;
-  j->a[4] = fi->flags;
-  enqueue(j);
-}
-
-static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-                      struct fuse_file_info *fi) {
-  struct job *j = job_new(OP_CREATE, req, parent);
-  if (!j) return;
-  j->s1 = STR(name); j->a[4] = mode; j->a[5] = fi->flags;
-  enqueue(j);
-}
-
-static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  struct job *j = job_new(OP_OPENDIR, req, ino);
-  if (!j) return;
-  j->a[4] = fi->flags;
-  enqueue(j);
-}
-
-static void readdir_common(int op, fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                           struct fuse_file_info *fi) {
-  struct job *j = job_new(op, req, ino);
-  if (!j) return;
-  j->a[4] = (double)fi->fh; j->a[5] = (double)size; j->a[6] = (double)off;
-  enqueue(j);
-}
-
-static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                       struct fuse_file_info *fi) {
-  readdir_common(OP_READDIR, req, ino, size, off, fi);
-}
-
-static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                           struct fuse_file_info *fi) {
-  readdir_common(OP_READDIRPLUS, req, ino, size, off, fi);
-}
-
-static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  struct job *j = job_new(OP_RELEASEDIR, req, ino);
-  if (!j) return;
-  j->a[4] = (double)fi->fh;
-  enqueue(j);
-}
-
-static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
-  struct job *j = job_new(OP_FSYNCDIR, req, ino);
-  if (!j) return;
-  j->a[4] = (double)fi->fh; j->a[5] = datasync;
-  enqueue(j);
-}
-
-static void op_statfs(fuse_req_t req, fuse_ino_t ino) {
-  struct job *j = job_new(OP_STATFS, req, ino);
-  if (j) enqueue(j);
-}
-
-static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
-                        size_t size, int flags) {
-  struct job *j = job_new(OP_SETXATTR, req, ino);
-  if (!j) return;
-  j->s1 = STR(name); j->a[4] = flags; j->a[5] = (double)size;
-  j->buf = malloc(size ? size : 1);
-  if (size) memcpy(j->buf, value, size);
-  j->buflen = size;
-  enqueue(j);
-}
-
-static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
-  struct job *j = job_new(OP_GETXATTR, req, ino);
-  if (!j) return;
-  j->s1 = STR(name); j->a[4] = (double)size;
-  enqueue(j);
-}
-
-static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
-  struct job *j = job_new(OP_LISTXATTR, req, ino);
-  if (!j) return;
-  j->a[4] = (double)size;
-  enqueue(j);
-}
-
-static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) {
-  struct job *j = job_new(OP_REMOVEXATTR, req, ino);
-  if (!j) return;
-  j->s1 = STR(name);
-  enqueue(j);
-}
-
-static void op_access(fuse_req_t req, fuse_ino_t ino, int mask) {
-  struct job *j = job_new(OP_ACCESS, req, ino);
-  if (!j) return;
-  j->a[4] = mask;
-  enqueue(j);
-}
-
-// ---- the C data path of open files ----
-static struct handle *fh_of(struct fuse_file_info *fi) { return handle_get(fi->fh); }
-
-static void js_handle_op(int op, fuse_req_t req, fuse_ino_t ino, struct handle *h, double a5,
+static void js_handle_op(int op, struct req *req, uint64_t ino, struct handle *h, double a5,
                          double a6, double a7) {
   struct job *j = job_new(op, req, ino);
   if (!j) return;
@@ -446,11 +219,11 @@ static void js_handle_op(int op, fuse_req_t req, fuse_ino_t ino, struct handle *
 }
 
 // Thin volumes: reads map each block through the JS-owned table; unmapped blocks are zeros.
-static void thin_read(fuse_req_t req, struct handle *h, size_t size, off_t off) {
-  if ((uint64_t)off >= h->thin_size) { fuse_reply_buf(req, NULL, 0); return; }
+static void thin_read(struct req *req, struct handle *h, size_t size, off_t off) {
+  if ((uint64_t)off >= h->thin_size) { reply_buf(req, NULL, 0); return; }
   if ((uint64_t)off + size > h->thin_size) size = h->thin_size - (uint64_t)off;
   char *buf = malloc(size ? size : 1);
-  if (!buf) { fuse_reply_err(req, ENOMEM); return; }
+  if (!buf) { reply_err(req, ENOMEM); return; }
   size_t done = 0;
   while (done < size) {
     uint64_t pos = (uint64_t)off + done, vb = pos / h->thin_bs, in = pos % h->thin_bs;
@@ -460,18 +233,18 @@ static void thin_read(fuse_req_t req, struct handle *h, size_t size, off_t off) 
     if (b < 0) memset(buf + done, 0, n);
     else {
       ssize_t r = pread(h->thin_fd, buf + done, n, (off_t)b * h->thin_bs + (off_t)in);
-      if (r < 0) { int e = errno; free(buf); fuse_reply_err(req, e); return; }
+      if (r < 0) { int e = errno; free(buf); reply_err(req, e); return; }
       if ((size_t)r < n) memset(buf + done + r, 0, n - (size_t)r);
     }
     done += n;
   }
-  fuse_reply_buf(req, buf, size);
+  reply_buf(req, buf, size);
   free(buf);
 }
 
 // Thin volumes: a write that lands only on exclusive mapped blocks is done here; anything that
 // needs a block (allocation, copy-on-write) goes to JS. Returns 0 when it was not handled.
-static int thin_write(fuse_req_t req, struct handle *h, const char *data, size_t size, off_t off) {
+static int thin_write(struct req *req, struct handle *h, const char *data, size_t size, off_t off) {
   if ((uint64_t)off + size > h->thin_size) return 0;
   for (uint64_t vb = (uint64_t)off / h->thin_bs; vb * h->thin_bs < (uint64_t)off + size; vb++) {
     if (vb >= h->thin_n || h->thin_blocks[vb] < 0 || !h->thin_excl[vb]) return 0;
@@ -482,200 +255,365 @@ static int thin_write(fuse_req_t req, struct handle *h, const char *data, size_t
     size_t n = h->thin_bs - in;
     if (n > size - done) n = size - done;
     ssize_t r = pwrite(h->thin_fd, data + done, n, (off_t)h->thin_blocks[vb] * h->thin_bs + (off_t)in);
-    if (r < 0) { fuse_reply_err(req, errno); return 1; }
+    if (r < 0) { reply_err(req, errno); return 1; }
     done += (size_t)r;
   }
-  fuse_reply_write(req, size);
+  reply_write(req, size);
   return 1;
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                    struct fuse_file_info *fi) {
-  struct handle *h = fh_of(fi);
-  if (!h) { fuse_reply_err(req, EBADF); return; }
-  if (h->kind == HANDLE_JS && h->thin_blocks) { thin_read(req, h, size, off); return; }
-  if (h->kind == HANDLE_JS) { js_handle_op(OP_READ, req, ino, h, (double)size, (double)off, 0); return; }
-  struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+static void do_read(struct req *req, const struct fuse_read_in *in) {
+  struct handle *h = fh_handle(in->fh);
+  if (!h) { reply_err(req, EBADF); return; }
+  if (h->kind == HANDLE_JS && h->thin_blocks) { thin_read(req, h, in->size, (off_t)in->offset); return; }
+  if (h->kind == HANDLE_JS) { js_handle_op(OP_READ, req, req->nodeid, h, in->size, (double)in->offset, 0); return; }
+  char *buf = malloc(in->size ? in->size : 1);
+  if (!buf) { reply_err(req, ENOMEM); return; }
   pthread_rwlock_rdlock(&h->lock);
-  buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-  buf.buf[0].fd = h->fd;
-  buf.buf[0].pos = off;
-  fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+  ssize_t n = pread(h->fd, buf, in->size, (off_t)in->offset);
+  int e = errno;
   pthread_rwlock_unlock(&h->lock);
+  if (n < 0) reply_err(req, e);
+  else reply_buf(req, buf, (size_t)n);
+  free(buf);
 }
 
-static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
-                         struct fuse_file_info *fi) {
-  struct handle *h = fh_of(fi);
-  if (!h) { fuse_reply_err(req, EBADF); return; }
-  size_t size = fuse_buf_size(in);
+static void do_write(struct req *req, const struct fuse_write_in *in, const char *data) {
+  struct handle *h = fh_handle(in->fh);
+  if (!h) { reply_err(req, EBADF); return; }
+  size_t size = in->size;
   if (h->kind == HANDLE_JS) {
-    struct job *j = job_new(OP_WRITE, req, ino);
+    if (h->thin_blocks && thin_write(req, h, data, size, (off_t)in->offset)) return;
+    struct job *j = job_new(OP_WRITE, req, req->nodeid);
     if (!j) return;
     j->buf = malloc(size ? size : 1);
-    struct fuse_bufvec mem = FUSE_BUFVEC_INIT(size);
-    mem.buf[0].mem = j->buf;
-    ssize_t n = fuse_buf_copy(&mem, in, 0);
-    if (n < 0) { fuse_reply_err(req, (int)-n); job_free(j); return; }
-    if (h->thin_blocks && thin_write(req, h, j->buf, (size_t)n, off)) { job_free(j); return; }
-    j->buflen = (size_t)n;
-    j->a[4] = (double)h->js_id; j->a[6] = (double)off;
+    if (size) memcpy(j->buf, data, size);
+    j->buflen = size;
+    j->a[4] = (double)h->js_id; j->a[6] = (double)in->offset;
     enqueue(j);
     return;
   }
-  struct fuse_bufvec out = FUSE_BUFVEC_INIT(size);
+  size_t done = 0;
+  int e = 0;
   pthread_rwlock_rdlock(&h->lock);
-  out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-  out.buf[0].fd = h->fd;
-  out.buf[0].pos = off;
-  ssize_t res = fuse_buf_copy(&out, in, 0);
+  while (done < size) {
+    ssize_t w = pwrite(h->fd, data + done, size - done, (off_t)(in->offset + done));
+    if (w < 0) { if (errno == EINTR) continue; e = errno; break; }
+    if (w == 0) break;
+    done += (size_t)w;
+  }
   pthread_rwlock_unlock(&h->lock);
-  if (res < 0) fuse_reply_err(req, (int)-res);
-  else fuse_reply_write(req, (size_t)res);
+  if (e && !done) reply_err(req, e);
+  else reply_write(req, done);
 }
 
-static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  struct handle *h = fh_of(fi);
-  if (!h) { fuse_reply_err(req, EBADF); return; }
-  if (h->kind == HANDLE_JS) { js_handle_op(OP_FLUSH, req, ino, h, 0, 0, 0); return; }
+static void do_flush(struct req *req, uint64_t fh) {
+  struct handle *h = fh_handle(fh);
+  if (!h) { reply_err(req, EBADF); return; }
+  if (h->kind == HANDLE_JS) { js_handle_op(OP_FLUSH, req, req->nodeid, h, 0, 0, 0); return; }
   pthread_rwlock_rdlock(&h->lock);
   int res = close(dup(h->fd));  // the backing fs sees a close, as the caller's close(2) would
   pthread_rwlock_unlock(&h->lock);
-  fuse_reply_err(req, res == -1 ? errno : 0);
+  reply_err(req, res == -1 ? errno : 0);
 }
 
-static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  struct handle *h = handle_take(fi->fh);
-  if (!h) { fuse_reply_err(req, EBADF); return; }
+static void do_release(struct req *req, uint64_t fh) {
+  struct handle *h = handle_take(fh);
+  if (!h) { reply_err(req, EBADF); return; }
+  if (h->kind == HANDLE_FD && req->c->passthrough) io_release(req->c, h->ino, (enum io_mode)h->io_mode);
   if (h->kind == HANDLE_JS) {
-    js_handle_op(OP_RELEASE, req, ino, h, 0, 0, 0);
+    js_handle_op(OP_RELEASE, req, req->nodeid, h, 0, 0, 0);
   } else {
     close(h->fd);
-    fuse_reply_err(req, 0);
+    reply_err(req, 0);
   }
   handle_free(h);
 }
 
-static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
-  struct handle *h = fh_of(fi);
-  if (!h) { fuse_reply_err(req, EBADF); return; }
-  if (h->kind == HANDLE_JS) { js_handle_op(OP_FSYNC, req, ino, h, datasync, 0, 0); return; }
-  if (h->flags & HF_NOSYNC) { fuse_reply_err(req, 0); return; }
+static void do_fsync(struct req *req, uint64_t fh, int datasync) {
+  struct handle *h = fh_handle(fh);
+  if (!h) { reply_err(req, EBADF); return; }
+  if (h->kind == HANDLE_JS) { js_handle_op(OP_FSYNC, req, req->nodeid, h, datasync, 0, 0); return; }
+  if (h->flags & HF_NOSYNC) { reply_err(req, 0); return; }
   pthread_rwlock_rdlock(&h->lock);
   int res = datasync ? fdatasync(h->fd) : fsync(h->fd);
   pthread_rwlock_unlock(&h->lock);
-  fuse_reply_err(req, res == -1 ? errno : 0);
+  reply_err(req, res == -1 ? errno : 0);
 }
 
-static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
-                         struct fuse_file_info *fi) {
-  struct handle *h = fh_of(fi);
-  if (!h) { fuse_reply_err(req, EBADF); return; }
+static void do_fallocate(struct req *req, const struct fuse_fallocate_in *in) {
+  struct handle *h = fh_handle(in->fh);
+  if (!h) { reply_err(req, EBADF); return; }
   if (h->kind == HANDLE_JS) {
-    struct job *j = job_new(OP_FALLOCATE, req, ino);
+    struct job *j = job_new(OP_FALLOCATE, req, req->nodeid);
     if (!j) return;
-    j->a[4] = (double)h->js_id; j->a[5] = mode; j->a[6] = (double)off; j->a[7] = (double)len;
+    j->a[4] = (double)h->js_id; j->a[5] = in->mode; j->a[6] = (double)in->offset; j->a[7] = (double)in->length;
     enqueue(j);
     return;
   }
   pthread_rwlock_rdlock(&h->lock);
-  int res = fallocate(h->fd, mode, off, len);
+  int res = fallocate(h->fd, (int)in->mode, (off_t)in->offset, (off_t)in->length);
   pthread_rwlock_unlock(&h->lock);
-  fuse_reply_err(req, res == -1 ? errno : 0);
+  reply_err(req, res == -1 ? errno : 0);
 }
 
-static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
-                               struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
-                               struct fuse_file_info *fi_out, size_t len, int flags) {
-  (void)ino_in; (void)ino_out;
-  struct handle *a = fh_of(fi_in), *b = fh_of(fi_out);
-  if (!a || !b) { fuse_reply_err(req, EBADF); return; }
-  if (a->kind != HANDLE_FD || b->kind != HANDLE_FD) { fuse_reply_err(req, EOPNOTSUPP); return; }
+static void do_copy_file_range(struct req *req, const struct fuse_copy_file_range_in *in) {
+  struct handle *a = fh_handle(in->fh_in), *b = fh_handle(in->fh_out);
+  if (!a || !b) { reply_err(req, EBADF); return; }
+  if (a->kind != HANDLE_FD || b->kind != HANDLE_FD) { reply_err(req, EOPNOTSUPP); return; }
+  loff_t off_in = (loff_t)in->off_in, off_out = (loff_t)in->off_out;
   pthread_rwlock_rdlock(&a->lock);
   if (b != a) pthread_rwlock_rdlock(&b->lock);
-  ssize_t res = copy_file_range(a->fd, &off_in, b->fd, &off_out, len, (unsigned)flags);
+  ssize_t res = copy_file_range(a->fd, &off_in, b->fd, &off_out, in->len, (unsigned)in->flags);
+  int e = errno;
   if (b != a) pthread_rwlock_unlock(&b->lock);
   pthread_rwlock_unlock(&a->lock);
-  if (res < 0) fuse_reply_err(req, errno);
-  else fuse_reply_write(req, (size_t)res);
+  if (res < 0) reply_err(req, e);
+  else reply_write(req, (size_t)res);
 }
 
-static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
-                     struct fuse_file_info *fi) {
-  (void)ino;
-  struct handle *h = fh_of(fi);
-  if (!h) { fuse_reply_err(req, EBADF); return; }
-  if (h->kind != HANDLE_FD) { fuse_reply_err(req, EOPNOTSUPP); return; }
+static void do_lseek(struct req *req, const struct fuse_lseek_in *in) {
+  struct handle *h = fh_handle(in->fh);
+  if (!h) { reply_err(req, EBADF); return; }
+  if (h->kind != HANDLE_FD) { reply_err(req, EOPNOTSUPP); return; }
   pthread_rwlock_rdlock(&h->lock);
-  off_t res = lseek(h->fd, off, whence);
+  off_t res = lseek(h->fd, (off_t)in->offset, (int)in->whence);
+  int e = errno;
   pthread_rwlock_unlock(&h->lock);
-  if (res == -1) fuse_reply_err(req, errno);
-  else fuse_reply_lseek(req, res);
+  if (res == -1) reply_err(req, e);
+  else reply_lseek(req, (uint64_t)res);
 }
 
-static const struct fuse_lowlevel_ops ops = {
-  .init = op_init,
-  .lookup = op_lookup,
-  .forget = op_forget,
-  .forget_multi = op_forget_multi,
-  .getattr = op_getattr,
-  .setattr = op_setattr,
-  .readlink = op_readlink,
-  .mknod = op_mknod,
-  .mkdir = op_mkdir,
-  .unlink = op_unlink,
-  .rmdir = op_rmdir,
-  .symlink = op_symlink,
-  .rename = op_rename,
-  .link = op_link,
-  .open = op_open,
-  .create = op_create,
-  .read = op_read,
-  .write_buf = op_write_buf,
-  .flush = op_flush,
-  .release = op_release,
-  .fsync = op_fsync,
-  .opendir = op_opendir,
-  .readdir = op_readdir,
-  .readdirplus = op_readdirplus,
-  .releasedir = op_releasedir,
-  .fsyncdir = op_fsyncdir,
-  .statfs = op_statfs,
-  .setxattr = op_setxattr,
-  .getxattr = op_getxattr,
-  .listxattr = op_listxattr,
-  .removexattr = op_removexattr,
-  .access = op_access,
-  .fallocate = op_fallocate,
-  .copy_file_range = op_copy_file_range,
-  .lseek = op_lseek,
-};
+static void forget_one(struct session *s, uint64_t ino, uint64_t n) {
+  struct job *j = job_new(OP_FORGET, NULL, ino);
+  if (!j) return;
+  j->sid = (int)(s - sessions);
+  j->a[4] = (double)n;
+  enqueue(j);
+}
 
-// ---- libfuse log: keep the last message for error reports, print it only when debugging ----
-static char last_log[512];
-static int log_debug;
-static void log_func(enum fuse_log_level level, const char *fmt, va_list ap) {
-  char msg[512];
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  if (level <= FUSE_LOG_ERR) {
-    size_t n = strlen(msg);
-    while (n && msg[n - 1] == '\n') msg[--n] = 0;
-    memcpy(last_log, msg, n + 1);
+static void do_init(struct req *req, const struct fuse_init_in *in) {
+  struct session *s = session_of(req);
+  char err[512] = "";
+  int res = conn_init(&s->conn, req, in, err, sizeof err);
+  struct job *j = job_new(OP_INIT, NULL, 0);
+  if (!j) return;
+  j->sid = (int)(s - sessions);
+  j->a[4] = FUSE_KERNEL_VERSION; j->a[5] = s->conn.minor;
+  j->a[6] = (double)s->conn.flags; j->a[7] = s->conn.want.max_write;
+  j->a[8] = res;                      // < 0: the mount must fail with the message in s1
+  j->a[9] = s->conn.passthrough;
+  if (res < 0) j->s1 = strdup(err[0] ? err : strerror(-res));
+  enqueue(j);
+}
+
+// The fixed-size argument of each opcode (after the header): shorter requests are malformed.
+static size_t arg_size(uint32_t op) {
+  switch (op) {
+    case FUSE_FORGET: return sizeof(struct fuse_forget_in);
+    case FUSE_BATCH_FORGET: return sizeof(struct fuse_batch_forget_in);
+    case FUSE_GETATTR: return sizeof(struct fuse_getattr_in);
+    case FUSE_SETATTR: return sizeof(struct fuse_setattr_in);
+    case FUSE_MKNOD: return sizeof(struct fuse_mknod_in);
+    case FUSE_MKDIR: return sizeof(struct fuse_mkdir_in);
+    case FUSE_RENAME: return sizeof(struct fuse_rename_in);
+    case FUSE_RENAME2: return sizeof(struct fuse_rename2_in);
+    case FUSE_LINK: return sizeof(struct fuse_link_in);
+    case FUSE_OPEN: case FUSE_OPENDIR: return sizeof(struct fuse_open_in);
+    case FUSE_CREATE: return sizeof(struct fuse_create_in);
+    case FUSE_READ: case FUSE_READDIR: case FUSE_READDIRPLUS: return sizeof(struct fuse_read_in);
+    case FUSE_WRITE: return sizeof(struct fuse_write_in);
+    case FUSE_RELEASE: case FUSE_RELEASEDIR: return sizeof(struct fuse_release_in);
+    case FUSE_FLUSH: return sizeof(struct fuse_flush_in);
+    case FUSE_FSYNC: case FUSE_FSYNCDIR: return sizeof(struct fuse_fsync_in);
+    case FUSE_SETXATTR: return sizeof(struct fuse_setxattr_in);
+    case FUSE_GETXATTR: case FUSE_LISTXATTR: return sizeof(struct fuse_getxattr_in);
+    case FUSE_ACCESS: return sizeof(struct fuse_access_in);
+    case FUSE_INIT: return 16;   // major, minor, max_readahead, flags (flags2 from 7.36)
+    case FUSE_INTERRUPT: return sizeof(struct fuse_interrupt_in);
+    case FUSE_FALLOCATE: return sizeof(struct fuse_fallocate_in);
+    case FUSE_LSEEK: return sizeof(struct fuse_lseek_in);
+    case FUSE_COPY_FILE_RANGE: return sizeof(struct fuse_copy_file_range_in);
+    default: return 0;
   }
-  if (log_debug) fputs(msg, stderr);
 }
 
-// ---- the loop thread of one session ----
-static void *loop_main(void *arg) {
-  struct session *s = arg;
-  struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-  fuse_loop_cfg_set_clone_fd(cfg, 1);
-  fuse_loop_cfg_set_idle_threads(cfg, (unsigned)s->cfg.threads);
-  fuse_loop_cfg_set_max_threads(cfg, (unsigned)s->cfg.threads);
-  int res = fuse_session_loop_mt(s->se, cfg);
-  fuse_loop_cfg_destroy(cfg);
-  struct job *j = job_new(OP_ENDED, NULL, 0);
-  if (j) { j->sid = (int)(s - sessions); j->a[4] = res; enqueue(j); }
+// A NUL-terminated name at p within [p, end), or NULL.
+static const char *name_at(const char *p, const char *end) {
+  return p < end && memchr(p, 0, (size_t)(end - p)) ? p : NULL;
+}
+
+/** One request read from fd: decoded and answered here or handed to JS. */
+static void dispatch(struct session *s, int fd, const char *buf, size_t len) {
+  if (len < sizeof(struct fuse_in_header)) return;
+  const struct fuse_in_header *h = (const void *)buf;
+  __atomic_fetch_add(&s->ops[h->opcode < 63 ? h->opcode : 63], 1, __ATOMIC_RELAXED);
+  const char *arg = buf + sizeof *h, *end = buf + (len < h->len ? len : h->len);
+  const char *args_end = end - (size_t)h->total_extlen * 8;   // extensions (7.38) at the end
+  if (args_end < arg) args_end = arg;
+  if (h->opcode == FUSE_FORGET) {
+    if ((size_t)(end - arg) >= sizeof(struct fuse_forget_in)) forget_one(s, h->nodeid, ((const struct fuse_forget_in *)arg)->nlookup);
+    return;
+  }
+  if (h->opcode == FUSE_BATCH_FORGET) {
+    const struct fuse_batch_forget_in *b = (const void *)arg;
+    if ((size_t)(end - arg) < sizeof *b) return;
+    const struct fuse_forget_one *f = (const void *)(b + 1);
+    for (uint32_t i = 0; i < b->count && (const char *)(f + i + 1) <= end; i++) forget_one(s, f[i].nodeid, f[i].nlookup);
+    return;
+  }
+  if (h->opcode == FUSE_INTERRUPT) return;   // requests finish on their own; nothing blocks long
+  struct req *r = malloc(sizeof *r);
+  if (!r) return;
+  *r = (struct req){ &s->conn, fd, h->unique, h->nodeid, h->opcode, h->uid, h->gid, h->pid, 0 };
+  if ((size_t)(args_end - arg) < arg_size(h->opcode)) { reply_err(r, EINVAL); return; }
+  if (h->opcode != FUSE_INIT && !s->conn.minor) { reply_err(r, EIO); return; }
+  uint64_t ino = h->nodeid;
+  struct job *j = NULL;
+  const char *n1 = NULL, *n2 = NULL;
+  switch (h->opcode) {
+    case FUSE_INIT: do_init(r, (const void *)arg); return;
+    case FUSE_DESTROY: reply_err(r, 0); return;
+    case FUSE_LOOKUP: case FUSE_UNLINK: case FUSE_RMDIR: case FUSE_REMOVEXATTR:
+      if (!(n1 = name_at(arg, args_end))) break;
+      j = job_new(h->opcode == FUSE_LOOKUP ? OP_LOOKUP : h->opcode == FUSE_UNLINK ? OP_UNLINK
+                  : h->opcode == FUSE_RMDIR ? OP_RMDIR : OP_REMOVEXATTR, r, ino);
+      if (j) j->s1 = STR(n1);
+      break;
+    case FUSE_GETATTR: {
+      const struct fuse_getattr_in *in = (const void *)arg;
+      if ((j = job_new(OP_GETATTR, r, ino))) j->a[4] = in->getattr_flags & FUSE_GETATTR_FH ? (double)in->fh : 0;
+      break;
+    }
+    case FUSE_SETATTR: {
+      const struct fuse_setattr_in *in = (const void *)arg;
+      if (!(j = job_new(OP_SETATTR, r, ino))) return;
+      j->a[4] = in->valid & (0x3f | 0x180 | 0x400);  // mode..mtime, atime/mtime_now, ctime
+      j->a[5] = in->mode; j->a[6] = in->uid; j->a[7] = in->gid; j->a[8] = (double)in->size;
+      j->a[9] = (double)in->atime; j->a[10] = in->atimensec; j->a[11] = (double)in->mtime; j->a[12] = in->mtimensec;
+      j->a[13] = in->valid & FATTR_FH ? (double)in->fh : 0;
+      break;
+    }
+    case FUSE_READLINK: j = job_new(OP_READLINK, r, ino); break;
+    case FUSE_MKNOD: {
+      const struct fuse_mknod_in *in = (const void *)arg;
+      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      r->umask = in->umask;
+      if ((j = job_new(OP_MKNOD, r, ino))) { j->s1 = STR(n1); j->a[4] = in->mode; j->a[5] = in->rdev; }
+      break;
+    }
+    case FUSE_MKDIR: {
+      const struct fuse_mkdir_in *in = (const void *)arg;
+      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      r->umask = in->umask;
+      if ((j = job_new(OP_MKDIR, r, ino))) { j->s1 = STR(n1); j->a[4] = in->mode; }
+      break;
+    }
+    case FUSE_SYMLINK:
+      if (!(n1 = name_at(arg, args_end)) || !(n2 = name_at(n1 + strlen(n1) + 1, args_end))) break;
+      if ((j = job_new(OP_SYMLINK, r, ino))) { j->s1 = STR(n1); j->s2 = STR(n2); }
+      break;
+    case FUSE_RENAME: case FUSE_RENAME2: {
+      size_t sz = h->opcode == FUSE_RENAME ? sizeof(struct fuse_rename_in) : sizeof(struct fuse_rename2_in);
+      const struct fuse_rename2_in *in = (const void *)arg;
+      if (!(n1 = name_at(arg + sz, args_end)) || !(n2 = name_at(n1 + strlen(n1) + 1, args_end))) break;
+      if ((j = job_new(OP_RENAME, r, ino))) {
+        j->s1 = STR(n1); j->s2 = STR(n2); j->a[4] = (double)in->newdir; j->a[5] = h->opcode == FUSE_RENAME2 ? in->flags : 0;
+      }
+      break;
+    }
+    case FUSE_LINK: {
+      const struct fuse_link_in *in = (const void *)arg;
+      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      if ((j = job_new(OP_LINK, r, in->oldnodeid))) { j->s1 = STR(n1); j->a[4] = (double)ino; }
+      break;
+    }
+    case FUSE_OPEN: case FUSE_OPENDIR:
+      if ((j = job_new(h->opcode == FUSE_OPEN ? OP_OPEN : OP_OPENDIR, r, ino))) j->a[4] = ((const struct fuse_open_in *)arg)->flags;
+      break;
+    case FUSE_CREATE: {
+      const struct fuse_create_in *in = (const void *)arg;
+      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      r->umask = in->umask;
+      if ((j = job_new(OP_CREATE, r, ino))) { j->s1 = STR(n1); j->a[4] = in->mode; j->a[5] = in->flags; }
+      break;
+    }
+    case FUSE_READ: do_read(r, (const void *)arg); return;
+    case FUSE_WRITE: {
+      const struct fuse_write_in *in = (const void *)arg;
+      if ((size_t)(end - arg) < sizeof *in + in->size) break;
+      do_write(r, in, arg + sizeof *in);
+      return;
+    }
+    case FUSE_FLUSH: do_flush(r, ((const struct fuse_flush_in *)arg)->fh); return;
+    case FUSE_RELEASE: do_release(r, ((const struct fuse_release_in *)arg)->fh); return;
+    case FUSE_FSYNC: {
+      const struct fuse_fsync_in *in = (const void *)arg;
+      do_fsync(r, in->fh, in->fsync_flags & FUSE_FSYNC_FDATASYNC);
+      return;
+    }
+    case FUSE_READDIR: case FUSE_READDIRPLUS: {
+      const struct fuse_read_in *in = (const void *)arg;
+      if ((j = job_new(h->opcode == FUSE_READDIR ? OP_READDIR : OP_READDIRPLUS, r, ino))) {
+        j->a[4] = (double)in->fh; j->a[5] = in->size; j->a[6] = (double)in->offset;
+      }
+      break;
+    }
+    case FUSE_RELEASEDIR:
+      if ((j = job_new(OP_RELEASEDIR, r, ino))) j->a[4] = (double)((const struct fuse_release_in *)arg)->fh;
+      break;
+    case FUSE_FSYNCDIR: {
+      const struct fuse_fsync_in *in = (const void *)arg;
+      if ((j = job_new(OP_FSYNCDIR, r, ino))) { j->a[4] = (double)in->fh; j->a[5] = in->fsync_flags & FUSE_FSYNC_FDATASYNC; }
+      break;
+    }
+    case FUSE_STATFS: j = job_new(OP_STATFS, r, ino); break;
+    case FUSE_SETXATTR: {
+      const struct fuse_setxattr_in *in = (const void *)arg;
+      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      const char *value = n1 + strlen(n1) + 1;
+      if (value + in->size > args_end) break;
+      if (!(j = job_new(OP_SETXATTR, r, ino))) return;
+      j->s1 = STR(n1); j->a[4] = in->flags; j->a[5] = in->size;
+      j->buf = malloc(in->size ? in->size : 1);
+      if (in->size) memcpy(j->buf, value, in->size);
+      j->buflen = in->size;
+      break;
+    }
+    case FUSE_GETXATTR: {
+      const struct fuse_getxattr_in *in = (const void *)arg;
+      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      if ((j = job_new(OP_GETXATTR, r, ino))) { j->s1 = STR(n1); j->a[4] = in->size; }
+      break;
+    }
+    case FUSE_LISTXATTR:
+      if ((j = job_new(OP_LISTXATTR, r, ino))) j->a[4] = ((const struct fuse_getxattr_in *)arg)->size;
+      break;
+    case FUSE_ACCESS:
+      if ((j = job_new(OP_ACCESS, r, ino))) j->a[4] = ((const struct fuse_access_in *)arg)->mask;
+      break;
+    case FUSE_FALLOCATE: do_fallocate(r, (const void *)arg); return;
+    case FUSE_LSEEK: do_lseek(r, (const void *)arg); return;
+    case FUSE_COPY_FILE_RANGE: do_copy_file_range(r, (const void *)arg); return;
+    default: reply_err(r, ENOSYS); return;   // STATX, locks, ioctl, poll, tmpfile...: the kernel copes
+  }
+  if (j) enqueue(j);
+  else if (!n1 && r) reply_err(r, EINVAL);   // a malformed name (job_new replied on ENOMEM)
+}
+
+// ---- the worker threads of one session: one cloned fd each, blocking reads ----
+struct worker { struct session *s; int fd; pthread_t t; };
+
+static void *worker_main(void *arg) {
+  struct worker *w = arg;
+  char *buf = malloc(w->s->conn.bufsize);
+  for (;;) {
+    ssize_t n = read(w->fd, buf, w->s->conn.bufsize);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == ENOENT)) continue;
+    if (n <= 0) break;   // ENODEV: the connection ended
+    dispatch(w->s, w->fd, buf, (size_t)n);
+  }
+  free(buf);
   return NULL;
 }
 
@@ -711,18 +649,16 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   struct session *s = h->data;
   inline_mode = 1;
   for (int i = 0; i < 256 && s->poll; i++) {
-    int res = fuse_session_receive_buf(s->se, &s->fbuf);
-    if (res == -EAGAIN) break;
-    if (res == -EINTR) continue;
-    if (res <= 0) {  // the kernel ended the connection (unmounted or aborted)
+    ssize_t n = read(s->conn.fd, s->buf, s->conn.bufsize);
+    if (n < 0 && errno == EAGAIN) break;
+    if (n < 0 && (errno == EINTR || errno == ENOENT)) continue;   // ENOENT: interrupted before read
+    if (n <= 0) {  // the kernel ended the connection (unmounted or aborted)
       stop_poll(s);
-      if (!s->has_thread) {
-        struct job *j = job_new(OP_ENDED, NULL, 0);
-        if (j) { j->sid = (int)(s - sessions); enqueue(j); }
-      }
+      struct job *j = job_new(OP_ENDED, NULL, 0);
+      if (j) { j->sid = (int)(s - sessions); enqueue(j); }
       break;
     }
-    fuse_session_process_buf(s->se, &s->fbuf);
+    dispatch(s, s->conn.fd, s->buf, (size_t)n);
   }
   inline_mode = 0;
   if (inline_scopes) {
@@ -749,14 +685,11 @@ static void *notify_main(void *arg) {
     n_head = n->next;
     if (!n_head) n_tail = NULL;
     pthread_mutex_unlock(&n_lock);
-    struct fuse_session *se = sessions[n->sid].se;
-    if (se && sessions[n->sid].running) {
-      if (n->kind == 1)
-        fuse_lowlevel_notify_inval_entry(se, n->a, n->name, strlen(n->name));
-      else if (n->kind == 2)
-        fuse_lowlevel_notify_inval_inode(se, n->a, n->off, n->len);
-      else if (n->kind == 3)
-        fuse_lowlevel_notify_delete(se, n->a, n->b, n->name, strlen(n->name));
+    struct conn *c = &sessions[n->sid].conn;
+    if (sessions[n->sid].running) {
+      if (n->kind == 1) notify_inval_entry(c, n->a, n->name);
+      else if (n->kind == 2) notify_inval_inode(c, n->a, n->off, n->len);
+      else if (n->kind == 3) notify_delete(c, n->a, n->b, n->name);
     }
     free(n->name);
     free(n);
@@ -817,7 +750,9 @@ static napi_value js_set_dispatcher(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// mount(mountpoint, argv[], cfg) -> session id; throws with libfuse's message on failure.
+// mount(mountpoint, argv[], cfg) -> session id; throws with a one-line message on failure.
+// argv: "-o" OPTS pairs and "-d"; cfg: writeback, readdirplus, passthrough (0 off, 1 auto,
+// 2 on), stackDepth, threads, maxWrite, ... The mount answers once INIT is answered (OP_INIT).
 static napi_value js_mount(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -826,13 +761,13 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   if (arg_str(env, argv[0], mnt, sizeof mnt) < 0) { napi_throw_type_error(env, NULL, "mountpoint"); return NULL; }
   if (!wake_ready) { napi_throw_error(env, NULL, "setDispatcher first"); return NULL; }
   int sid = -1;
-  for (int i = 0; i < MAX_SESSIONS; i++) if (!sessions[i].se && !sessions[i].running) { sid = i; break; }
+  for (int i = 0; i < MAX_SESSIONS; i++) if (!sessions[i].used) { sid = i; break; }
   if (sid < 0) { napi_throw_error(env, NULL, "too many sessions"); return NULL; }
   struct session *s = &sessions[sid];
   memset(s, 0, sizeof *s);
+  s->conn.fd = -1;
   napi_value cfg = argv[2];
   s->cfg.writeback = get_int_prop(env, cfg, "writeback", 0);
-  s->cfg.splice = get_int_prop(env, cfg, "splice", 1);
   s->cfg.readdirplus = get_int_prop(env, cfg, "readdirplus", 2);
   s->cfg.cache_symlinks = get_int_prop(env, cfg, "cacheSymlinks", 1);
   s->cfg.parallel_dirops = get_int_prop(env, cfg, "parallelDirops", 0);
@@ -841,43 +776,51 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->cfg.killpriv = get_int_prop(env, cfg, "killpriv", 0);
   s->cfg.debug = get_int_prop(env, cfg, "debug", 0);
   s->cfg.threads = get_int_prop(env, cfg, "threads", 0);
-  s->cfg.splice_read = get_int_prop(env, cfg, "spliceRead", 0);
-  s->cfg.max_write = (unsigned)get_int_prop(env, cfg, "maxWrite", 1 << 20);
-  s->cfg.max_readahead = (unsigned)get_int_prop(env, cfg, "maxReadahead", 1 << 20);
-  log_debug = s->cfg.debug;
+  struct conn_want *w = &s->conn.want;
+  w->max_write = (unsigned)get_int_prop(env, cfg, "maxWrite", 1 << 20);
+  w->max_readahead = (unsigned)get_int_prop(env, cfg, "maxReadahead", 1 << 20);
+  w->passthrough = get_int_prop(env, cfg, "passthrough", 0);
+  w->stack_depth = get_int_prop(env, cfg, "stackDepth", 1);
+  // DONT_MASK: creation modes arrive unmasked with the caller's umask, so a parent's default
+  // ACL can decide instead of the umask, as on the kernel's own filesystems
+  w->flags = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_AUTO_INVAL_DATA | FUSE_DONT_MASK |
+             FUSE_ABORT_ERROR;
+  if (s->cfg.writeback) w->flags |= FUSE_WRITEBACK_CACHE;
+  if (s->cfg.readdirplus) w->flags |= FUSE_DO_READDIRPLUS;
+  if (s->cfg.readdirplus == 2) w->flags |= FUSE_READDIRPLUS_AUTO;
+  if (s->cfg.cache_symlinks) w->flags |= FUSE_CACHE_SYMLINKS;
+  if (s->cfg.parallel_dirops) w->flags |= FUSE_PARALLEL_DIROPS;
+  if (s->cfg.async_dio) w->flags |= FUSE_ASYNC_DIO;
+  if (s->cfg.posix_acl) w->flags |= FUSE_POSIX_ACL;
+  if (s->cfg.killpriv) w->flags |= FUSE_HANDLE_KILLPRIV;
 
+  char err[512] = "";
   uint32_t n = 0;
   NAPI_CALL(env, napi_get_array_length(env, argv[1], &n));
-  char **av = calloc(n + 2, sizeof(char *));
-  av[0] = strdup("layerfs");
+  s->conn.opts.mount_flags = MS_NOSUID | MS_NODEV;   // as libfuse: unless "suid"/"dev" is given
   for (uint32_t i = 0; i < n; i++) {
     napi_value e;
     napi_get_element(env, argv[1], i, &e);
     char tmp[8192];
-    if (arg_str(env, e, tmp, sizeof tmp) < 0) tmp[0] = 0;
-    av[i + 1] = strdup(tmp);
+    if (arg_str(env, e, tmp, sizeof tmp) < 0) continue;
+    if (!strcmp(tmp, "-d")) s->conn.opts.debug = 1;
+    else if (!strcmp(tmp, "-o") && i + 1 < n) {
+      napi_get_element(env, argv[1], ++i, &e);
+      if (arg_str(env, e, tmp, sizeof tmp) < 0) continue;
+      if (conn_parse_opts(&s->conn.opts, tmp, err, sizeof err) < 0) { napi_throw_error(env, NULL, err); return NULL; }
+    }
   }
-  struct fuse_args args = FUSE_ARGS_INIT((int)n + 1, av);
-  last_log[0] = 0;
-  fuse_set_log_func(log_func);
-  s->se = fuse_session_new(&args, &ops, sizeof ops, s);
-  fuse_opt_free_args(&args);
-  for (uint32_t i = 0; i < n + 1; i++) free(av[i]);
-  free(av);
-  if (!s->se) {
-    napi_throw_error(env, NULL, last_log[0] ? last_log : "fuse_session_new failed");
+  if (conn_mount(&s->conn, mnt, err, sizeof err) < 0) {
+    free(s->conn.opts.fsname); free(s->conn.opts.subtype);
+    napi_throw_error(env, NULL, err);
     return NULL;
   }
-  if (fuse_session_mount(s->se, mnt) != 0) {
-    fuse_session_destroy(s->se);
-    s->se = NULL;
-    napi_throw_error(env, NULL, last_log[0] ? last_log : "mount failed");
-    return NULL;
-  }
-  s->running = 1;
+  s->buf = malloc((size_t)w->max_write + 4096 > FUSE_MIN_READ_BUFFER ? (size_t)w->max_write + 4096 : FUSE_MIN_READ_BUFFER);
+  s->conn.bufsize = (size_t)w->max_write + 4096;
+  s->used = s->running = 1;
   if (live_sessions++ == 0) uv_ref((uv_handle_t *)&wake);
   js_thread = pthread_self();
-  int fd = fuse_session_fd(s->se);
+  int fd = s->conn.fd;
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   uv_loop_t *loop;
   napi_get_uv_event_loop(env, &loop);
@@ -886,28 +829,26 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   uv_poll_init(loop, s->poll, fd);
   uv_poll_start(s->poll, UV_READABLE, on_readable);
   if (s->cfg.threads > 0) {
-    if (pthread_create(&s->thread, NULL, loop_main, s) != 0) {
-      stop_poll(s);
-      s->running = 0;
-      live_sessions--;
-      fuse_session_unmount(s->se);
-      fuse_session_destroy(s->se);
-      s->se = NULL;
-      napi_throw_error(env, NULL, "cannot start the session threads");
-      return NULL;
+    s->workers = calloc((size_t)s->cfg.threads, sizeof(struct worker));
+    for (int i = 0; i < s->cfg.threads; i++) {
+      struct worker *wk = &s->workers[s->nworkers];
+      wk->s = s;
+      wk->fd = conn_clone_fd(&s->conn);
+      if (wk->fd < 0) break;
+      if (pthread_create(&wk->t, NULL, worker_main, wk) != 0) { close(wk->fd); break; }
+      s->nworkers++;
     }
-    s->has_thread = 1;
   }
   return num(env, sid);
 }
 
 static struct session *arg_session(napi_env env, napi_value v) {
   int64_t sid = arg_i64(env, v);
-  if (sid < 0 || sid >= MAX_SESSIONS || !sessions[sid].se) return NULL;
+  if (sid < 0 || sid >= MAX_SESSIONS || !sessions[sid].used) return NULL;
   return &sessions[sid];
 }
 
-// destroy(sid): after OP_ENDED: join the loop thread and free the session.
+// destroy(sid): after OP_ENDED: join the workers, let go of the mount, free the session.
 static napi_value js_destroy(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -915,19 +856,38 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   struct session *s = arg_session(env, argv[0]);
   if (!s) return NULL;
   stop_poll(s);
-  if (s->has_thread) {
-    fuse_session_exit(s->se);
-    pthread_join(s->thread, NULL);
-    s->has_thread = 0;
-  }
   s->running = 0;
-  free(s->fbuf.mem);
-  s->fbuf.mem = NULL;
-  fuse_session_unmount(s->se);
-  fuse_session_destroy(s->se);
-  s->se = NULL;
+  // as libfuse: a connection that already ended (POLLERR) is not unmounted again — something
+  // else may be mounted there by now; the fd is closed first, so a synchronous unmount cannot
+  // recurse into this filesystem
+  struct pollfd pfd = { s->conn.fd, 0, 0 };
+  int ended = poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR);
+  for (int i = 0; i < s->nworkers; i++) {
+    pthread_join(s->workers[i].t, NULL);
+    close(s->workers[i].fd);
+  }
+  free(s->workers);
+  close(s->conn.fd);
+  if (!ended) conn_unmount(&s->conn);
+  free(s->buf);
+  free(s->conn.opts.fsname); free(s->conn.opts.subtype);
+  memset(s, 0, sizeof *s);
   if (--live_sessions == 0) uv_unref((uv_handle_t *)&wake);
   return NULL;
+}
+
+// opCounts(sid) -> Float64Array(64): requests received per opcode.
+static napi_value js_op_counts(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  struct session *s = arg_session(env, argv[0]);
+  napi_value ab, arr;
+  void *data;
+  NAPI_CALL(env, napi_create_arraybuffer(env, 64 * sizeof(double), &data, &ab));
+  NAPI_CALL(env, napi_create_typedarray(env, napi_float64_array, 64, ab, 0, &arr));
+  for (int i = 0; i < 64; i++) ((double *)data)[i] = s ? (double)__atomic_load_n(&s->ops[i], __ATOMIC_RELAXED) : 0;
+  return arr;
 }
 
 static napi_value js_session_fd(napi_env env, napi_callback_info info) {
@@ -935,7 +895,7 @@ static napi_value js_session_fd(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   struct session *s = arg_session(env, argv[0]);
-  return num(env, s ? fuse_session_fd(s->se) : -1);
+  return num(env, s ? s->conn.fd : -1);
 }
 
 // ---- replies (JS thread) ----
@@ -943,7 +903,7 @@ static napi_value js_session_fd(napi_env env, napi_callback_info info) {
   size_t argc = N;                                                     \
   napi_value argv[N];                                                  \
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL)); \
-  fuse_req_t req = req_take(env, argv[0]);                             \
+  struct req *req = req_take(env, argv[0]);                            \
   if (!req) { napi_throw_error(env, NULL, "unknown or answered request"); return NULL; }
 
 static double *f64_array(napi_env env, napi_value v, size_t min) {
@@ -969,59 +929,80 @@ static void stat_from(const double *a, struct stat *st) {
 
 static napi_value js_reply_err(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(2);
-  return num(env, fuse_reply_err(req, (int)arg_i64(env, argv[1])));
+  return num(env, reply_err(req, (int)arg_i64(env, argv[1])));
 }
 
 static napi_value js_reply_none(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(1);
-  fuse_reply_none(req);
+  reply_none(req);
   return NULL;
-}
-
-static int entry_from(napi_env env, napi_value *argv, struct fuse_entry_param *e) {
-  memset(e, 0, sizeof *e);
-  e->ino = (fuse_ino_t)arg_f64(env, argv[1]);
-  e->generation = (uint64_t)arg_f64(env, argv[2]);
-  e->entry_timeout = arg_f64(env, argv[3]);
-  e->attr_timeout = arg_f64(env, argv[4]);
-  double *st = f64_array(env, argv[5], 15);
-  if (!st) return -1;
-  stat_from(st, &e->attr);
-  return 0;
 }
 
 // replyEntry(req, nodeid, generation, entryTimeout, attrTimeout, stat)
 static napi_value js_reply_entry(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(6);
-  struct fuse_entry_param e;
-  if (entry_from(env, argv, &e) < 0) { fuse_reply_err(req, EIO); napi_throw_type_error(env, NULL, "stat"); return NULL; }
-  return num(env, fuse_reply_entry(req, &e));
+  double *a = f64_array(env, argv[5], 15);
+  if (!a) { reply_err(req, EIO); napi_throw_type_error(env, NULL, "stat"); return NULL; }
+  struct stat st;
+  stat_from(a, &st);
+  return num(env, reply_entry(req, (uint64_t)arg_f64(env, argv[1]), (uint64_t)arg_f64(env, argv[2]),
+                              arg_f64(env, argv[3]), arg_f64(env, argv[4]), &st));
 }
 
 // replyAttr(req, stat, timeout)
 static napi_value js_reply_attr(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(3);
   double *a = f64_array(env, argv[1], 15);
-  if (!a) { fuse_reply_err(req, EIO); napi_throw_type_error(env, NULL, "stat"); return NULL; }
+  if (!a) { reply_err(req, EIO); napi_throw_type_error(env, NULL, "stat"); return NULL; }
   struct stat st;
   stat_from(a, &st);
-  return num(env, fuse_reply_attr(req, &st, arg_f64(env, argv[2])));
+  return num(env, reply_attr(req, &st, arg_f64(env, argv[2])));
 }
 
 static napi_value js_reply_readlink(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(2);
   char buf[PATH_MAX + 1];
-  if (arg_str(env, argv[1], buf, sizeof buf) < 0) { fuse_reply_err(req, EIO); return NULL; }
-  return num(env, fuse_reply_readlink(req, buf));
+  ssize_t n = arg_str(env, argv[1], buf, sizeof buf);
+  if (n < 0) { reply_err(req, EIO); return NULL; }
+  return num(env, reply_buf(req, buf, (size_t)n));
 }
 
-// FOPEN-style flags from JS: 1 direct_io, 2 keep_cache, 4 cache_readdir, 8 nonseekable, 16 nosync, 32 noflush
-static void fi_from(struct fuse_file_info *fi, int flags) {
-  fi->direct_io = !!(flags & 1);
-  fi->keep_cache = !!(flags & 2);
-  fi->cache_readdir = !!(flags & 4);
-  fi->nonseekable = !!(flags & 8);
-  fi->noflush = !!(flags & 32);
+// FOPEN-style flags from JS: 1 direct_io, 2 keep_cache, 4 cache_readdir, 8 nonseekable,
+// 16 nosync (ours), 32 noflush, 64 passthrough (ours: wanted, when the connection has it)
+enum { JF_DIRECT_IO = 1, JF_KEEP_CACHE = 2, JF_CACHE_DIR = 4, JF_NONSEEKABLE = 8, JF_NOSYNC = 16, JF_NOFLUSH = 32, JF_PASSTHROUGH = 64 };
+
+static uint32_t fopen_flags(int fl) {
+  return (fl & JF_DIRECT_IO ? FOPEN_DIRECT_IO : 0) | (fl & JF_KEEP_CACHE ? FOPEN_KEEP_CACHE : 0) |
+         (fl & JF_CACHE_DIR ? FOPEN_CACHE_DIR : 0) | (fl & JF_NONSEEKABLE ? FOPEN_NONSEEKABLE : 0) |
+         (fl & JF_NOFLUSH ? FOPEN_NOFLUSH : 0);
+}
+
+// A handle for an fd-backed open. With passthrough negotiated, every regular-file open of an
+// inode takes the inode's io mode (conn.c): passthrough (then only NOFLUSH/NONSEEKABLE may go
+// with FOPEN_PASSTHROUGH) or cached. 0 on a conflict (the caller answers ESTALE) or no memory.
+static uint64_t open_handle(struct req *req, int fd, uint64_t nodeid, int open_flags, int fl, uint32_t *oflags,
+                            int32_t *backing, int *conflict) {
+  *backing = 0;
+  *conflict = 0;
+  *oflags = fopen_flags(fl);
+  int mode = IO_CACHED;
+  if (req->c->passthrough) {
+    mode = io_open(req->c, nodeid, fd, !!(fl & JF_PASSTHROUGH), backing);
+    if (mode == IO_CONFLICT) { *conflict = 1; return 0; }
+    if (mode == IO_PASSTHROUGH) *oflags = (*oflags & (FOPEN_NOFLUSH | FOPEN_NONSEEKABLE)) | FOPEN_PASSTHROUGH;
+  }
+  uint64_t fh = handle_add(HANDLE_FD, fd, nodeid, open_flags, (fl & JF_NOSYNC) ? HF_NOSYNC : 0, 0);
+  if (!fh) { if (req->c->passthrough) io_release(req->c, nodeid, (enum io_mode)mode); return 0; }
+  handle_get(fh)->io_mode = mode;
+  return fh;
+}
+
+static void drop_handle(uint64_t fh, struct conn *c) {
+  struct handle *h = handle_take(fh);
+  if (!h) return;
+  if (h->kind == HANDLE_FD && c->passthrough) io_release(c, h->ino, (enum io_mode)h->io_mode);
+  if (h->kind == HANDLE_FD) close(h->fd);
+  handle_free(h);
 }
 
 // replyOpen(req, fd, fopenFlags, nodeid, openFlags) -> fh. fd < 0: a JS handle with id = -fd.
@@ -1029,17 +1010,21 @@ static napi_value js_reply_open(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(5);
   int fd = (int)arg_i64(env, argv[1]);
   int fl = (int)arg_i64(env, argv[2]);
-  struct fuse_file_info fi;
-  memset(&fi, 0, sizeof fi);
-  fi_from(&fi, fl);
-  uint64_t fh = fd >= 0
-    ? handle_add(HANDLE_FD, fd, (uint64_t)arg_f64(env, argv[3]), (int)arg_i64(env, argv[4]), (fl & 16) ? HF_NOSYNC : 0, 0)
-    : handle_add(HANDLE_JS, -1, (uint64_t)arg_f64(env, argv[3]), (int)arg_i64(env, argv[4]), 0, (uint64_t)-fd);
-  if (!fh) { if (fd >= 0) close(fd); fuse_reply_err(req, ENFILE); return num(env, 0); }
-  fi.fh = fh;
-  if (fuse_reply_open(req, &fi) != 0) {  // interrupted: the kernel will never release it
-    struct handle *h = handle_take(fh);
-    if (h) { if (h->kind == HANDLE_FD) close(h->fd); handle_free(h); }
+  uint64_t nodeid = (uint64_t)arg_f64(env, argv[3]);
+  int open_flags = (int)arg_i64(env, argv[4]);
+  uint32_t oflags = fopen_flags(fl);
+  int32_t backing = 0;
+  struct conn *c = req->c;
+  int conflict = 0;
+  uint64_t fh = fd >= 0 ? open_handle(req, fd, nodeid, open_flags, fl, &oflags, &backing, &conflict)
+                        : handle_add(HANDLE_JS, -1, nodeid, open_flags, 0, (uint64_t)-fd);
+  if (!fh) {
+    if (fd >= 0) close(fd);
+    reply_err(req, conflict ? ESTALE : ENFILE);
+    return num(env, conflict ? -ESTALE : 0);  // -ESTALE: give the node's names a new node
+  }
+  if (reply_open(req, fh, oflags, backing) != 0) {  // interrupted: the kernel will never release it
+    drop_handle(fh, c);
     return num(env, 0);
   }
   return num(env, (double)fh);
@@ -1048,19 +1033,21 @@ static napi_value js_reply_open(napi_env env, napi_callback_info info) {
 // replyCreate(req, nodeid, generation, entryTimeout, attrTimeout, stat, fd, fopenFlags, openFlags) -> fh
 static napi_value js_reply_create(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(9);
-  struct fuse_entry_param e;
   int fd = (int)arg_i64(env, argv[6]);
-  if (entry_from(env, argv, &e) < 0) { close(fd); fuse_reply_err(req, EIO); return NULL; }
-  int fl = (int)arg_i64(env, argv[7]);
-  struct fuse_file_info fi;
-  memset(&fi, 0, sizeof fi);
-  fi_from(&fi, fl);
-  uint64_t fh = handle_add(HANDLE_FD, fd, e.ino, (int)arg_i64(env, argv[8]), (fl & 16) ? HF_NOSYNC : 0, 0);
-  if (!fh) { close(fd); fuse_reply_err(req, ENFILE); return num(env, 0); }
-  fi.fh = fh;
-  if (fuse_reply_create(req, &e, &fi) != 0) {
-    struct handle *h = handle_take(fh);
-    if (h) { close(h->fd); handle_free(h); }
+  double *a = f64_array(env, argv[5], 15);
+  if (!a) { close(fd); reply_err(req, EIO); return NULL; }
+  struct stat st;
+  stat_from(a, &st);
+  uint64_t nodeid = (uint64_t)arg_f64(env, argv[1]);
+  uint32_t oflags;
+  int32_t backing;
+  struct conn *c = req->c;
+  int conflict;
+  uint64_t fh = open_handle(req, fd, nodeid, (int)arg_i64(env, argv[8]), (int)arg_i64(env, argv[7]), &oflags, &backing, &conflict);
+  if (!fh) { close(fd); reply_err(req, conflict ? ESTALE : ENFILE); return num(env, 0); }
+  if (reply_create(req, nodeid, (uint64_t)arg_f64(env, argv[2]), arg_f64(env, argv[3]), arg_f64(env, argv[4]), &st,
+                   fh, oflags, backing) != 0) {
+    drop_handle(fh, c);
     return num(env, 0);
   }
   return num(env, (double)fh);
@@ -1069,11 +1056,7 @@ static napi_value js_reply_create(napi_env env, napi_callback_info info) {
 // replyOpendir(req, fh, fopenFlags): directory handles belong to JS.
 static napi_value js_reply_opendir(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(3);
-  struct fuse_file_info fi;
-  memset(&fi, 0, sizeof fi);
-  fi_from(&fi, (int)arg_i64(env, argv[2]));
-  fi.fh = (uint64_t)arg_f64(env, argv[1]);
-  return num(env, fuse_reply_open(req, &fi));
+  return num(env, reply_open(req, (uint64_t)arg_f64(env, argv[1]), fopen_flags((int)arg_i64(env, argv[2])), 0));
 }
 
 // replyBuf(req, buffer[, length])
@@ -1098,31 +1081,31 @@ static napi_value js_reply_buf(napi_env env, napi_callback_info info) {
     size_t want = (size_t)arg_i64(env, argv[2]);
     if (want < len) len = want;
   }
-  return num(env, fuse_reply_buf(req, data, len));
+  return num(env, reply_buf(req, data, len));
 }
 
 static napi_value js_reply_write(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(2);
-  return num(env, fuse_reply_write(req, (size_t)arg_i64(env, argv[1])));
+  return num(env, reply_write(req, (size_t)arg_i64(env, argv[1])));
 }
 
 static napi_value js_reply_xattr(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(2);
-  return num(env, fuse_reply_xattr(req, (size_t)arg_i64(env, argv[1])));
+  return num(env, reply_xattr_size(req, (size_t)arg_i64(env, argv[1])));
 }
 
 // replyStatfs(req, Float64Array[bsize, frsize, blocks, bfree, bavail, files, ffree, favail, fsid, flag, namemax])
 static napi_value js_reply_statfs(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(2);
   double *a = f64_array(env, argv[1], 11);
-  if (!a) { fuse_reply_err(req, EIO); return NULL; }
+  if (!a) { reply_err(req, EIO); return NULL; }
   struct statvfs s;
   memset(&s, 0, sizeof s);
   s.f_bsize = (unsigned long)a[0]; s.f_frsize = (unsigned long)a[1];
   s.f_blocks = (fsblkcnt_t)a[2]; s.f_bfree = (fsblkcnt_t)a[3]; s.f_bavail = (fsblkcnt_t)a[4];
   s.f_files = (fsfilcnt_t)a[5]; s.f_ffree = (fsfilcnt_t)a[6]; s.f_favail = (fsfilcnt_t)a[7];
   s.f_fsid = (unsigned long)a[8]; s.f_flag = (unsigned long)a[9]; s.f_namemax = (unsigned long)a[10];
-  return num(env, fuse_reply_statfs(req, &s));
+  return num(env, reply_statfs(req, &s));
 }
 
 // ---- handles, seen from JS ----
@@ -1214,8 +1197,8 @@ static napi_value js_notify_attr(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int64_t sid = arg_i64(env, argv[0]);
-  if (sid < 0 || sid >= MAX_SESSIONS || !sessions[sid].se || !sessions[sid].running) return num(env, -ENODEV);
-  return num(env, fuse_lowlevel_notify_inval_inode(sessions[sid].se, (fuse_ino_t)arg_f64(env, argv[1]), -1, 0));
+  if (sid < 0 || sid >= MAX_SESSIONS || !sessions[sid].used || !sessions[sid].running) return num(env, -ENODEV);
+  return num(env, notify_inval_inode(&sessions[sid].conn, (uint64_t)arg_f64(env, argv[1]), -1, 0));
 }
 static napi_value js_notify_inode(napi_env env, napi_callback_info info) { return js_notify(env, info, 2); }
 static napi_value js_notify_delete(napi_env env, napi_callback_info info) { return js_notify(env, info, 3); }
@@ -1232,6 +1215,7 @@ napi_value session_init_exports(napi_env env, napi_value exports) {
   export_fn(env, exports, "mount", js_mount);
   export_fn(env, exports, "destroy", js_destroy);
   export_fn(env, exports, "sessionFd", js_session_fd);
+  export_fn(env, exports, "opCounts", js_op_counts);
   export_fn(env, exports, "replyErr", js_reply_err);
   export_fn(env, exports, "replyNone", js_reply_none);
   export_fn(env, exports, "replyEntry", js_reply_entry);

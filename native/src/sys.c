@@ -231,6 +231,25 @@ static napi_value s_fsync(napi_env env, napi_callback_info info) {
   return ret(env, arg_i64(env, argv[1]) ? fdatasync(fd) : fsync(fd));
 }
 
+// cloneMount(dirfd, attrSet, attrClr) -> fd of a private, detached clone of the mount at dirfd
+// (open_tree(OPEN_TREE_CLONE), not recursive) with mount attributes changed (mount_setattr):
+// what overlayfs does with its layers. Needs CAP_SYS_ADMIN.
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+struct lfs_mount_attr { uint64_t attr_set, attr_clr, propagation, userns_fd; };
+static napi_value s_clone_mount(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd = (int)syscall(SYS_open_tree, (int)arg_i64(env, argv[0]), "", 0x1 /* OPEN_TREE_CLONE */ | O_CLOEXEC | AT_EMPTY_PATH);
+  if (fd < 0) return num(env, -errno);
+  struct lfs_mount_attr a = { (uint64_t)arg_i64(env, argv[1]), (uint64_t)arg_i64(env, argv[2]), 0, 0 };
+  if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &a, sizeof a) < 0) { int e = errno; close(fd); return num(env, -e); }
+  return num(env, fd);
+}
+
 // flock(fd, op): advisory whole-file lock; the kernel drops it when the holder dies.
 static napi_value s_flock(napi_env env, napi_callback_info info) {
   ARGS(2);
@@ -435,6 +454,7 @@ napi_value sys_init_exports(napi_env env, napi_value exports) {
   export_fn(env, exports, "lseek", s_lseek);
   export_fn(env, exports, "fsync", s_fsync);
   export_fn(env, exports, "flock", s_flock);
+  export_fn(env, exports, "cloneMount", s_clone_mount);
   export_fn(env, exports, "getxattr", s_getxattr);
   export_fn(env, exports, "listxattr", s_listxattr);
   export_fn(env, exports, "setxattr", s_setxattr);

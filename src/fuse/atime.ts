@@ -4,7 +4,10 @@
 // (strictatime, relatime, noatime, nodiratime) says so — at a read-only open of a file (the
 // kernel does it at the first read) and at a directory listing.
 import { native } from '../sys/native';
-import { AT_FDCWD, AT_SYMLINK_NOFOLLOW, E, O_NOATIME, UTIME_NOW, UTIME_OMIT } from '../sys/constants';
+import {
+  AT_FDCWD, AT_SYMLINK_NOFOLLOW, E, MOUNT_ATTR_NOATIME, MOUNT_ATTR_NODIRATIME, MOUNT_ATTR_STRICTATIME, O_NOATIME,
+  UTIME_NOW, UTIME_OMIT,
+} from '../sys/constants';
 import { ST_ATIME, ST_ATIME_NS, ST_CTIME, ST_CTIME_NS, ST_MTIME, ST_MTIME_NS, type Stat } from '../sys/stat';
 
 export interface AtimePolicy {
@@ -49,4 +52,10 @@ export function openNoatime(dirfd: number, name: string, flags: number, mode: nu
 export function touchAtime(dirfd: number, name: string): void {
   if (name) native.utimensat(dirfd, name, 0, UTIME_NOW, 0, UTIME_OMIT, AT_SYMLINK_NOFOLLOW);
   else native.utimensat(AT_FDCWD, `/proc/self/fd/${dirfd}`, 0, UTIME_NOW, 0, UTIME_OMIT, 0);
+}
+
+/** The MOUNT_ATTR_* atime bits of a policy (relatime is 0), for a private clone of a mount. */
+export function atimeAttrs(p: AtimePolicy): number {
+  const mode = p.mode === 'noatime' ? MOUNT_ATTR_NOATIME : p.mode === 'strictatime' ? MOUNT_ATTR_STRICTATIME : 0;
+  return mode | (p.nodiratime ? MOUNT_ATTR_NODIRATIME : 0);
 }

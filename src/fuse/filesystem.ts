@@ -45,6 +45,8 @@ export interface Opened {
   directIo?: boolean;
   keepCache?: boolean;
   noSync?: boolean;
+  /** Hand the kernel the backing fd (FUSE passthrough) when the session has it. */
+  passthrough?: boolean;
   /** Told the kernel's file handle once the open is answered. */
   onOpened?(fh: number): void;
 }
@@ -69,11 +71,15 @@ export interface Notifier {
 export interface Filesystem {
   /** The longest name in bytes (255 when absent): longer lookups fail with ENAMETOOLONG. */
   readonly nameMax?: number;
-  init?(info: { protoMinor: number; want: number; maxWrite: number }): void;
+  init?(info: { protoMinor: number; want: number; maxWrite: number; passthrough: boolean }): void;
   /** Called once the session exists; one filesystem may be served by several sessions. */
   attach?(n: Notifier): void;
   lookup(parent: number, name: string, caller: Caller): MaybeAsync<Entry | null>;
   forget(nodeid: number, nlookup: number): void;
+  /** The kernel's inode of nodeid cannot serve a new open (it passes another backing file
+   * through, e.g. readers opened before a copy-up): give its names a new node. The open was
+   * answered ESTALE; the VFS retries it once, looking the name up again. */
+  renode?(nodeid: number): void;
   getattr(nodeid: number, fh: number): MaybeAsync<AttrReply>;
   setattr(nodeid: number, set: SetAttr, caller: Caller): MaybeAsync<AttrReply>;
   readlink(nodeid: number): MaybeAsync<string>;

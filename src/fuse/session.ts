@@ -35,10 +35,11 @@ const args = native.jobArgs;
 let dispatcherSet = false;
 
 // FOPEN flags understood by replyOpen (native/src/session.c fi_from)
-const F_DIRECT_IO = 1, F_KEEP_CACHE = 2, F_CACHE_READDIR = 4, F_NOSYNC = 16;
+const F_DIRECT_IO = 1, F_KEEP_CACHE = 2, F_CACHE_READDIR = 4, F_NOSYNC = 16, F_PASSTHROUGH = 64;
 
 function fopenFlags(o: Opened): number {
-  return (o.directIo ? F_DIRECT_IO : 0) | (o.keepCache ? F_KEEP_CACHE : 0) | (o.noSync ? F_NOSYNC : 0);
+  return (o.directIo ? F_DIRECT_IO : 0) | (o.keepCache ? F_KEEP_CACHE : 0) | (o.noSync ? F_NOSYNC : 0) |
+    (o.passthrough ? F_PASSTHROUGH : 0);
 }
 
 function errnoOf(e: unknown): number {
@@ -67,6 +68,27 @@ function dispatch(op: number, req: number, s1?: string, s2?: string, buf?: Buffe
   s.handle(op, req, s1, s2, buf);
 }
 
+// FUSE opcodes by name, for the request counts printed on SIGUSR2.
+const FUSE_OPS: Record<number, string> = {
+  1: 'LOOKUP', 2: 'FORGET', 3: 'GETATTR', 4: 'SETATTR', 5: 'READLINK', 6: 'SYMLINK', 8: 'MKNOD', 9: 'MKDIR',
+  10: 'UNLINK', 11: 'RMDIR', 12: 'RENAME', 13: 'LINK', 14: 'OPEN', 15: 'READ', 16: 'WRITE', 17: 'STATFS',
+  18: 'RELEASE', 20: 'FSYNC', 21: 'SETXATTR', 22: 'GETXATTR', 23: 'LISTXATTR', 24: 'REMOVEXATTR', 25: 'FLUSH',
+  26: 'INIT', 27: 'OPENDIR', 28: 'READDIR', 29: 'RELEASEDIR', 30: 'FSYNCDIR', 34: 'ACCESS', 35: 'CREATE',
+  42: 'BATCH_FORGET', 43: 'FALLOCATE', 44: 'READDIRPLUS', 45: 'RENAME2', 46: 'LSEEK', 47: 'COPY_FILE_RANGE', 52: 'STATX',
+};
+
+/** One line per session: every opcode received so far, e.g. "READ=0 WRITE=0 OPEN=3". */
+export function requestCounts(sid: number): string {
+  const c = native.opCounts(sid);
+  return [15, 16, ...Object.keys(FUSE_OPS).map(Number).filter((o) => o !== 15 && o !== 16 && c[o] > 0)]
+    .map((o) => `${FUSE_OPS[o]}=${c[o]}`).join(' ');
+}
+
+// SIGUSR2: each session's request counts on stderr (a foreground daemon's, for tests and -f users).
+process.on('SIGUSR2', () => {
+  for (const s of sessions.values()) process.stderr.write(`layerfs requests ${s.mountpoint}: ${requestCounts(s.sid)}\n`);
+});
+
 // LAYERFS_TRACE=1: time spent in JS per operation, printed to stderr on SIGUSR2 and at exit.
 const trace = process.env.LAYERFS_TRACE ? new Map<number, { n: number; ns: bigint }>() : null;
 if (trace) {
@@ -87,6 +109,9 @@ export class Session {
   private nextDir = 1;
   private endedResolve!: () => void;
   private readyResolve!: () => void;
+  private readyReject!: (e: Error) => void;
+  /** FUSE passthrough was negotiated (known once ready). */
+  passthrough = false;
   /** Resolves once the kernel's INIT has been answered: the mount answers requests. */
   readonly ready: Promise<void>;
   /** Resolves when the kernel connection ends (unmounted, aborted). */
@@ -98,7 +123,10 @@ export class Session {
       native.setDispatcher(dispatch);
       dispatcherSet = true;
     }
-    this.ready = new Promise((r) => (this.readyResolve = r));
+    this.ready = new Promise((resolve, reject) => {
+      this.readyResolve = resolve;
+      this.readyReject = reject;
+    });
     this.ended = new Promise((r) => (this.endedResolve = r));
     const argv: string[] = [];
     if (opts.mountOptions.length) argv.push('-o', opts.mountOptions.join(','));
@@ -137,7 +165,12 @@ export class Session {
           this.fs.forget(ino, a1);
           return;
         case OP.INIT:
-          this.fs.init?.({ protoMinor: a2, want: a3, maxWrite: a4 });
+          if (args[8] < 0) {  // e.g. passthrough=on and the kernel has none: the mount fails
+            this.readyReject(new Error(s1 ?? 'INIT failed'));
+            return;
+          }
+          this.passthrough = args[9] === 1;
+          this.fs.init?.({ protoMinor: a2, want: a3, maxWrite: a4, passthrough: this.passthrough });
           this.readyResolve();
           return;
         case OP.ENDED:
@@ -176,7 +209,8 @@ export class Session {
         case OP.OPEN:
           return this.settle(req, this.fs.open(ino, a1, caller), (o) => {
             const fh = native.replyOpen(req, o.fd ?? -(o.jsHandle as number), fopenFlags(o), ino, a1);
-            if (fh) o.onOpened?.(fh);
+            if (fh === -E.ESTALE) this.fs.renode?.(ino);
+            else if (fh) o.onOpened?.(fh);
           });
         case OP.CREATE:
           return this.settle(req, this.fs.create(ino, s1!, a1, a2, caller), ({ entry, opened }) => {

@@ -36,7 +36,15 @@ export async function serve(m: Mountable, report: (msg: string) => void): Promis
   m.onSession?.(session);
   const stop = (): void => session.unmount();
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, stop);
-  await session.ready;
+  try {
+    await session.ready;
+  } catch (e) {
+    report(`error cannot mount ${m.mountpoint}: ${(e as Error).message}`);
+    session.unmount();
+    await session.ended;
+    m.onEnd?.();
+    return 1;
+  }
   report('ok');
   await session.ended;
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.off(sig, stop);

@@ -1,10 +1,11 @@
 // Overlay mode: validates the layers (nothing is touched before every check passed), prepares
 // the work dir as the kernel does (workdir/work, emptied at mount), picks the whiteout format
 // the daemon may write, and builds the union.
+import { stackDepth } from '../fuse/passthrough-mode';
 import * as fs from 'node:fs';
 import { native } from '../sys/native';
-import { check } from '../sys/errors';
-import { AT_FDCWD, O_DIRECTORY, O_PATH, S_IFCHR } from '../sys/constants';
+import { check, errnoName } from '../sys/errors';
+import { AT_FDCWD, MOUNT_ATTR_NOATIME, MOUNT_ATTR_RDONLY, MOUNT_ATTR__ATIME, O_DIRECTORY, O_PATH, S_IFCHR } from '../sys/constants';
 import { identity } from '../sys/identity';
 import type { Mountable } from '../mount/lifecycle';
 import { parseOptions } from '../mount/options';
@@ -60,6 +61,33 @@ function probeFormat(workFd: number, root: boolean): WhiteoutFormat {
   return { charDevice, ns };
 }
 
+/**
+ * With passthrough the kernel reads lower files itself, through a file it opens with the
+ * caller's flags (no O_NOATIME): so, as kernel overlayfs does with its layers, each lower layer
+ * is reached through a private clone of its mount that is read-only and noatime — lower files
+ * never change, not even their atime. False (passthrough off) where clones cannot be made.
+ */
+function privateLowerMounts(layers: Layer[], required: boolean): boolean {
+  const clones: number[] = [];
+  for (const l of layers) {
+    if (l.writable) continue;
+    const fd = native.cloneMount(l.fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME, MOUNT_ATTR__ATIME);
+    if (fd < 0) {
+      for (const c of clones) native.close(c);
+      if (required) throw new UsageError(`passthrough=on: cannot make a private read-only mount of lower layer ${l.path}: ${errnoName(-fd)}`);
+      return false;
+    }
+    clones.push(fd);
+  }
+  let i = 0;
+  for (const l of layers) {
+    if (l.writable) continue;
+    native.close(l.fd);
+    l.fd = clones[i++];
+  }
+  return true;
+}
+
 /** Parses and checks everything a mount needs, touching nothing; prints option warnings. */
 export function overlayCheck(mnt: string, optionLists: string[]): void {
   const cfg = config(optionLists);
@@ -84,6 +112,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
   if (v.upper) layers.push(openLayer(0, v.upper, writable));
   for (const l of v.lowers) layers.push(openLayer(layers.length, l, false));
   assignFsIndexes(layers);
+  const passthrough = cfg.passthrough > 0 && privateLowerMounts(layers, cfg.passthrough === 2);
   let format: WhiteoutFormat = { charDevice: id.root, ns: id.root ? 'trusted' : 'user' };
   if (v.work && writable) {
     // workdir/work, emptied at mount: leftovers of an interrupted copy-up never show
@@ -108,6 +137,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
     noXattrs: cfg.noXattrs,
     staticNlink: cfg.staticNlink,
     atime: cfg.atime,
+    passthrough,
   }, id, native.raiseNofile(), indexFd);
   const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');
   const mountOptions = [`fsname=${fsname}`, `subtype=${name.subtype}`, 'default_permissions'];
@@ -119,7 +149,8 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
     mountpoint: v.mountpoint,
     session: {
       mountOptions, entryTimeout: cfg.timeout, attrTimeout: cfg.timeout, negativeTimeout: cfg.timeout,
-      writeback: cfg.writeback, debug, readdirplus: 2, threads: cfg.threads, splice: false, asyncDio: true,
+      writeback: cfg.writeback, debug, readdirplus: 2, threads: cfg.threads, asyncDio: true,
+      passthrough: passthrough ? cfg.passthrough : 0, stackDepth: stackDepth(layers.map((l) => l.path)),
       posixAcl: false, noOpendir: cfg.timeout >= 3600,
     },
   };

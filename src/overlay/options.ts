@@ -2,6 +2,7 @@
 // with a warning (podman passes options it does not know we lack); a bad value of a known
 // option is an error.
 import { atimePolicy, type AtimePolicy } from '../fuse/atime';
+import { passthroughOption, type PassthroughWanted } from '../fuse/passthrough-mode';
 import { boolOption, numberOption, type OptionMap } from '../mount/options';
 import { UsageError } from '../mount/validate';
 
@@ -27,6 +28,7 @@ export interface OverlayConfig {
   watch: boolean;
   ro: boolean;
   atime: AtimePolicy;
+  passthrough: PassthroughWanted;
   kernelOptions: string[];   // passed on to the kernel mount (allow_other, nodev, ...)
   fsname: string | null;
   warnings: string[];
@@ -137,6 +139,7 @@ export function overlayConfig(o: OptionMap): OverlayConfig {
     watch: bool01(o, 'watch', true),
     ro: o.has('ro'),
     atime: atimePolicy(o.keys()),
+    passthrough: passthroughOption(o, bool01(o, 'writeback', false)),
     kernelOptions: [],
     fsname: o.has('fsname') ? String(o.get('fsname')) : null,
     warnings,
@@ -145,7 +148,7 @@ export function overlayConfig(o: OptionMap): OverlayConfig {
     if (PASSED_ON.has(k)) cfg.kernelOptions.push(k);
     const known = ['lowerdir', 'upperdir', 'workdir', 'uidmapping', 'gidmapping', 'squash_to_root', 'squash_to_uid',
       'squash_to_gid', 'static_nlink', 'noacl', 'fsync', 'volatile', 'timeout', 'writeback', 'noxattrs',
-      'xattr_permissions', 'redirect_dir', 'ro', 'fsname', 'watch'];
+      'xattr_permissions', 'redirect_dir', 'ro', 'fsname', 'watch', 'passthrough'];
     if (!known.includes(k) && !KERNEL_FLAGS.has(k) && !KNOWN_IGNORED.has(k)) warnings.push(`unknown option ${k} ignored`);
   }
   return cfg;

@@ -1,6 +1,7 @@
 // `layerfs mount --passthrough DIR MNT`: options and validation for the passthrough mode.
 import { Passthrough } from './passthrough';
 import { atimePolicy } from '../fuse/atime';
+import { passthroughOption, stackDepth } from '../fuse/passthrough-mode';
 import { native } from '../sys/native';
 import { identity } from '../sys/identity';
 import type { Mountable } from '../mount/lifecycle';
@@ -15,13 +16,12 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
     throw new UsageError((e as Error).message);
   }
   const known = new Set(['ro', 'rw', 'allow_other', 'default_permissions', 'fsname', 'writeback', 'timeout',
-    'direct_read', 'threads', 'splice', 'noatime', 'relatime', 'strictatime', 'nodiratime', 'atime', 'diratime',
+    'direct_read', 'threads', 'passthrough', 'noatime', 'relatime', 'strictatime', 'nodiratime', 'atime', 'diratime',
     'nodev', 'nosuid', 'noexec', 'dev', 'suid', 'exec']);
   for (const k of o.keys()) if (!known.has(k)) process.stderr.write(`layerfs: warning: unknown option ${k} ignored\n`);
-  let writeback: boolean, timeout: number, directRead: boolean, threads: number, splice: boolean;
+  let writeback: boolean, timeout: number, directRead: boolean, threads: number;
   try {
     threads = numberOption(o, 'threads', 0);
-    splice = boolOption(o, 'splice', false);
     writeback = boolOption(o, 'writeback', false);  // exact mtimes: the kernel keeps its own under writeback
     directRead = boolOption(o, 'direct_read', false);
     // as fuse-overlayfs: the kernel caches entries and attributes until told otherwise
@@ -29,6 +29,7 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+  const passthrough = passthroughOption(o, writeback);
   const root = requireDir('directory', dir);
   checkFuseDevice();
   const mountpoint = checkMountpoint(mnt);
@@ -38,11 +39,12 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
   if (id.root) mountOptions.push('allow_other');
   for (const k of ['ro', 'noatime', 'nodev', 'nosuid', 'noexec']) if (o.has(k)) mountOptions.push(k);
   return {
-    fs: new Passthrough(root, { writeback, directRead, timeout, atime: atimePolicy(o.keys()) }, id, native.raiseNofile()),
+    fs: new Passthrough(root, { writeback, directRead, timeout, atime: atimePolicy(o.keys()), passthrough: passthrough > 0 }, id, native.raiseNofile()),
     mountpoint,
     session: {
       mountOptions, entryTimeout: timeout, attrTimeout: timeout, negativeTimeout: timeout,
-      writeback, debug, readdirplus: 2, parallelDirops: false, threads, splice, asyncDio: true, noOpendir: timeout >= 3600,
+      writeback, debug, readdirplus: 2, parallelDirops: false, threads, asyncDio: true, noOpendir: timeout >= 3600,
+      passthrough, stackDepth: stackDepth([root]),
     },
   };
 }

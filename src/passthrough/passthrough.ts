@@ -6,15 +6,15 @@ import { native, type DirList } from '../sys/native';
 import { FsError, check } from '../sys/errors';
 import {
   AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, E, O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT,
-  O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR, O_WRONLY, RENAME_EXCHANGE, S_IFDIR, S_IFMT,
-  UTIME_NOW, UTIME_OMIT,
+  O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR, O_WRONLY, RENAME_EXCHANGE, S_IFDIR, S_IFMT, S_IFREG,
+  UTIME_NOW, UTIME_OMIT, MOUNT_ATTR__ATIME, MOUNT_ATTR_NODIRATIME,
 } from '../sys/constants';
 import { ST_DEV, ST_INO, ST_MODE, ST_NLINK, STATFS_LEN, newStat, type Stat } from '../sys/stat';
 import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Opened, SetAttr } from '../fuse/filesystem';
 import { ROOT_ID, SETATTR } from '../fuse/ops';
 import { asCaller, type Identity } from '../sys/identity';
 import { creationMode } from '../fuse/modes';
-import { openNoatime, touchAtime, wantsAtime, type AtimePolicy } from '../fuse/atime';
+import { atimeAttrs, openNoatime, touchAtime, wantsAtime, type AtimePolicy } from '../fuse/atime';
 import { FdCache, fdBudget } from '../sys/fdcache';
 import { statByHandle } from '../sys/handles';
 
@@ -42,6 +42,8 @@ export interface PassthroughOptions {
   /** Serve files nobody has opened for writing with direct_io from the backing page cache. */
   directRead: boolean;
   atime: AtimePolicy;
+  /** Regular files are opened with FUSE passthrough when the session has it. */
+  passthrough: boolean;
 }
 
 const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
@@ -50,13 +52,23 @@ export class Passthrough implements Filesystem {
   private readonly nodes = new Map<number, Node>();
   private readonly byIno = new Map<number, Map<number, Node>>();
   private readonly root: Node;
-  private readonly rootFd: number;
+  private rootFd: number;
   private readonly dirFds: FdCache<number>;
   private nextId = ROOT_ID + 1;
 
   constructor(root: string, private readonly opts: PassthroughOptions, private readonly id: Identity,
     fdLimit = 1024) {
     this.rootFd = check(native.openat(AT_FDCWD, root, O_PATH | O_DIRECTORY, 0));
+    if (opts.passthrough) {
+      // the kernel reads passthrough files itself, with the caller's flags: reached through a
+      // private clone of the tree's mount that carries this mount's atime policy, they behave
+      // as under a bind mount with it. No clone, no passthrough.
+      const fd = native.cloneMount(this.rootFd, atimeAttrs(opts.atime), MOUNT_ATTR__ATIME | MOUNT_ATTR_NODIRATIME);
+      if (fd >= 0) {
+        native.close(this.rootFd);
+        this.rootFd = fd;
+      } else opts.passthrough = false;
+    }
     const st = newStat();
     check(native.fstatat(this.rootFd, '', AT_EMPTY_PATH | NOFOLLOW, st));
     this.root = this.add(ROOT_ID, st);
@@ -315,7 +327,10 @@ export class Passthrough implements Filesystem {
   private opened(n: Node, flags: number, fd: number): Opened {
     const writing = (flags & O_ACCMODE) !== O_RDONLY;
     if (writing) n.writers++;
-    return { fd, directIo: this.opts.directRead && !writing && n.writers === 0, keepCache: !writing && n.writers === 0 };
+    return {
+      fd, directIo: this.opts.directRead && !writing && n.writers === 0, keepCache: !writing && n.writers === 0,
+      passthrough: this.opts.passthrough && n.type === S_IFREG,
+    };
   }
 
   open(nodeid: number, flags: number): Opened {

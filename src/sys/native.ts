@@ -9,7 +9,10 @@ export interface DirList {
 
 export interface SessionConfig {
   writeback?: boolean;
-  splice?: boolean;
+  /** FUSE passthrough: 0 off, 1 when offered, 2 required (fuse/passthrough-mode.ts). */
+  passthrough?: 0 | 1 | 2;
+  /** max_stack_depth for passthrough: 1, or 2 when backing files live on overlayfs or FUSE. */
+  stackDepth?: number;
   readdirplus?: 0 | 1 | 2;
   cacheSymlinks?: boolean;
   parallelDirops?: boolean;
@@ -19,7 +22,6 @@ export interface SessionConfig {
   debug?: boolean;
   /** Worker threads reading cloned /dev/fuse fds besides the JS thread's own reader (0: none). */
   threads?: number;
-  spliceRead?: boolean;
   maxWrite?: number;
   maxReadahead?: number;
 }
@@ -31,6 +33,8 @@ export interface Native {
   mount(mountpoint: string, args: string[], cfg: SessionConfig): number;
   destroy(sid: number): void;
   sessionFd(sid: number): number;
+  /** Requests received per FUSE opcode (index = opcode). */
+  opCounts(sid: number): Float64Array;
   replyErr(req: number, errno: number): number;
   replyNone(req: number): void;
   replyEntry(req: number, nodeid: number, gen: number, entryTimeout: number, attrTimeout: number, st: Float64Array): number;
@@ -77,6 +81,8 @@ export interface Native {
   lseek(fd: number, off: number, whence: number): number;
   fsync(fd: number, datasync: number): number;
   flock(fd: number, op: number): number;
+  /** A private detached clone of the mount at dirfd with MOUNT_ATTR_* set/cleared; fd or -errno. */
+  cloneMount(dirfd: number, attrSet: number, attrClr: number): number;
   getxattr(path: string, name: string, follow: number): Buffer | number;
   listxattr(path: string, follow: number): Buffer | number;
   setxattr(path: string, name: string, value: Buffer, flags: number, follow: number): number;

@@ -42,6 +42,8 @@ export interface UnionOptions {
   noXattrs: boolean;
   staticNlink: boolean;
   atime: AtimePolicy;
+  /** Regular files are opened with FUSE passthrough when the session has it. */
+  passthrough: boolean;
 }
 
 const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
@@ -470,6 +472,17 @@ export class Union implements Filesystem {
     this.maybeFree(n);
   }
 
+  renode(nodeid: number): void {
+    const n = this.nodes.get(nodeid);
+    if (!n || n === this.root) return;
+    for (const [k, v] of this.byUpperIno) if (v === n) this.byUpperIno.delete(k);
+    for (const [k, v] of this.byIndexKey) if (v === n) this.byIndexKey.delete(k);
+    for (const l of [...n.links]) {
+      this.dropName(l.parent, l.name);
+      for (const x of this.notifiers) x.invalEntry(l.parent.id, l.name);
+    }
+  }
+
   getattr(nodeid: number): AttrReply {
     const n = this.node(nodeid);
     try {
@@ -690,7 +703,7 @@ export class Union implements Filesystem {
       native.openat(dfd, at, this.openFlags(flags) | O_CREAT | O_EXCL, m), mode);
     try {
       const entry = this.made(p, name);
-      return { entry, opened: { fd, noSync: !this.opts.fsync } };
+      return { entry, opened: { fd, noSync: !this.opts.fsync, passthrough: this.passthroughFor(this.node(entry.nodeid)) } };
     } catch (e) {
       native.close(fd);
       throw e;
@@ -1001,8 +1014,9 @@ export class Union implements Filesystem {
     const fd = check(openNoatime(t.dirfd, t.name, this.openFlags(flags), 0));
     // as kernel overlayfs: reads move the atime of upper files only, and as the mount says
     if (n.upper && (flags & O_ACCMODE) === O_RDONLY && this.wantsAtime(n)) touchAtime(t.dirfd, t.name);
-    // a lower file never changes: its page cache stays valid across opens
-    return { fd, keepCache: !n.upper, noSync: !this.opts.fsync };
+    // a lower file never changes: its page cache stays valid across opens; with passthrough
+    // the backing file's page cache is the only one (shared by every mount of the layer)
+    return { fd, keepCache: !n.upper, noSync: !this.opts.fsync, passthrough: this.passthroughFor(n) };
   }
 
   // ---- directories ----
@@ -1012,6 +1026,15 @@ export class Union implements Filesystem {
     // a layer changed behind the union's back does not move the upper dir's mtime, so with a
     // short timeout a listing is read anew at each open; with the default one it stays cached
     return { cacheReaddir: true, keepCache: this.opts.timeout >= LONG_TIMEOUT };
+  }
+
+  /**
+   * Whether an open of n hands the kernel its backing file. Lower files: always (their layers
+   * are private read-only noatime mounts). Upper files: under the default relatime only, since
+   * the kernel's reads then move atime as the upper's own mount says.
+   */
+  private passthroughFor(n: UNode): boolean {
+    return this.opts.passthrough && n.type === S_IFREG && (!n.upper || this.opts.atime.mode === 'relatime');
   }
 
   private wantsAtime(n: UNode): boolean {

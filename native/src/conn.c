@@ -1,0 +1,384 @@
+// The FUSE connection itself: mount, INIT, replies, notifications, backing ids. See conn.h.
+#define _GNU_SOURCE
+#include "conn.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <pthread.h>
+#include <unistd.h>
+
+static void seterr(char *err, size_t len, const char *fmt, const char *a, int e) {
+  snprintf(err, len, fmt, a, e ? strerror(e) : "");
+}
+
+// ---- options and mounting ----
+int conn_parse_opts(struct conn_opts *o, const char *opts, char *err, size_t errlen) {
+  static const struct { const char *name; unsigned long flag; int set; } flags[] = {
+    {"nosuid", MS_NOSUID, 1}, {"suid", MS_NOSUID, 0}, {"nodev", MS_NODEV, 1}, {"dev", MS_NODEV, 0},
+    {"noexec", MS_NOEXEC, 1}, {"exec", MS_NOEXEC, 0}, {"noatime", MS_NOATIME, 1}, {"atime", MS_NOATIME, 0},
+    {"sync", MS_SYNCHRONOUS, 1}, {"async", MS_SYNCHRONOUS, 0}, {"dirsync", MS_DIRSYNC, 1},
+  };
+  char *copy = strdup(opts ? opts : ""), *save = NULL;
+  for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    size_t i, n = sizeof flags / sizeof flags[0];
+    for (i = 0; i < n; i++) if (!strcmp(t, flags[i].name)) break;
+    if (i < n) {
+      if (flags[i].set) o->mount_flags |= flags[i].flag; else o->mount_flags &= ~flags[i].flag;
+    } else if (!strncmp(t, "fsname=", 7)) { free(o->fsname); o->fsname = strdup(t + 7); }
+    else if (!strncmp(t, "subtype=", 8)) { free(o->subtype); o->subtype = strdup(t + 8); }
+    else if (!strcmp(t, "allow_other")) o->allow_other = 1;
+    else if (!strcmp(t, "default_permissions")) o->default_permissions = 1;
+    else if (!strcmp(t, "ro")) o->ro = 1;
+    else if (!strcmp(t, "rw")) o->ro = 0;
+    else {
+      seterr(err, errlen, "fuse: unknown option `%s'%s", t, 0);
+      free(copy);
+      return -1;
+    }
+  }
+  free(copy);
+  return 0;
+}
+
+// fusermount3 mounts for a user and hands the /dev/fuse fd over a socket (SCM_RIGHTS).
+static int mount_fusermount(struct conn *c, const char *mnt, char *err, size_t errlen) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) { seterr(err, errlen, "socketpair: %s%s", strerror(errno), 0); return -1; }
+  char opts[8192];
+  const struct conn_opts *o = &c->opts;
+  snprintf(opts, sizeof opts, "%s%s%s%s%s%s%s%s%s%s%s",
+           o->ro ? "ro," : "rw,", o->allow_other ? "allow_other," : "", o->default_permissions ? "default_permissions," : "",
+           o->mount_flags & MS_NOEXEC ? "noexec," : "", o->mount_flags & MS_NOATIME ? "noatime," : "",
+           o->mount_flags & MS_SYNCHRONOUS ? "sync," : "", o->mount_flags & MS_DIRSYNC ? "dirsync," : "",
+           o->fsname ? "fsname=" : "", o->fsname ? o->fsname : "", o->fsname ? "," : "", "");
+  if (o->subtype) { strncat(opts, "subtype=", sizeof opts - strlen(opts) - 1); strncat(opts, o->subtype, sizeof opts - strlen(opts) - 1); }
+  else if (opts[0]) opts[strlen(opts) - 1] = 0;
+  pid_t pid = fork();
+  if (pid < 0) { close(sv[0]); close(sv[1]); seterr(err, errlen, "fork: %s%s", strerror(errno), 0); return -1; }
+  if (pid == 0) {
+    close(sv[1]);
+    fcntl(sv[0], F_SETFD, 0);
+    char env[32];
+    snprintf(env, sizeof env, "%d", sv[0]);
+    setenv("_FUSE_COMMFD", env, 1);
+    execl("/usr/bin/fusermount3", "fusermount3", "-o", opts, "--", mnt, (char *)NULL);
+    execlp("fusermount3", "fusermount3", "-o", opts, "--", mnt, (char *)NULL);
+    _exit(127);
+  }
+  close(sv[0]);
+  char byte;
+  char cbuf[CMSG_SPACE(sizeof(int))];
+  struct iovec iov = { &byte, 1 };
+  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+  ssize_t n;
+  do n = recvmsg(sv[1], &msg, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
+  close(sv[1]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  struct cmsghdr *cm = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
+  if (!cm || cm->cmsg_type != SCM_RIGHTS) {
+    seterr(err, errlen, "fusermount3 failed (exit %s)%s", WIFEXITED(status) ? (WEXITSTATUS(status) == 127 ? "127: not found" : "non-zero") : "signal", 0);
+    return -1;
+  }
+  memcpy(&c->fd, CMSG_DATA(cm), sizeof(int));
+  c->by_fusermount = 1;
+  return 0;
+}
+
+int conn_mount(struct conn *c, const char *mnt, char *err, size_t errlen) {
+  snprintf(c->mountpoint, sizeof c->mountpoint, "%s", mnt);
+  c->fd = -1;
+  struct stat st;
+  if (stat(mnt, &st) < 0) { seterr(err, errlen, "fuse: bad mount point `%s': %s", mnt, errno); return -1; }
+  if (geteuid() != 0) return mount_fusermount(c, mnt, err, errlen);
+  c->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+  if (c->fd < 0) { seterr(err, errlen, "fuse: cannot open /dev/fuse%s%s", ": ", errno); return -1; }
+  const struct conn_opts *o = &c->opts;
+  char data[1024], type[256];
+  snprintf(data, sizeof data, "fd=%d,rootmode=%o,user_id=%u,group_id=%u%s%s", c->fd, st.st_mode & S_IFMT,
+           getuid(), getgid(), o->allow_other ? ",allow_other" : "", o->default_permissions ? ",default_permissions" : "");
+  snprintf(type, sizeof type, "fuse%s%s", o->subtype ? "." : "", o->subtype ? o->subtype : "");
+  const char *source = o->fsname ? o->fsname : (o->subtype ? o->subtype : "layerfs");
+  unsigned long flags = o->mount_flags | (o->ro ? MS_RDONLY : 0);
+  if (mount(source, mnt, type, flags, data) < 0) {
+    int e = errno;
+    close(c->fd);
+    c->fd = -1;
+    seterr(err, errlen, "fuse: mount failed: %s%s", strerror(e), 0);
+    return -1;
+  }
+  return 0;
+}
+
+void conn_unmount(struct conn *c) {
+  if (!c->mountpoint[0]) return;
+  if (!c->by_fusermount) umount2(c->mountpoint, MNT_DETACH);
+  else {
+    pid_t pid = fork();
+    if (pid == 0) {
+      int null = open("/dev/null", O_RDWR);
+      if (null >= 0) { dup2(null, 1); dup2(null, 2); }
+      execl("/usr/bin/fusermount3", "fusermount3", "-u", "-q", "-z", "--", c->mountpoint, (char *)NULL);
+      execlp("fusermount3", "fusermount3", "-u", "-q", "-z", "--", c->mountpoint, (char *)NULL);
+      _exit(127);
+    }
+    if (pid > 0) waitpid(pid, NULL, 0);
+  }
+  c->mountpoint[0] = 0;
+}
+
+int conn_clone_fd(struct conn *c) {
+  int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return -1;
+  uint32_t master = (uint32_t)c->fd;
+  if (ioctl(fd, FUSE_DEV_IOC_CLONE, &master) < 0) { close(fd); return -1; }
+  return fd;
+}
+
+// ---- INIT ----
+int conn_init(struct conn *c, struct req *r, const struct fuse_init_in *in, char *err, size_t errlen) {
+  struct fuse_init_out out;
+  memset(&out, 0, sizeof out);
+  out.major = FUSE_KERNEL_VERSION;
+  if (in->major != FUSE_KERNEL_VERSION || in->minor < LFS_MIN_MINOR) {
+    snprintf(err, errlen, "the kernel speaks FUSE %u.%u; layerfs needs 7.%d or later", in->major, in->minor, LFS_MIN_MINOR);
+    out.minor = LFS_MAX_MINOR;
+    reply_buf(r, &out, sizeof out);   // a major mismatch: the kernel tries again or gives up
+    return -EPROTO;
+  }
+  c->minor = in->minor < LFS_MAX_MINOR ? in->minor : LFS_MAX_MINOR;
+  uint64_t offered = in->flags | ((in->flags & FUSE_INIT_EXT) ? (uint64_t)in->flags2 << 32 : 0);
+  uint64_t want = c->want.flags | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_INIT_EXT;
+  int pt = c->want.passthrough && (offered & FUSE_PASSTHROUGH) && !(want & FUSE_WRITEBACK_CACHE);
+  if (c->want.passthrough == 2 && !pt) {
+    snprintf(err, errlen, "%s", (want & FUSE_WRITEBACK_CACHE) ? "passthrough=on cannot be combined with writeback"
+             : "passthrough=on: the kernel does not offer FUSE passthrough (needs Linux 6.9 and CAP_SYS_ADMIN)");
+    reply_err(r, EPROTO);
+    return -EPROTO;
+  }
+  if (pt) want |= FUSE_PASSTHROUGH;
+  c->flags = want & offered;
+  c->passthrough = pt;
+  unsigned page = (unsigned)sysconf(_SC_PAGESIZE);
+  unsigned max_write = c->want.max_write ? c->want.max_write : 1 << 20;
+  out.minor = c->minor;
+  out.max_readahead = c->want.max_readahead && c->want.max_readahead < in->max_readahead ? c->want.max_readahead : in->max_readahead;
+  out.flags = (uint32_t)c->flags;
+  out.flags2 = (uint32_t)(c->flags >> 32);
+  out.max_background = 128;
+  out.congestion_threshold = 96;
+  out.max_write = max_write;
+  out.time_gran = 1;
+  out.max_pages = (uint16_t)((max_write + page - 1) / page);
+  out.max_stack_depth = pt ? (uint32_t)(c->want.stack_depth > 0 ? c->want.stack_depth : 1) : 0;
+  c->bufsize = (size_t)max_write + 4096 > FUSE_MIN_READ_BUFFER ? (size_t)max_write + 4096 : FUSE_MIN_READ_BUFFER;
+  // a reply shorter than the kernel's struct is fine (the kernel zero-fills); minors before
+  // 7.23 take 24 bytes
+  return reply_buf(r, &out, c->minor < 23 ? 24 : sizeof out);
+}
+
+// ---- replies ----
+static int send_iov(int fd, struct iovec *iov, int n) {
+  ssize_t total = 0;
+  for (int i = 0; i < n; i++) total += (ssize_t)iov[i].iov_len;
+  ssize_t w;
+  do w = writev(fd, iov, n); while (w < 0 && errno == EINTR);
+  if (w < 0) return -errno;
+  return w == total ? 0 : -EIO;
+}
+
+int reply_iov(struct req *r, struct iovec *iov, int n) {
+  struct fuse_out_header h = { 0, 0, r->unique };
+  size_t len = sizeof h;
+  for (int i = 1; i < n; i++) len += iov[i].iov_len;
+  h.len = (uint32_t)len;
+  iov[0].iov_base = &h;
+  iov[0].iov_len = sizeof h;
+  int res = send_iov(r->fd, iov, n);
+  free(r);
+  return res;
+}
+
+int reply_err(struct req *r, int err) {
+  struct fuse_out_header h = { sizeof h, -err, r->unique };
+  struct iovec iov = { &h, sizeof h };
+  int res = send_iov(r->fd, &iov, 1);
+  free(r);
+  return res;
+}
+
+void reply_none(struct req *r) { free(r); }
+
+int reply_buf(struct req *r, const void *data, size_t len) {
+  struct iovec iov[2] = { { NULL, 0 }, { (void *)data, len } };
+  return reply_iov(r, iov, len ? 2 : 1);
+}
+
+static void timeout_split(double t, uint64_t *sec, uint32_t *nsec) {
+  if (t < 0) t = 0;
+  if (t > 1e18) t = 1e18;
+  *sec = (uint64_t)t;
+  *nsec = (uint32_t)((t - (double)*sec) * 1e9);
+}
+
+static void fill_attr(struct fuse_attr *a, const struct stat *st) {
+  memset(a, 0, sizeof *a);
+  a->ino = st->st_ino; a->mode = st->st_mode; a->nlink = (uint32_t)st->st_nlink;
+  a->uid = st->st_uid; a->gid = st->st_gid; a->rdev = (uint32_t)st->st_rdev;
+  a->size = (uint64_t)st->st_size; a->blksize = (uint32_t)st->st_blksize; a->blocks = (uint64_t)st->st_blocks;
+  a->atime = (uint64_t)st->st_atim.tv_sec; a->atimensec = (uint32_t)st->st_atim.tv_nsec;
+  a->mtime = (uint64_t)st->st_mtim.tv_sec; a->mtimensec = (uint32_t)st->st_mtim.tv_nsec;
+  a->ctime = (uint64_t)st->st_ctim.tv_sec; a->ctimensec = (uint32_t)st->st_ctim.tv_nsec;
+}
+
+static void fill_entry(struct fuse_entry_out *e, uint64_t nodeid, uint64_t gen, double eto, double ato, const struct stat *st) {
+  memset(e, 0, sizeof *e);
+  e->nodeid = nodeid;
+  e->generation = gen;
+  timeout_split(eto, &e->entry_valid, &e->entry_valid_nsec);
+  timeout_split(ato, &e->attr_valid, &e->attr_valid_nsec);
+  if (nodeid) fill_attr(&e->attr, st);   // nodeid 0: a negative entry, cached for entry_valid
+}
+
+int reply_entry(struct req *r, uint64_t nodeid, uint64_t gen, double eto, double ato, const struct stat *st) {
+  struct fuse_entry_out e;
+  fill_entry(&e, nodeid, gen, eto, ato, st);
+  return reply_buf(r, &e, sizeof e);
+}
+
+int reply_attr(struct req *r, const struct stat *st, double timeout) {
+  struct fuse_attr_out a;
+  memset(&a, 0, sizeof a);
+  timeout_split(timeout, &a.attr_valid, &a.attr_valid_nsec);
+  fill_attr(&a.attr, st);
+  return reply_buf(r, &a, sizeof a);
+}
+
+int reply_open(struct req *r, uint64_t fh, uint32_t open_flags, int32_t backing_id) {
+  struct fuse_open_out o = { fh, open_flags, backing_id };
+  return reply_buf(r, &o, sizeof o);
+}
+
+int reply_create(struct req *r, uint64_t nodeid, uint64_t gen, double eto, double ato, const struct stat *st,
+                 uint64_t fh, uint32_t open_flags, int32_t backing_id) {
+  struct { struct fuse_entry_out e; struct fuse_open_out o; } out;
+  fill_entry(&out.e, nodeid, gen, eto, ato, st);
+  out.o = (struct fuse_open_out){ fh, open_flags, backing_id };
+  return reply_buf(r, &out, sizeof out);
+}
+
+int reply_write(struct req *r, size_t n) {
+  struct fuse_write_out w = { (uint32_t)n, 0 };
+  return reply_buf(r, &w, sizeof w);
+}
+
+int reply_xattr_size(struct req *r, size_t n) {
+  struct fuse_getxattr_out g = { (uint32_t)n, 0 };
+  return reply_buf(r, &g, sizeof g);
+}
+
+int reply_statfs(struct req *r, const struct statvfs *s) {
+  struct fuse_statfs_out o;
+  memset(&o, 0, sizeof o);
+  o.st.blocks = s->f_blocks; o.st.bfree = s->f_bfree; o.st.bavail = s->f_bavail;
+  o.st.files = s->f_files; o.st.ffree = s->f_ffree; o.st.bsize = (uint32_t)s->f_bsize;
+  o.st.namelen = (uint32_t)s->f_namemax; o.st.frsize = (uint32_t)s->f_frsize;
+  return reply_buf(r, &o, sizeof o);
+}
+
+int reply_lseek(struct req *r, uint64_t off) {
+  struct fuse_lseek_out o = { off };
+  return reply_buf(r, &o, sizeof o);
+}
+
+// ---- notifications ----
+static int notify(struct conn *c, int code, const void *arg, size_t len, const char *name) {
+  struct fuse_out_header h = { 0, code, 0 };
+  struct iovec iov[3] = { { &h, sizeof h }, { (void *)arg, len }, { (void *)name, name ? strlen(name) + 1 : 0 } };
+  int n = name ? 3 : 2;
+  h.len = (uint32_t)(sizeof h + len + iov[2].iov_len);
+  return send_iov(c->fd, iov, n);
+}
+
+int notify_inval_entry(struct conn *c, uint64_t parent, const char *name) {
+  struct fuse_notify_inval_entry_out o = { parent, (uint32_t)strlen(name), 0 };
+  return notify(c, FUSE_NOTIFY_INVAL_ENTRY, &o, sizeof o, name);
+}
+
+int notify_inval_inode(struct conn *c, uint64_t ino, int64_t off, int64_t len) {
+  struct fuse_notify_inval_inode_out o = { ino, off, len };
+  return notify(c, FUSE_NOTIFY_INVAL_INODE, &o, sizeof o, NULL);
+}
+
+int notify_delete(struct conn *c, uint64_t parent, uint64_t child, const char *name) {
+  struct fuse_notify_delete_out o = { parent, child, (uint32_t)strlen(name), 0 };
+  return notify(c, FUSE_NOTIFY_DELETE, &o, sizeof o, name);
+}
+
+// ---- passthrough: one io mode per inode ----
+struct inode_io {
+  struct inode_io *next;
+  uint64_t nodeid;
+  enum io_mode mode;           // IO_PASSTHROUGH or IO_CACHED
+  int32_t backing_id;
+  dev_t dev;                   // the backing file
+  ino_t ino;
+  unsigned refs;               // open handles in this mode
+};
+static pthread_mutex_t io_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct inode_io **io_slot(struct conn *c, uint64_t nodeid) {
+  struct inode_io **p = &c->io[nodeid & 255];
+  while (*p && (*p)->nodeid != nodeid) p = &(*p)->next;
+  return p;
+}
+
+enum io_mode io_open(struct conn *c, uint64_t nodeid, int fd, int want_passthrough, int32_t *backing_id) {
+  *backing_id = 0;
+  struct stat st;
+  if (fstat(fd, &st) < 0) return IO_CACHED;
+  pthread_mutex_lock(&io_lock);
+  struct inode_io **p = io_slot(c, nodeid), *e = *p;
+  enum io_mode m;
+  if (e) {
+    if (e->mode == IO_CACHED) m = IO_CACHED;
+    else if (want_passthrough && e->dev == st.st_dev && e->ino == st.st_ino) { m = IO_PASSTHROUGH; *backing_id = e->backing_id; }
+    else m = IO_CONFLICT;
+  } else {
+    struct fuse_backing_map map = { fd, 0, 0 };
+    int id = want_passthrough ? ioctl(c->fd, FUSE_DEV_IOC_BACKING_OPEN, &map) : -1;
+    e = calloc(1, sizeof *e);
+    if (!e) { pthread_mutex_unlock(&io_lock); if (id > 0) { uint32_t v = (uint32_t)id; ioctl(c->fd, FUSE_DEV_IOC_BACKING_CLOSE, &v); } return IO_CONFLICT; }
+    e->nodeid = nodeid;
+    e->mode = id > 0 ? IO_PASSTHROUGH : IO_CACHED;   // not wanted, or refused (ELOOP, EPERM...)
+    e->backing_id = id > 0 ? id : 0;
+    e->dev = st.st_dev;
+    e->ino = st.st_ino;
+    *p = e;
+    m = e->mode;
+    *backing_id = e->backing_id;
+  }
+  if (m != IO_CONFLICT) e->refs++;
+  pthread_mutex_unlock(&io_lock);
+  return m;
+}
+
+void io_release(struct conn *c, uint64_t nodeid, enum io_mode m) {
+  if (m == IO_CONFLICT) return;
+  pthread_mutex_lock(&io_lock);
+  struct inode_io **p = io_slot(c, nodeid), *e = *p;
+  if (e && e->mode == m && --e->refs == 0) {
+    *p = e->next;
+    if (e->backing_id > 0) {
+      uint32_t v = (uint32_t)e->backing_id;
+      ioctl(c->fd, FUSE_DEV_IOC_BACKING_CLOSE, &v);
+    }
+    free(e);
+  }
+  pthread_mutex_unlock(&io_lock);
+}
