@@ -71,12 +71,15 @@ export function overlaySuite(base: string, rounds: number): SuiteResult {
     sh(`mount -t overlay overlay -o lowerdir=${lowerdir},upperdir=${up},workdir=${work},redirect_dir=on ${mnt}`));
   const layerfs = target('layerfs', 'l', (up, work, mnt) =>
     mountLayerfs(['-o', `lowerdir=${lowerdir},upperdir=${up},workdir=${work}`, mnt]));
+  // the same without FUSE passthrough: what rootless mounts get
+  const layerfsNoPt = target('layerfs passthrough=off', 'lp', (up, work, mnt) =>
+    mountLayerfs(['-o', `lowerdir=${lowerdir},upperdir=${up},workdir=${work},passthrough=off`, mnt]));
   const fuseOverlayfs = target('fuse-overlayfs', 'f', (up, work, mnt) => {
     const r = spawnSync('fuse-overlayfs', ['-o', `lowerdir=${lowerdir},upperdir=${up},workdir=${work}`, mnt], { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`fuse-overlayfs: ${r.stderr}`);
     waitMounted(mnt);
   });
-  return runSuite('overlay', [kernel, layerfs, fuseOverlayfs], overlayWorkloads(base), rounds);
+  return runSuite('overlay', [kernel, layerfs, layerfsNoPt, fuseOverlayfs], overlayWorkloads(base), rounds);
 }
 
 export function overlayWorkloads(base: string): Workload[] {

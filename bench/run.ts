@@ -2,7 +2,8 @@
 // Usage: node dist/bench/run.js [--rounds N] [--suite passthrough,...] [--dir DIR]
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ROOT, table, type SuiteResult } from './lib';
+import { ROOT, sh, table, umount, type SuiteResult } from './lib';
+import { pageCacheSuite, pageCacheTable } from './pagecache';
 import { passthroughSuite, TARGETS_TEXT as PT_TARGETS, workloads as ptWorkloads } from './passthrough';
 import { overlaySuite, overlayWorkloads, TARGETS_TEXT as OV_TARGETS } from './overlay';
 import { snapLatency, thinSuite, TARGETS_TEXT as TH_TARGETS } from './thin';
@@ -16,7 +17,7 @@ function main(): void {
   if (process.geteuid?.() !== 0) throw new Error('the benchmark drops caches and mounts kernel overlayfs: run it as root');
   const rounds = Number(arg('--rounds', '3'));
   const base = arg('--dir', '/var/tmp/layerfs-bench');
-  const suites = arg('--suite', 'passthrough,overlay,thin').split(',');
+  const suites = arg('--suite', 'passthrough,overlay,overlay-tmpfs,pagecache,thin').split(',');
   const out: SuiteResult[] = [];
   const md: string[] = [`# layerfs benchmark ${new Date().toISOString()}`, '', `rounds: ${rounds}, medians; cost = time ratio (or inverse rate ratio): < 1 is faster.`, ''];
   if (suites.includes('passthrough')) {
@@ -30,7 +31,29 @@ function main(): void {
     out.push(r);
     md.push('## Overlay: layerfs and fuse-overlayfs as a multiple of kernel overlayfs', '',
       table(r, 'layerfs', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(base, 'overlay')), OV_TARGETS), '',
+      'layerfs passthrough=off:', '', table(r, 'layerfs passthrough=off', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(base, 'overlay'))), '',
       'fuse-overlayfs cost vs kernel overlayfs:', '', table(r, 'fuse-overlayfs', ['kernel overlayfs'], overlayWorkloads(path.join(base, 'overlay'))), '');
+  }
+  if (suites.includes('overlay-tmpfs')) {
+    // the same suite with every layer on tmpfs: no device latency hides the protocol's cost
+    const t = path.join(base, 'tmpfs');
+    fs.mkdirSync(t, { recursive: true });
+    if (!fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${t} `)) sh(`mount -t tmpfs -o size=8g tmpfs ${t}`);
+    try {
+      const r = overlaySuite(path.join(t, 'overlay'), rounds);
+      r.suite = 'overlay-tmpfs';
+      out.push(r);
+      md.push('## Overlay on tmpfs: layerfs and fuse-overlayfs as a multiple of kernel overlayfs', '',
+        table(r, 'layerfs', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(t, 'overlay')), OV_TARGETS), '',
+        'layerfs passthrough=off:', '', table(r, 'layerfs passthrough=off', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(t, 'overlay'))), '');
+    } finally {
+      umount(t);
+    }
+  }
+  if (suites.includes('pagecache')) {
+    const rows = pageCacheSuite(path.join(base, 'pagecache'));
+    out.push({ suite: 'pagecache', targets: rows.map((r) => r.name), rounds: 1, results: { 'page cache growth': Object.fromEntries(rows.map((r) => [r.name, [r.growthMiB]])) } });
+    md.push('## One page cache for every mount', '', pageCacheTable(rows), '');
   }
   if (suites.includes('thin')) {
     const r = thinSuite(path.join(base, 'thin'), rounds);

@@ -177,10 +177,10 @@ print(first.decode(), bytes(buf[:4]).decode(), fresh.decode())
     expect(copyUpRun('off2', ',passthrough=off', false)).toBe('AAAA BBBB BBBB');
   });
 
-  test('with passthrough (root default): the writer and later opens see the copy; an earlier reader keeps the lower data', () => {
+  test('with passthrough (the default as root): the writer and later opens see the copy; an earlier reader keeps the lower data', () => {
     // the kernel reads the earlier reader's file itself (documented difference)
-    expect(copyUpRun('pt', '', true)).toBe('AAAA AAAA BBBB');
-    expect(copyUpRun('pt2', '', false)).toBe('AAAA AAAA BBBB');
+    expect(copyUpRun('pt', ',passthrough=on', true)).toBe('AAAA AAAA BBBB');
+    expect(copyUpRun('pt2', ',passthrough=on', false)).toBe('AAAA AAAA BBBB');
   });
 
   test('the .wh. format, .wh..wh..opq and user./fuseoverlayfs opaque xattrs are read; none shows', () => {

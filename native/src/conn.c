@@ -151,13 +151,14 @@ int conn_init(struct conn *c, struct req *r, const struct fuse_init_in *in, char
     reply_buf(r, &out, sizeof out);   // a major mismatch: the kernel tries again or gives up
     return -EPROTO;
   }
-  c->minor = in->minor < LFS_MAX_MINOR ? in->minor : LFS_MAX_MINOR;
-  uint64_t offered = in->flags | ((in->flags & FUSE_INIT_EXT) ? (uint64_t)in->flags2 << 32 : 0);
-  uint64_t want = c->want.flags | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_INIT_EXT;
+  unsigned cap = c->want.max_minor && c->want.max_minor < LFS_MAX_MINOR ? c->want.max_minor : LFS_MAX_MINOR;
+  c->minor = in->minor < cap ? in->minor : cap;
+  uint64_t offered = in->flags | ((in->flags & FUSE_INIT_EXT) && c->minor >= 36 ? (uint64_t)in->flags2 << 32 : 0);
+  if (c->minor < 40) offered &= ~FUSE_PASSTHROUGH;
+  uint64_t want = c->want.flags | FUSE_BIG_WRITES | FUSE_MAX_PAGES | (c->minor >= 36 ? FUSE_INIT_EXT : 0);
   int pt = c->want.passthrough && (offered & FUSE_PASSTHROUGH) && !(want & FUSE_WRITEBACK_CACHE);
   if (c->want.passthrough == 2 && !pt) {
-    snprintf(err, errlen, "%s", (want & FUSE_WRITEBACK_CACHE) ? "passthrough=on cannot be combined with writeback"
-             : "passthrough=on: the kernel does not offer FUSE passthrough (needs Linux 6.9 and CAP_SYS_ADMIN)");
+    snprintf(err, errlen, "passthrough=on: the kernel does not offer FUSE passthrough (protocol 7.%u; it needs 7.40, Linux 6.9)", c->minor);
     reply_err(r, EPROTO);
     return -EPROTO;
   }

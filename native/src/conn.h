@@ -20,6 +20,7 @@ struct conn_want {             // what the filesystem would like; INIT keeps wha
   unsigned max_write, max_readahead;
   int passthrough;             // 0 off, 1 when offered, 2 required
   int stack_depth;             // max_stack_depth for passthrough (1, or 2 over overlayfs/FUSE)
+  unsigned max_minor;          // 0: LFS_MAX_MINOR; lower: behave as with an older kernel (tests)
 };
 
 struct inode_io;                // the io mode of one FUSE inode (conn.c)

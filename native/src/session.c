@@ -781,6 +781,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   w->max_readahead = (unsigned)get_int_prop(env, cfg, "maxReadahead", 1 << 20);
   w->passthrough = get_int_prop(env, cfg, "passthrough", 0);
   w->stack_depth = get_int_prop(env, cfg, "stackDepth", 1);
+  w->max_minor = (unsigned)get_int_prop(env, cfg, "maxMinor", 0);
   // DONT_MASK: creation modes arrive unmasked with the caller's umask, so a parent's default
   // ACL can decide instead of the umask, as on the kernel's own filesystems
   w->flags = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_AUTO_INVAL_DATA | FUSE_DONT_MASK |

@@ -131,7 +131,9 @@ export class Session {
     const argv: string[] = [];
     if (opts.mountOptions.length) argv.push('-o', opts.mountOptions.join(','));
     if (opts.debug) argv.push('-d');
-    this.sid = native.mount(mountpoint, argv, opts);
+    // LAYERFS_FUSE_MINOR=38: behave as on a kernel that offers no more (tests of older kernels)
+    const maxMinor = Number(process.env.LAYERFS_FUSE_MINOR ?? 0) || 0;
+    this.sid = native.mount(mountpoint, argv, { ...opts, maxMinor });
     sessions.set(this.sid, this);
     fs.attach?.({
       invalAttr: (nodeid) => void native.notifyInvalAttr(this.sid, nodeid),

@@ -13,6 +13,8 @@ export interface SessionConfig {
   passthrough?: 0 | 1 | 2;
   /** max_stack_depth for passthrough: 1, or 2 when backing files live on overlayfs or FUSE. */
   stackDepth?: number;
+  /** Speak at most this protocol minor (tests of older kernels: LAYERFS_FUSE_MINOR). */
+  maxMinor?: number;
   readdirplus?: 0 | 1 | 2;
   cacheSymlinks?: boolean;
   parallelDirops?: boolean;
