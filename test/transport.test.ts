@@ -78,7 +78,7 @@ describe('the FUSE transport', () => {
   }
 
   test('passthrough: no READ or WRITE reaches the daemon; FSYNC does and reaches the backing file', async () => {
-    const { counts, out, l } = await ioCounts('pt', '');
+    const { counts, out, l } = await ioCounts('pt', ',passthrough=on');
     expect(out).toBe('MMAP');
     expect(counts.OPEN).toBeGreaterThan(0);
     expect(counts.READ).toBe(0);

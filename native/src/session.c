@@ -448,6 +448,9 @@ static void dispatch(struct session *s, int fd, const char *buf, size_t len) {
   if (len < sizeof(struct fuse_in_header)) return;
   const struct fuse_in_header *h = (const void *)buf;
   __atomic_fetch_add(&s->ops[h->opcode < 63 ? h->opcode : 63], 1, __ATOMIC_RELAXED);
+  if (s->conn.opts.debug)   // -d: one line per request
+    fprintf(stderr, "layerfs: unique %llu opcode %u nodeid %llu len %u uid %u pid %u\n", (unsigned long long)h->unique,
+            h->opcode, (unsigned long long)h->nodeid, h->len, h->uid, h->pid);
   const char *arg = buf + sizeof *h, *end = buf + (len < h->len ? len : h->len);
   const char *args_end = end - (size_t)h->total_extlen * 8;   // extensions (7.38) at the end
   if (args_end < arg) args_end = arg;
