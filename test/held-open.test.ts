@@ -36,7 +36,7 @@ describe('objects removed or replaced while held open', () => {
         unmountSide(s);
       }
     }
-    expect(Object.keys(got.kernel)).toHaveLength(6);
+    expect(Object.keys(got.kernel)).toHaveLength(7);
     expect(got.layerfs).toEqual(got.kernel);
   });
 

@@ -9,6 +9,7 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <spawn.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -45,32 +46,59 @@ int conn_parse_opts(struct conn_opts *o, const char *opts, char *err, size_t err
   return 0;
 }
 
+static void opt_add(char *buf, size_t len, const char *a, const char *b) {
+  size_t n = strlen(buf);
+  snprintf(buf + n, len - n, "%s%s%s", n ? "," : "", a, b ? b : "");
+}
+
+// Runs fusermount3 with argv, stdout to /dev/null, stderr to errfd (or /dev/null), extra env;
+// its pid or -1.
+static pid_t spawn_fusermount(char *const argv[], const char *env_extra, int errfd) {
+  extern char **environ;
+  size_t n = 0;
+  while (environ[n]) n++;
+  char **envp = calloc(n + 2, sizeof(char *));
+  if (!envp) return -1;
+  memcpy(envp, environ, n * sizeof(char *));
+  if (env_extra) envp[n++] = (char *)env_extra;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  if (errfd >= 0) posix_spawn_file_actions_adddup2(&fa, errfd, 2);
+  else posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  pid_t pid;
+  int e = posix_spawn(&pid, "/usr/bin/fusermount3", &fa, NULL, argv, envp);
+  if (e == ENOENT) e = posix_spawnp(&pid, "fusermount3", &fa, NULL, argv, envp);
+  posix_spawn_file_actions_destroy(&fa);
+  free(envp);
+  return e ? -1 : pid;
+}
+
 // fusermount3 mounts for a user and hands the /dev/fuse fd over a socket (SCM_RIGHTS).
 static int mount_fusermount(struct conn *c, const char *mnt, char *err, size_t errlen) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) { seterr(err, errlen, "socketpair: %s%s", strerror(errno), 0); return -1; }
-  char opts[8192];
+  fcntl(sv[1], F_SETFD, FD_CLOEXEC);   // sv[0] is fusermount3's end
   const struct conn_opts *o = &c->opts;
-  snprintf(opts, sizeof opts, "%s%s%s%s%s%s%s%s%s%s%s",
-           o->ro ? "ro," : "rw,", o->allow_other ? "allow_other," : "", o->default_permissions ? "default_permissions," : "",
-           o->mount_flags & MS_NOEXEC ? "noexec," : "", o->mount_flags & MS_NOATIME ? "noatime," : "",
-           o->mount_flags & MS_SYNCHRONOUS ? "sync," : "", o->mount_flags & MS_DIRSYNC ? "dirsync," : "",
-           o->fsname ? "fsname=" : "", o->fsname ? o->fsname : "", o->fsname ? "," : "", "");
-  if (o->subtype) { strncat(opts, "subtype=", sizeof opts - strlen(opts) - 1); strncat(opts, o->subtype, sizeof opts - strlen(opts) - 1); }
-  else if (opts[0]) opts[strlen(opts) - 1] = 0;
-  pid_t pid = fork();
-  if (pid < 0) { close(sv[0]); close(sv[1]); seterr(err, errlen, "fork: %s%s", strerror(errno), 0); return -1; }
-  if (pid == 0) {
-    close(sv[1]);
-    fcntl(sv[0], F_SETFD, 0);
-    char env[32];
-    snprintf(env, sizeof env, "%d", sv[0]);
-    setenv("_FUSE_COMMFD", env, 1);
-    execl("/usr/bin/fusermount3", "fusermount3", "-o", opts, "--", mnt, (char *)NULL);
-    execlp("fusermount3", "fusermount3", "-o", opts, "--", mnt, (char *)NULL);
-    _exit(127);
-  }
+  char opts[8192] = "";
+  opt_add(opts, sizeof opts, o->ro ? "ro" : "rw", NULL);
+  if (o->allow_other) opt_add(opts, sizeof opts, "allow_other", NULL);
+  if (o->default_permissions) opt_add(opts, sizeof opts, "default_permissions", NULL);
+  if (o->mount_flags & MS_NOEXEC) opt_add(opts, sizeof opts, "noexec", NULL);
+  if (o->mount_flags & MS_NOATIME) opt_add(opts, sizeof opts, "noatime", NULL);
+  if (o->mount_flags & MS_SYNCHRONOUS) opt_add(opts, sizeof opts, "sync", NULL);
+  if (o->mount_flags & MS_DIRSYNC) opt_add(opts, sizeof opts, "dirsync", NULL);
+  if (o->fsname) opt_add(opts, sizeof opts, "fsname=", o->fsname);
+  if (o->subtype) opt_add(opts, sizeof opts, "subtype=", o->subtype);
+  char env[64];
+  snprintf(env, sizeof env, "_FUSE_COMMFD=%d", sv[0]);
+  char *argv[] = { "fusermount3", "-o", opts, "--", (char *)mnt, NULL };
+  int ep[2] = { -1, -1 };
+  if (pipe2(ep, O_CLOEXEC) < 0) ep[0] = ep[1] = -1;
+  pid_t pid = spawn_fusermount(argv, env, ep[1]);
   close(sv[0]);
+  if (ep[1] >= 0) close(ep[1]);
+  if (pid < 0) { close(sv[1]); if (ep[0] >= 0) close(ep[0]); seterr(err, errlen, "cannot run fusermount3%s%s", "", 0); return -1; }
   char byte;
   char cbuf[CMSG_SPACE(sizeof(int))];
   struct iovec iov = { &byte, 1 };
@@ -80,9 +108,15 @@ static int mount_fusermount(struct conn *c, const char *mnt, char *err, size_t e
   close(sv[1]);
   int status = 0;
   waitpid(pid, &status, 0);
+  char msgbuf[512] = "";
+  ssize_t m = ep[0] >= 0 ? read(ep[0], msgbuf, sizeof msgbuf - 1) : 0;
+  if (ep[0] >= 0) close(ep[0]);
+  msgbuf[m > 0 ? m : 0] = 0;
+  char *nl = strchr(msgbuf, '\n');
+  if (nl) *nl = 0;   // its first line
   struct cmsghdr *cm = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
   if (!cm || cm->cmsg_type != SCM_RIGHTS) {
-    seterr(err, errlen, "fusermount3 failed (exit %s)%s", WIFEXITED(status) ? (WEXITSTATUS(status) == 127 ? "127: not found" : "non-zero") : "signal", 0);
+    seterr(err, errlen, "%s%s", msgbuf[0] ? msgbuf : "fusermount3 failed", 0);
     return -1;
   }
   memcpy(&c->fd, CMSG_DATA(cm), sizeof(int));
@@ -119,14 +153,8 @@ void conn_unmount(struct conn *c) {
   if (!c->mountpoint[0]) return;
   if (!c->by_fusermount) umount2(c->mountpoint, MNT_DETACH);
   else {
-    pid_t pid = fork();
-    if (pid == 0) {
-      int null = open("/dev/null", O_RDWR);
-      if (null >= 0) { dup2(null, 1); dup2(null, 2); }
-      execl("/usr/bin/fusermount3", "fusermount3", "-u", "-q", "-z", "--", c->mountpoint, (char *)NULL);
-      execlp("fusermount3", "fusermount3", "-u", "-q", "-z", "--", c->mountpoint, (char *)NULL);
-      _exit(127);
-    }
+    char *argv[] = { "fusermount3", "-u", "-q", "-z", "--", c->mountpoint, NULL };
+    pid_t pid = spawn_fusermount(argv, NULL, -1);
     if (pid > 0) waitpid(pid, NULL, 0);
   }
   c->mountpoint[0] = 0;
@@ -295,6 +323,46 @@ int reply_statfs(struct req *r, const struct statvfs *s) {
 int reply_lseek(struct req *r, uint64_t off) {
   struct fuse_lseek_out o = { off };
   return reply_buf(r, &o, sizeof o);
+}
+
+// One pipe per thread for spliced replies, as large as a request can be.
+static __thread int spipe[2] = { -1, -1 };
+static __thread size_t spipe_size;
+
+static int splice_pipe(size_t need) {
+  if (spipe[0] < 0) {
+    if (pipe2(spipe, O_CLOEXEC | O_NONBLOCK) < 0) return -1;
+    int sz = fcntl(spipe[0], F_SETPIPE_SZ, 1 << 21);   // 2 MiB: a 1 MiB read and its header
+    spipe_size = sz > 0 ? (size_t)sz : 65536;
+  }
+  return need <= spipe_size ? 0 : -1;
+}
+
+static void splice_drain(void) {
+  char buf[65536];
+  while (read(spipe[0], buf, sizeof buf) > 0) {}
+}
+
+int reply_splice(struct req *r, int fd, size_t size, off_t off) {
+  struct stat st;
+  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) return 1;
+  size_t len = off >= st.st_size ? 0 : (size_t)(st.st_size - off) < size ? (size_t)(st.st_size - off) : size;
+  struct fuse_out_header h = { (uint32_t)(sizeof h + len), 0, r->unique };
+  if (len < 65536 || splice_pipe(sizeof h + len) < 0) return 1;   // small reads: one copy is cheaper
+  struct iovec iov = { &h, sizeof h };
+  if (vmsplice(spipe[1], &iov, 1, 0) != (ssize_t)sizeof h) { splice_drain(); return 1; }
+  loff_t pos = off;
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = splice(fd, &pos, spipe[1], NULL, len - got, SPLICE_F_MOVE);
+    if (n <= 0) break;
+    got += (size_t)n;
+  }
+  if (got != len) { splice_drain(); return 1; }   // the file changed size: the caller copies
+  ssize_t w = splice(spipe[0], NULL, r->fd, NULL, sizeof h + len, SPLICE_F_MOVE);
+  if (w != (ssize_t)(sizeof h + len)) { splice_drain(); free(r); return w < 0 ? -errno : -EIO; }
+  free(r);
+  return 0;
 }
 
 // ---- notifications ----

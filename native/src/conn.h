@@ -69,6 +69,10 @@ int reply_write(struct req *r, size_t n);
 int reply_xattr_size(struct req *r, size_t n);
 int reply_statfs(struct req *r, const struct statvfs *s);
 int reply_lseek(struct req *r, uint64_t off);
+// Replies to a READ with size bytes of fd at off moved through a pipe (splice), without copying
+// them through user space; 1 when it could not (a short read, a pipe too small): nothing was
+// sent and r is still owned by the caller.
+int reply_splice(struct req *r, int fd, size_t size, off_t off);
 void reply_none(struct req *r);
 
 // Notifications: 0, or -errno (-ENOENT: the kernel had nothing cached).

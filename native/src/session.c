@@ -267,6 +267,12 @@ static void do_read(struct req *req, const struct fuse_read_in *in) {
   if (!h) { reply_err(req, EBADF); return; }
   if (h->kind == HANDLE_JS && h->thin_blocks) { thin_read(req, h, in->size, (off_t)in->offset); return; }
   if (h->kind == HANDLE_JS) { js_handle_op(OP_READ, req, req->nodeid, h, in->size, (double)in->offset, 0); return; }
+  pthread_rwlock_rdlock(&h->lock);
+  if (reply_splice(req, h->fd, in->size, (off_t)in->offset) != 1) {   // sent (or the kernel refused it)
+    pthread_rwlock_unlock(&h->lock);
+    return;
+  }
+  pthread_rwlock_unlock(&h->lock);
   char *buf = malloc(in->size ? in->size : 1);
   if (!buf) { reply_err(req, ENOMEM); return; }
   pthread_rwlock_rdlock(&h->lock);

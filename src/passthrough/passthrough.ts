@@ -271,16 +271,33 @@ export class Passthrough implements Filesystem {
 
   unlink(parent: number, name: string): void {
     const p = this.node(parent);
+    const gone = this.goneAfter(p, name);
     check(native.unlinkat(this.dirFd(p), name, 0));
+    gone();
     this.unlinkName(p, name);
   }
 
   rmdir(parent: number, name: string): void {
     const p = this.node(parent);
     const last = this.lastAttrs(p.kids.get(name));
+    const gone = this.goneAfter(p, name);
     check(native.unlinkat(this.dirFd(p), name, AT_REMOVEDIR));
     last();
+    gone();
     this.unlinkName(p, name);
+  }
+
+  /**
+   * Before p/name is removed or replaced: once it is gone, its (st_dev, st_ino) no longer names
+   * its node — the filesystem may give the number to the next object created, and a node the
+   * kernel still holds (an open file, a cwd) must not be handed out for that one. Objects with
+   * other links (hard links) keep their node.
+   */
+  private goneAfter(p: Node, name: string): () => void {
+    const st = newStat();
+    if (native.fstatat(this.dirFd(p), name, NOFOLLOW, st) < 0) return () => {};
+    if ((st[ST_MODE] & S_IFMT) !== S_IFDIR && st[ST_NLINK] > 1) return () => {};
+    return () => void this.byIno.get(st[ST_DEV])?.delete(st[ST_INO]);
   }
 
   /** Before a directory the kernel knows is removed: what fstat of it shows afterwards (its
@@ -302,8 +319,10 @@ export class Passthrough implements Filesystem {
   rename(parent: number, name: string, newparent: number, newname: string, flags: number): void {
     const p = this.node(parent), q = this.node(newparent);
     const last = flags & RENAME_EXCHANGE ? () => {} : this.lastAttrs(q.kids.get(newname));
+    const gone = flags & RENAME_EXCHANGE ? () => {} : this.goneAfter(q, newname);
     check(native.renameat2(this.dirFd(p), name, this.dirFd(q), newname, flags));
     last();
+    gone();
     const a = p.kids.get(name), b = q.kids.get(newname);
     if (a) this.unlinkName(p, name);
     if (b) this.unlinkName(q, newname);

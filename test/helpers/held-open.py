@@ -65,12 +65,27 @@ def cwd_removed():
     os.unlink(p('cwd-result'))
     return r
 
+def dirs_after_held_removal():
+    # a held directory is removed; new dirs made afterwards (one may get its inode number back
+    # where the held one does not pin it) all work
+    os.mkdir(p('held'))
+    fd = os.open(p('held'), os.O_RDONLY | os.O_DIRECTORY)
+    os.rmdir(p('held'))
+    ok = 0
+    for i in range(100):
+        q = p(f'new{i}')
+        os.mkdir(q)
+        os.mkdir(os.path.join(q, 'inner'))
+        ok += os.listdir(q) == ['inner']
+    return [ok, attrs(lambda: os.fstat(fd))['nlink']]
+
 os.mkdir(p('d1'))
 with open(p('d1', 'f'), 'w') as f: f.write('f')
 case('dir replaced by rename', lambda: dir_replaced('d1', 'd2'))
 case('dir removed', lambda: dir_removed('d3'))
 case('file replaced by rename', file_replaced)
 case('cwd removed, then ..', cwd_removed)
+case('dirs made after a held dir was removed', dirs_after_held_removal)
 if os.path.isdir(p('emptydir')):  # a lower dir (overlay fixtures)
     os.mkdir(p('d4'))
     case('lower dir replaced by rename', lambda: dir_replaced('d4', 'emptydir'))
