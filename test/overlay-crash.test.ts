@@ -54,9 +54,10 @@ describe('crash consistency', () => {
       fs.mkdirSync(up);
       mountOk(['-o', opts(), mnt]);
       const writer = spawn('sh', ['-c', `printf '${tail.replace('\n', '\\n')}' >> ${mnt}/big`], { stdio: 'ignore' });
+      const written = new Promise((r) => writer.on('exit', r));  // it may be done before the kill
       await new Promise((r) => setTimeout(r, delay));
       killDaemon(mnt);
-      await new Promise((r) => writer.on('exit', r));
+      await written;
       expect(treeSha(lower), `lowers after kill at ${delay} ms`).toBe(lowerTree);
       mountOk(['-o', opts(), mnt]);
       const now = sha(path.join(mnt, 'big'));
@@ -82,9 +83,10 @@ describe('crash consistency', () => {
           catch (e) { process.exit(0); }
         }`;
       const mover = spawn(process.execPath, ['-e', script, mnt], { stdio: 'ignore' });
+      const moved = new Promise((r) => mover.on('exit', r));
       await new Promise((r) => setTimeout(r, delay));
       killDaemon(mnt);
-      await new Promise((r) => mover.on('exit', r));
+      await moved;
       expect(treeSha(lower), `lowers after kill at ${delay} ms`).toBe(lowerTree);
       mountOk(['-o', opts(), mnt]);
       for (let i = 0; i < 12; i++) {

@@ -240,11 +240,12 @@ describe('thin crash consistency', () => {
           if (i % 20 === 15) cp.spawnSync(process.execPath, [cli, 'thin', 'message', pool, 'delete ' + (100 + i - 10)]);
         }`;
       const w = spawn(process.execPath, ['-e', script, path.join(mnt, '0'), log, pool, path.resolve(__dirname, '../dist/src/cli/layerfs.js')], { stdio: 'ignore' });
+      const wrote = new Promise((r) => w.on('exit', r));
       await new Promise((r) => setTimeout(r, delay));
       const pid = daemonPid(mnt);
       process.kill(pid, 'SIGKILL');
       waitFor(() => !fs.existsSync(`/proc/${pid}`));
-      await new Promise((r) => w.on('exit', r));
+      await wrote;
       expect(layerfs(['umount', mnt]).status).toBe(0);
       expect(isMounted(mnt)).toBe(false);
       fs.rmSync(path.join(pool, 'control.sock'), { force: true });
