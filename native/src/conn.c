@@ -360,7 +360,12 @@ int reply_splice(struct req *r, int fd, size_t size, off_t off) {
   }
   if (got != len) { splice_drain(); return 1; }   // the file changed size: the caller copies
   ssize_t w = splice(spipe[0], NULL, r->fd, NULL, sizeof h + len, SPLICE_F_MOVE);
-  if (w != (ssize_t)(sizeof h + len)) { splice_drain(); free(r); return w < 0 ? -errno : -EIO; }
+  if (w != (ssize_t)(sizeof h + len)) {
+    int e = w < 0 ? errno : EIO;   // ENOENT: the request was interrupted
+    splice_drain();
+    free(r);
+    return -e;
+  }
   free(r);
   return 0;
 }
