@@ -16,6 +16,7 @@ export const TARGETS_TEXT: Record<string, string> = {
   'tar c tree': '≤ 3 (6.8)',
   'seq read 1 GiB': '≤ 1.3 (2.6)',
   'seq write 1 GiB': '≤ 2 (8.3)',
+  'mmap read 1 GiB': '≤ 1.1',
   'rand read 4k O_DIRECT qd16': '≤ 2 (2.7)',
   'readdir big dir': '≤ 0.3 (0.21)',
 };

@@ -81,6 +81,11 @@ export function workloads(base: string, names: FixtureNames = {
       run: (t) => fio(['--name=sr', `--filename=${big(t)}`, '--rw=read', '--bs=1M', '--size=1G', '--ioengine=psync', '--invalidate=0']).bw,
     },
     {
+      // every page of the big file through a shared read-only mapping, page cache warm
+      name: 'mmap read 1 GiB', unit: 's', prepare: (t) => void sh(`cat ${big(t)} >/dev/null`),
+      run: (t) => timed(python(`import mmap\nf = open("${big(t)}", "rb")\nm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\nsum(m[i] for i in range(0, len(m), 4096))`)),
+    },
+    {
       name: 'seq write 1 GiB', unit: 'MiB/s',
       prepare: (t) => { fs.rmSync(path.join(scratch(t), 'w1g'), { force: true }); fs.mkdirSync(scratch(t), { recursive: true }); },
       run: (t) => fio(['--name=sw', `--filename=${scratch(t)}/w1g`, '--rw=write', '--bs=1M', '--size=1G', '--ioengine=psync']).bw,
