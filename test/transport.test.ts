@@ -28,6 +28,10 @@ print(open(f"{d}/new.bin", "rb").read()[70000:70004].decode())
 class Foreground {
   private err = '';
   readonly child: ChildProcess;
+  /** What the daemon printed so far (for failure messages). */
+  get stderr(): string {
+    return this.err;
+  }
   constructor(args: string[], env: NodeJS.ProcessEnv = process.env) {
     this.child = spawn(process.execPath, [CLI, 'mount', '-f', ...args], { stdio: ['ignore', 'ignore', 'pipe'], env });
     this.child.stderr!.on('data', (d) => (this.err += d));
@@ -68,7 +72,7 @@ describe('the FUSE transport', () => {
     const l = layers(tag);
     const d = new Foreground(['-o', opts(l, extra), l.mnt], env);
     try {
-      expect(waitFor(() => isMounted(l.mnt), 10_000)).toBe(true);
+      expect(waitFor(() => isMounted(l.mnt), 10_000), `daemon stderr: ${d.stderr}`).toBe(true);
       const r = spawnSync('python3', ['-c', IO, l.mnt], { encoding: 'utf8' });
       expect(r.stderr).toBe('');
       return { counts: await d.counts(l.mnt), out: r.stdout.trim(), l };

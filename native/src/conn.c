@@ -194,7 +194,7 @@ int conn_init(struct conn *c, struct req *r, const struct fuse_init_in *in, char
   c->flags = want & offered;
   c->passthrough = pt;
   unsigned page = (unsigned)sysconf(_SC_PAGESIZE);
-  unsigned max_write = c->want.max_write ? c->want.max_write : 1 << 20;
+  unsigned max_write = c->want.max_write;   // the session sized its buffers for it
   out.minor = c->minor;
   out.max_readahead = c->want.max_readahead && c->want.max_readahead < in->max_readahead ? c->want.max_readahead : in->max_readahead;
   out.flags = (uint32_t)c->flags;
@@ -205,7 +205,6 @@ int conn_init(struct conn *c, struct req *r, const struct fuse_init_in *in, char
   out.time_gran = 1;
   out.max_pages = (uint16_t)((max_write + page - 1) / page);
   out.max_stack_depth = pt ? (uint32_t)(c->want.stack_depth > 0 ? c->want.stack_depth : 1) : 0;
-  c->bufsize = (size_t)max_write + 4096 > FUSE_MIN_READ_BUFFER ? (size_t)max_write + 4096 : FUSE_MIN_READ_BUFFER;
   // a reply shorter than the kernel's struct is fine (the kernel zero-fills); minors before
   // 7.23 take 24 bytes
   return reply_buf(r, &out, c->minor < 23 ? 24 : sizeof out);

@@ -34,7 +34,7 @@ struct conn {
   unsigned minor;              // negotiated protocol minor
   uint64_t flags;              // negotiated flags (flags2 << 32 included)
   int passthrough;             // negotiated: opens may hand the kernel a backing file
-  size_t bufsize;              // a read buffer large enough for any request
+  size_t bufsize;              // a read buffer large enough for any request (set by the session)
   struct inode_io *io[256];    // io modes of open inodes, by node id
 };
 

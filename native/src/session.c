@@ -323,17 +323,19 @@ static void do_flush(struct req *req, uint64_t fh) {
   reply_err(req, res == -1 ? errno : 0);
 }
 
+static void drop_handle(uint64_t fh, struct conn *c);
+
 static void do_release(struct req *req, uint64_t fh) {
-  struct handle *h = handle_take(fh);
+  struct handle *h = handle_get(fh);
   if (!h) { reply_err(req, EBADF); return; }
-  if (h->kind == HANDLE_FD && req->c->passthrough) io_release(req->c, h->ino, (enum io_mode)h->io_mode);
   if (h->kind == HANDLE_JS) {
+    h = handle_take(fh);
     js_handle_op(OP_RELEASE, req, req->nodeid, h, 0, 0, 0);
-  } else {
-    close(h->fd);
-    reply_err(req, 0);
+    handle_free(h);
+    return;
   }
-  handle_free(h);
+  drop_handle(fh, req->c);
+  reply_err(req, 0);
 }
 
 static void do_fsync(struct req *req, uint64_t fh, int datasync) {
@@ -408,7 +410,6 @@ static void do_init(struct req *req, const struct fuse_init_in *in) {
   j->a[4] = FUSE_KERNEL_VERSION; j->a[5] = s->conn.minor;
   j->a[6] = (double)s->conn.flags; j->a[7] = s->conn.want.max_write;
   j->a[8] = res;                      // < 0: the mount must fail with the message in s1
-  j->a[9] = s->conn.passthrough;
   if (res < 0) j->s1 = strdup(err[0] ? err : strerror(-res));
   enqueue(j);
 }
@@ -787,6 +788,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->cfg.threads = get_int_prop(env, cfg, "threads", 0);
   struct conn_want *w = &s->conn.want;
   w->max_write = (unsigned)get_int_prop(env, cfg, "maxWrite", 1 << 20);
+  if (w->max_write < 4096) w->max_write = 1 << 20;
   w->max_readahead = (unsigned)get_int_prop(env, cfg, "maxReadahead", 1 << 20);
   w->passthrough = get_int_prop(env, cfg, "passthrough", 0);
   w->stack_depth = get_int_prop(env, cfg, "stackDepth", 1);
@@ -825,8 +827,9 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, err);
     return NULL;
   }
-  s->buf = malloc((size_t)w->max_write + 4096 > FUSE_MIN_READ_BUFFER ? (size_t)w->max_write + 4096 : FUSE_MIN_READ_BUFFER);
-  s->conn.bufsize = (size_t)w->max_write + 4096;
+  // any request fits: a write of max_write and its headers
+  s->conn.bufsize = (size_t)w->max_write + 4096 > FUSE_MIN_READ_BUFFER ? (size_t)w->max_write + 4096 : FUSE_MIN_READ_BUFFER;
+  s->buf = malloc(s->conn.bufsize);
   s->used = s->running = 1;
   if (live_sessions++ == 0) uv_ref((uv_handle_t *)&wake);
   js_thread = pthread_self();

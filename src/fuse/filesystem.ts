@@ -71,7 +71,7 @@ export interface Notifier {
 export interface Filesystem {
   /** The longest name in bytes (255 when absent): longer lookups fail with ENAMETOOLONG. */
   readonly nameMax?: number;
-  init?(info: { protoMinor: number; want: number; maxWrite: number; passthrough: boolean }): void;
+  init?(info: { protoMinor: number; want: number; maxWrite: number }): void;
   /** Called once the session exists; one filesystem may be served by several sessions. */
   attach?(n: Notifier): void;
   lookup(parent: number, name: string, caller: Caller): MaybeAsync<Entry | null>;

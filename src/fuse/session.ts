@@ -110,8 +110,6 @@ export class Session {
   private endedResolve!: () => void;
   private readyResolve!: () => void;
   private readyReject!: (e: Error) => void;
-  /** FUSE passthrough was negotiated (known once ready). */
-  passthrough = false;
   /** Resolves once the kernel's INIT has been answered: the mount answers requests. */
   readonly ready: Promise<void>;
   /** Resolves when the kernel connection ends (unmounted, aborted). */
@@ -171,8 +169,7 @@ export class Session {
             this.readyReject(new Error(s1 ?? 'INIT failed'));
             return;
           }
-          this.passthrough = args[9] === 1;
-          this.fs.init?.({ protoMinor: a2, want: a3, maxWrite: a4, passthrough: this.passthrough });
+          this.fs.init?.({ protoMinor: a2, want: a3, maxWrite: a4 });
           this.readyResolve();
           return;
         case OP.ENDED:

@@ -271,7 +271,7 @@ export class Passthrough implements Filesystem {
 
   unlink(parent: number, name: string): void {
     const p = this.node(parent);
-    const gone = this.goneAfter(p, name);
+    const gone = this.beforeRemoval(p, name);
     check(native.unlinkat(this.dirFd(p), name, 0));
     gone();
     this.unlinkName(p, name);
@@ -279,49 +279,37 @@ export class Passthrough implements Filesystem {
 
   rmdir(parent: number, name: string): void {
     const p = this.node(parent);
-    const last = this.lastAttrs(p.kids.get(name));
-    const gone = this.goneAfter(p, name);
+    const gone = this.beforeRemoval(p, name);
     check(native.unlinkat(this.dirFd(p), name, AT_REMOVEDIR));
-    last();
     gone();
     this.unlinkName(p, name);
   }
 
   /**
-   * Before p/name is removed or replaced: once it is gone, its (st_dev, st_ino) no longer names
-   * its node — the filesystem may give the number to the next object created, and a node the
-   * kernel still holds (an open file, a cwd) must not be handed out for that one. Objects with
-   * other links (hard links) keep their node.
+   * Before p/name is removed or replaced (one stat); call the result once it is gone. Its
+   * (st_dev, st_ino) then no longer names its node — the filesystem may give the number to the
+   * next object created, and a node the kernel still holds (an open file, a cwd) must not be
+   * handed out for that one; objects with other links keep theirs. A directory the kernel knows
+   * keeps its last attributes, with nlink 0, for fstat of it (as on the backing filesystem).
    */
-  private goneAfter(p: Node, name: string): () => void {
+  private beforeRemoval(p: Node, name: string): () => void {
     const st = newStat();
     if (native.fstatat(this.dirFd(p), name, NOFOLLOW, st) < 0) return () => {};
-    if ((st[ST_MODE] & S_IFMT) !== S_IFDIR && st[ST_NLINK] > 1) return () => {};
-    return () => void this.byIno.get(st[ST_DEV])?.delete(st[ST_INO]);
-  }
-
-  /** Before a directory the kernel knows is removed: what fstat of it shows afterwards (its
-   * attributes with nlink 0, as on the backing filesystem). Call the result once it is gone. */
-  private lastAttrs(n: Node | undefined): () => void {
-    if (!n || n.type !== S_IFDIR || n.nlookup === 0) return () => {};
-    let st: Stat;
-    try {
-      st = this.stat(n);
-    } catch {
-      return () => {};
-    }
+    const isDir = (st[ST_MODE] & S_IFMT) === S_IFDIR;
+    const n = p.kids.get(name);
     return () => {
-      st[ST_NLINK] = 0;
-      n.gone = st;
+      if (isDir || st[ST_NLINK] <= 1) this.byIno.get(st[ST_DEV])?.delete(st[ST_INO]);
+      if (isDir && n && n.nlookup > 0) {
+        st[ST_NLINK] = 0;
+        n.gone = st;
+      }
     };
   }
 
   rename(parent: number, name: string, newparent: number, newname: string, flags: number): void {
     const p = this.node(parent), q = this.node(newparent);
-    const last = flags & RENAME_EXCHANGE ? () => {} : this.lastAttrs(q.kids.get(newname));
-    const gone = flags & RENAME_EXCHANGE ? () => {} : this.goneAfter(q, newname);
+    const gone = flags & RENAME_EXCHANGE ? () => {} : this.beforeRemoval(q, newname);
     check(native.renameat2(this.dirFd(p), name, this.dirFd(q), newname, flags));
-    last();
     gone();
     const a = p.kids.get(name), b = q.kids.get(newname);
     if (a) this.unlinkName(p, name);
@@ -355,7 +343,9 @@ export class Passthrough implements Filesystem {
   open(nodeid: number, flags: number): Opened {
     const n = this.node(nodeid);
     const fd = check(this.at(n, (dfd, name) => openNoatime(dfd, name, this.openFlags(flags), 0)));
-    if ((flags & O_ACCMODE) === O_RDONLY && this.wantsAtime(n)) this.at(n, (dfd, name) => (touchAtime(dfd, name), 0));
+    // a passthrough file's reads are the kernel's, on a mount clone carrying this policy
+    const passthrough = this.opts.passthrough && n.type === S_IFREG;
+    if (!passthrough && (flags & O_ACCMODE) === O_RDONLY && this.wantsAtime(n)) this.at(n, (dfd, name) => (touchAtime(dfd, name), 0));
     return this.opened(n, flags, fd);
   }
 

@@ -61,7 +61,7 @@ export const FALLOC_FL_KEEP_SIZE = 1;
 export const FALLOC_FL_PUNCH_HOLE = 2;
 
 // flock(2)
-export const LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4, LOCK_UN = 8;
+export const LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4;
 // mount_setattr(2)
 export const MOUNT_ATTR_RDONLY = 0x1, MOUNT_ATTR_NOATIME = 0x10, MOUNT_ATTR_STRICTATIME = 0x20, MOUNT_ATTR__ATIME = 0x70,
   MOUNT_ATTR_NODIRATIME = 0x80;

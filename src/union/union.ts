@@ -1012,11 +1012,13 @@ export class Union implements Filesystem {
     if (writing) this.copyUp(n, (flags & O_TRUNC) !== 0);
     const t = this.top(n);
     const fd = check(openNoatime(t.dirfd, t.name, this.openFlags(flags), 0));
+    const passthrough = this.passthroughFor(n);
     // as kernel overlayfs: reads move the atime of upper files only, and as the mount says
-    if (n.upper && (flags & O_ACCMODE) === O_RDONLY && this.wantsAtime(n)) touchAtime(t.dirfd, t.name);
+    // (a passthrough file's reads are the kernel's: its own relatime does it)
+    if (n.upper && !passthrough && (flags & O_ACCMODE) === O_RDONLY && this.wantsAtime(n)) touchAtime(t.dirfd, t.name);
     // a lower file never changes: its page cache stays valid across opens; with passthrough
     // the backing file's page cache is the only one (shared by every mount of the layer)
-    return { fd, keepCache: !n.upper, noSync: !this.opts.fsync, passthrough: this.passthroughFor(n) };
+    return { fd, keepCache: !n.upper, noSync: !this.opts.fsync, passthrough };
   }
 
   // ---- directories ----
