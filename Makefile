@@ -44,13 +44,17 @@ demo: build
 # The suite as root defaults to FUSE passthrough; every file but thin mode's runs again with it
 # off (LAYERFS_PASSTHROUGH=off). vitest's summaries, then one plain closing line for both.
 NO_PASSTHROUGH_TESTS = $(filter-out test/thin-%,$(wildcard test/*.test.ts))
+# the io_uring pass: everything but the pool tests (thin volumes' C data path is in thin-mount)
+URING_TESTS = $(filter-out test/thin-pool%,$(wildcard test/*.test.ts))
 test: build
-	@rm -f .test-results.json .test-results-off.json
+	@rm -f .test-results.json .test-results-off.json .test-results-uring.json
 	npx vitest run --reporter=default --reporter=json --outputFile=.test-results.json; rc=$$?; \
 	echo "== again with passthrough off"; \
 	LAYERFS_PASSTHROUGH=off npx vitest run $(NO_PASSTHROUGH_TESTS) --reporter=default --reporter=json --outputFile=.test-results-off.json; rc2=$$?; \
-	node scripts/test-summary.js .test-results.json .test-results-off.json; \
-	[ $$rc = 0 ] && [ $$rc2 = 0 ]
+	echo "== again with FUSE over io_uring (passthrough off: data requests come through the ring too)"; \
+	LAYERFS_URING=on LAYERFS_PASSTHROUGH=off scripts/with-uring.sh npx vitest run $(URING_TESTS) --reporter=default --reporter=json --outputFile=.test-results-uring.json; rc3=$$?; \
+	node scripts/test-summary.js .test-results.json .test-results-off.json .test-results-uring.json; \
+	[ $$rc = 0 ] && [ $$rc2 = 0 ] && [ $$rc3 = 0 ]
 
 bench: build
 	node dist/bench/run.js $(BENCH_ARGS)

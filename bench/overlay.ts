@@ -49,38 +49,69 @@ export function buildOverlayFixture(base: string): string[] {
   return L;
 }
 
-export function overlaySuite(base: string, rounds: number): SuiteResult {
-  const lowers = buildOverlayFixture(base);
-  const lowerdir = lowers.join(':');
-  const target = (name: string, slug: string, mount: (up: string, work: string, mnt: string) => void): Target => {
-    const [up, work, mnt] = ['up', 'work', 'mnt'].map((d) => path.join(base, `${slug}-${d}`));
-    return {
-      name, dir: mnt,
-      setup() {
-        umount(mnt);
-        for (const d of [up, work]) {
-          fs.rmSync(d, { recursive: true, force: true });
-          fs.mkdirSync(d);
-        }
-        fs.mkdirSync(mnt, { recursive: true });
-        mount(up, work, mnt);
-      },
-      teardown() { umount(mnt); },
-    };
+type MountFn = (up: string, work: string, mnt: string) => void;
+
+/** A target over base's fixture with its own upper, work dir and mountpoint. */
+function overlayTarget(base: string, name: string, slug: string, mount: MountFn): Target {
+  const [up, work, mnt] = ['up', 'work', 'mnt'].map((d) => path.join(base, `${slug}-${d}`));
+  return {
+    name, dir: mnt,
+    setup() {
+      umount(mnt);
+      for (const d of [up, work]) {
+        fs.rmSync(d, { recursive: true, force: true });
+        fs.mkdirSync(d);
+      }
+      fs.mkdirSync(mnt, { recursive: true });
+      mount(up, work, mnt);
+    },
+    teardown() { umount(mnt); },
   };
-  const kernel = target('kernel overlayfs', 'k', (up, work, mnt) =>
-    sh(`mount -t overlay overlay -o lowerdir=${lowerdir},upperdir=${up},workdir=${work},redirect_dir=on ${mnt}`));
-  const layerfs = target('layerfs', 'l', (up, work, mnt) =>
-    mountLayerfs(['-o', `lowerdir=${lowerdir},upperdir=${up},workdir=${work}`, mnt]));
-  // the same without FUSE passthrough: what rootless mounts get
-  const layerfsNoPt = target('layerfs passthrough=off', 'lp', (up, work, mnt) =>
-    mountLayerfs(['-o', `lowerdir=${lowerdir},upperdir=${up},workdir=${work},passthrough=off`, mnt]));
-  const fuseOverlayfs = target('fuse-overlayfs', 'f', (up, work, mnt) => {
+}
+
+function layerfsTarget(base: string, lowerdir: string, name: string, slug: string, extra: string): Target {
+  return overlayTarget(base, name, slug, (up, work, mnt) =>
+    mountLayerfs(['-o', `lowerdir=${lowerdir},upperdir=${up},workdir=${work}${extra}`, mnt]));
+}
+
+function fuseOverlayfsTarget(base: string, lowerdir: string): Target {
+  return overlayTarget(base, 'fuse-overlayfs', 'f', (up, work, mnt) => {
     const r = spawnSync('fuse-overlayfs', ['-o', `lowerdir=${lowerdir},upperdir=${up},workdir=${work}`, mnt], { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`fuse-overlayfs: ${r.stderr}`);
     waitMounted(mnt);
   });
-  return runSuite('overlay', [kernel, layerfs, layerfsNoPt, fuseOverlayfs], overlayWorkloads(base), rounds);
+}
+
+export function overlaySuite(base: string, rounds: number): SuiteResult {
+  const lowerdir = buildOverlayFixture(base).join(':');
+  const kernel = overlayTarget(base, 'kernel overlayfs', 'k', (up, work, mnt) =>
+    sh(`mount -t overlay overlay -o lowerdir=${lowerdir},upperdir=${up},workdir=${work},redirect_dir=on ${mnt}`));
+  const layerfs = layerfsTarget(base, lowerdir, 'layerfs', 'l', '');
+  // the same without FUSE passthrough: what rootless mounts get
+  const layerfsNoPt = layerfsTarget(base, lowerdir, 'layerfs passthrough=off', 'lp', ',passthrough=off');
+  return runSuite('overlay', [kernel, layerfs, layerfsNoPt, fuseOverlayfsTarget(base, lowerdir)], overlayWorkloads(base), rounds);
+}
+
+const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
+export const URING_WORKLOADS = ['round trip 4k O_DIRECT qd1', 'rand read 4k O_DIRECT qd16', 'find cold', 'stat all warm', 'tar x 5k files', 'create 10k'];
+
+/** FUSE over io_uring vs the read loop, both without passthrough (so data requests reach the
+ * daemon), and fuse-overlayfs. Turns the fuse module's enable_uring on for the run only. */
+export function uringSuite(base: string, rounds: number): SuiteResult {
+  const lowerdir = buildOverlayFixture(base).join(':');
+  const old = fs.readFileSync(URING_PARAM, 'utf8').trim();
+  fs.writeFileSync(URING_PARAM, 'Y');
+  try {
+    const targets = [
+      layerfsTarget(base, lowerdir, 'layerfs read loop', 'lp', ',passthrough=off,uring=off'),
+      layerfsTarget(base, lowerdir, 'layerfs io_uring', 'lu', ',passthrough=off,uring=on'),
+      fuseOverlayfsTarget(base, lowerdir),
+    ];
+    const r = runSuite('uring', targets, overlayWorkloads(base).filter((w) => URING_WORKLOADS.includes(w.name)), rounds);
+    return r;
+  } finally {
+    fs.writeFileSync(URING_PARAM, old);
+  }
 }
 
 export function overlayWorkloads(base: string): Workload[] {

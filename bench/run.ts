@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { ROOT, sh, table, umount, type SuiteResult } from './lib';
 import { pageCacheSuite, pageCacheTable } from './pagecache';
 import { passthroughSuite, TARGETS_TEXT as PT_TARGETS, workloads as ptWorkloads } from './passthrough';
-import { overlaySuite, overlayWorkloads, TARGETS_TEXT as OV_TARGETS } from './overlay';
+import { overlaySuite, overlayWorkloads, TARGETS_TEXT as OV_TARGETS, URING_WORKLOADS, uringSuite } from './overlay';
 import { snapLatency, thinSuite, TARGETS_TEXT as TH_TARGETS } from './thin';
 
 function arg(name: string, def: string): string {
@@ -17,7 +17,7 @@ function main(): void {
   if (process.geteuid?.() !== 0) throw new Error('the benchmark drops caches and mounts kernel overlayfs: run it as root');
   const rounds = Number(arg('--rounds', '3'));
   const base = arg('--dir', '/var/tmp/layerfs-bench');
-  const suites = arg('--suite', 'passthrough,overlay,overlay-tmpfs,pagecache,thin').split(',');
+  const suites = arg('--suite', 'passthrough,overlay,overlay-tmpfs,uring,pagecache,thin').split(',');
   const out: SuiteResult[] = [];
   const md: string[] = [`# layerfs benchmark ${new Date().toISOString()}`, '', `rounds: ${rounds}, medians; cost = time ratio (or inverse rate ratio): < 1 is faster.`, ''];
   if (suites.includes('passthrough')) {
@@ -34,18 +34,27 @@ function main(): void {
       'layerfs passthrough=off:', '', table(r, 'layerfs passthrough=off', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(base, 'overlay'))), '',
       'fuse-overlayfs cost vs kernel overlayfs:', '', table(r, 'fuse-overlayfs', ['kernel overlayfs'], overlayWorkloads(path.join(base, 'overlay'))), '');
   }
-  if (suites.includes('overlay-tmpfs')) {
+  if (suites.includes('overlay-tmpfs') || suites.includes('uring')) {
     // the same suite with every layer on tmpfs: no device latency hides the protocol's cost
     const t = path.join(base, 'tmpfs');
     fs.mkdirSync(t, { recursive: true });
     if (!fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${t} `)) sh(`mount -t tmpfs -o size=8g tmpfs ${t}`);
     try {
-      const r = overlaySuite(path.join(t, 'overlay'), rounds);
-      r.suite = 'overlay-tmpfs';
-      out.push(r);
-      md.push('## Overlay on tmpfs: layerfs and fuse-overlayfs as a multiple of kernel overlayfs', '',
-        table(r, 'layerfs', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(t, 'overlay')), OV_TARGETS), '',
-        'layerfs passthrough=off:', '', table(r, 'layerfs passthrough=off', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(t, 'overlay'))), '');
+      if (suites.includes('uring')) {
+        const u = uringSuite(path.join(t, 'overlay'), rounds);
+        out.push(u);
+        md.push('## FUSE over io_uring vs the read loop (tmpfs fixture, passthrough off): cost vs fuse-overlayfs', '',
+          table(u, 'layerfs io_uring', ['layerfs read loop', 'fuse-overlayfs'], overlayWorkloads(path.join(t, 'overlay')).filter((w) => URING_WORKLOADS.includes(w.name)),
+            { 'round trip 4k O_DIRECT qd1': '≤ 0.8× fuse-overlayfs' }), '');
+      }
+      if (suites.includes('overlay-tmpfs')) {
+        const r = overlaySuite(path.join(t, 'overlay'), rounds);
+        r.suite = 'overlay-tmpfs';
+        out.push(r);
+        md.push('## Overlay on tmpfs: layerfs and fuse-overlayfs as a multiple of kernel overlayfs', '',
+          table(r, 'layerfs', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(t, 'overlay')), OV_TARGETS), '',
+          'layerfs passthrough=off:', '', table(r, 'layerfs passthrough=off', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(t, 'overlay'))), '');
+      }
     } finally {
       umount(t);
     }

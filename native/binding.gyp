@@ -7,10 +7,11 @@
         "src/handles.c",
         "src/conn.c",
         "src/session.c",
-        "src/sys.c"
+        "src/sys.c",
+        "src/uring.c"
       ],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
-      "libraries": ["-lpthread"]
+      "libraries": ["-lpthread", "-luring"]
     }
   ]
 }

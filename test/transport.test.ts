@@ -1,13 +1,15 @@
 // The FUSE protocol as layerfs speaks it: passthrough in effect (no READ or WRITE reaches the
 // daemon for cat, dd, mmap, a MAP_SHARED write, pwrite; FSYNC still does and reaches the
 // backing file), the same I/O counted without it, older kernels (7.38), bad input, and a
-// kill -9 during passthrough I/O.
+// kill -9 during passthrough I/O, and FUSE over io_uring (requests counted as they come through
+// the ring; uring=on refused in one line when the kernel does not offer it).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CLI, daemonPid, isMounted, layerfs, requireFuse, tempDir, unmountAll, waitFor } from './helpers/mount';
 import { ensureUser, runAs } from './helpers/users';
+import { URING_PARAM, withUringParam } from './helpers/uring';
 
 const IO = `
 import mmap, os, sys
@@ -103,7 +105,7 @@ describe('the FUSE transport', () => {
   });
 
   test('a kernel that offers only 7.38: mounts and works without passthrough; passthrough=on fails in one line', async () => {
-    const env = { ...process.env, LAYERFS_FUSE_MINOR: '38' };
+    const env = { ...process.env, LAYERFS_FUSE_MINOR: '38', LAYERFS_URING: 'auto' };  // auto: no ring on a 7.38 kernel
     const { counts, out } = await ioCounts('old', '', env);
     expect(out).toBe('MMAP');
     expect(counts.READ).toBeGreaterThan(0);
@@ -128,6 +130,45 @@ describe('the FUSE transport', () => {
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/bad value for option passthrough/);
     expect(isMounted(l.mnt)).toBe(false);
+  });
+
+  test('io_uring: with the kernel offering it, uring=on serves requests through the ring (data and metadata)', async () => {
+    expect(fs.existsSync(URING_PARAM), `${URING_PARAM}: this kernel has no FUSE over io_uring`).toBe(true);
+    await withUringParam(true, async () => {
+      const { counts, out, l } = await ioCounts('uring', ',uring=on,passthrough=off');
+      expect(out).toBe('MMAP');
+      expect(counts.READ).toBeGreaterThan(0);
+      expect(counts.WRITE).toBeGreaterThan(0);
+      const total = Object.entries(counts).filter(([k]) => !['io_uring', 'INIT', 'FORGET', 'BATCH_FORGET'].includes(k))
+        .reduce((a, [, v]) => a + v, 0);
+      // everything but INIT and forgets (which stay on /dev/fuse) came through the ring
+      expect(counts.io_uring).toBeGreaterThanOrEqual(total - 2);
+      expect(counts.io_uring).toBeGreaterThan(20);
+      expect(fs.readFileSync(path.join(l.upper, 'new.bin')).subarray(70000, 70004).toString()).toBe('MMAP');
+      expect(fs.readFileSync(path.join(l.lower, 'lower.bin')).subarray(0, 6).toString()).toBe('AAAAAA');
+    });
+  });
+
+  test('io_uring: uring=off (the default) keeps the read loop; uring=on without the kernel offering it fails in one line', async () => {
+    const env = { ...process.env };
+    delete env.LAYERFS_URING;
+    await withUringParam(true, async () => {
+      const { counts, out } = await ioCounts('uring-default', ',passthrough=off', env);
+      expect(out).toBe('MMAP');
+      expect(counts.READ).toBeGreaterThan(0);
+      expect(counts.io_uring).toBe(0);
+    });
+    await withUringParam(false, () => {
+      const l = layers('uring-off');
+      const r = spawnSync(process.execPath, [CLI, 'mount', '-o', opts(l, ',uring=on'), l.mnt], { encoding: 'utf8' });
+      expect(r.status).toBe(1);
+      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/uring=on: the kernel does not offer FUSE over io_uring/)]);
+      expect(isMounted(l.mnt)).toBe(false);
+      const bad = layerfs(['mount', '-o', opts(l, ',uring=maybe'), l.mnt]);
+      expect(bad.status).toBe(1);
+      expect(bad.stderr).toMatch(/bad value for option uring/);
+      expect(isMounted(l.mnt)).toBe(false);
+    });
   });
 
   test('kill -9 during passthrough I/O: no hung process, layerfs umount clears the mount, fsynced data is on disk', async () => {

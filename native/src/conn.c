@@ -1,6 +1,7 @@
 // The FUSE connection itself: mount, INIT, replies, notifications, backing ids. See conn.h.
 #define _GNU_SOURCE
 #include "conn.h"
+#include "uring.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -191,8 +192,17 @@ int conn_init(struct conn *c, struct req *r, const struct fuse_init_in *in, char
     return -EPROTO;
   }
   if (pt) want |= FUSE_PASSTHROUGH;
+  if (c->minor < 42) offered &= ~FUSE_OVER_IO_URING;
+  int ur = c->want.uring && (offered & FUSE_OVER_IO_URING);
+  if (c->want.uring == 2 && !ur) {
+    snprintf(err, errlen, "uring=on: the kernel does not offer FUSE over io_uring (protocol 7.%u; it needs 7.42, Linux 6.14, and the fuse module's enable_uring parameter)", c->minor);
+    reply_err(r, EPROTO);
+    return -EPROTO;
+  }
+  if (ur) want |= FUSE_OVER_IO_URING;
   c->flags = want & offered;
   c->passthrough = pt;
+  c->uring = ur;
   unsigned page = (unsigned)sysconf(_SC_PAGESIZE);
   unsigned max_write = c->want.max_write;   // the session sized its buffers for it
   out.minor = c->minor;
@@ -220,7 +230,29 @@ static int send_iov(int fd, struct iovec *iov, int n) {
   return w == total ? 0 : -EIO;
 }
 
+// A reply through io_uring: the arguments are copied into the entry's payload buffer.
+static int ring_reply(struct req *r, struct iovec *iov, int n) {
+  size_t len = 0;
+  for (int i = 1; i < n; i++) {
+    if (len + iov[i].iov_len > r->ent->payload_sz) { len = (size_t)-1; break; }
+    memcpy(r->ent->payload + len, iov[i].iov_base, iov[i].iov_len);
+    len += iov[i].iov_len;
+  }
+  int res = len == (size_t)-1 ? uring_commit(r->ent, r->unique, -EIO, 0) : uring_commit(r->ent, r->unique, 0, len);
+  free(r);
+  return res;
+}
+
+void *reply_space(struct req *r, size_t n) { return r->ent && n <= r->ent->payload_sz ? r->ent->payload : NULL; }
+
+int reply_filled(struct req *r, size_t n) {
+  int res = uring_commit(r->ent, r->unique, 0, n);
+  free(r);
+  return res;
+}
+
 int reply_iov(struct req *r, struct iovec *iov, int n) {
+  if (r->ent) return ring_reply(r, iov, n);
   struct fuse_out_header h = { 0, 0, r->unique };
   size_t len = sizeof h;
   for (int i = 1; i < n; i++) len += iov[i].iov_len;
@@ -233,6 +265,11 @@ int reply_iov(struct req *r, struct iovec *iov, int n) {
 }
 
 int reply_err(struct req *r, int err) {
+  if (r->ent) {
+    int res = uring_commit(r->ent, r->unique, -err, 0);
+    free(r);
+    return res;
+  }
   struct fuse_out_header h = { sizeof h, -err, r->unique };
   struct iovec iov = { &h, sizeof h };
   int res = send_iov(r->fd, &iov, 1);
@@ -240,7 +277,10 @@ int reply_err(struct req *r, int err) {
   return res;
 }
 
-void reply_none(struct req *r) { free(r); }
+void reply_none(struct req *r) {
+  if (r->ent) uring_commit(r->ent, r->unique, -EIO, 0);   // a ring entry must come back
+  free(r);
+}
 
 int reply_buf(struct req *r, const void *data, size_t len) {
   struct iovec iov[2] = { { NULL, 0 }, { (void *)data, len } };
@@ -343,6 +383,7 @@ static void splice_drain(void) {
 }
 
 int reply_splice(struct req *r, int fd, size_t size, off_t off) {
+  if (r->ent) return 1;   // io_uring: the caller reads straight into the entry's buffer
   struct stat st;
   if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) return 1;
   size_t len = off >= st.st_size ? 0 : (size_t)(st.st_size - off) < size ? (size_t)(st.st_size - off) : size;

@@ -9,6 +9,8 @@
 #include <sys/uio.h>
 #include "proto.h"
 
+struct ring_ent;
+
 struct conn_opts {
   char *fsname, *subtype;
   int allow_other, default_permissions, ro, debug;
@@ -21,6 +23,7 @@ struct conn_want {             // what the filesystem would like; INIT keeps wha
   int passthrough;             // 0 off, 1 when offered, 2 required
   int stack_depth;             // max_stack_depth for passthrough (1, or 2 over overlayfs/FUSE)
   unsigned max_minor;          // 0: LFS_MAX_MINOR; lower: behave as with an older kernel (tests)
+  int uring;                   // FUSE over io_uring: 0 off, 1 when offered, 2 required
 };
 
 struct inode_io;                // the io mode of one FUSE inode (conn.c)
@@ -34,6 +37,7 @@ struct conn {
   unsigned minor;              // negotiated protocol minor
   uint64_t flags;              // negotiated flags (flags2 << 32 included)
   int passthrough;             // negotiated: opens may hand the kernel a backing file
+  int uring;                   // negotiated: requests may come through io_uring (uring.h)
   size_t bufsize;              // a read buffer large enough for any request (set by the session)
   struct inode_io *io[256];    // io modes of open inodes, by node id
 };
@@ -43,6 +47,8 @@ struct req {                   // one request in flight; freed by its reply
   int fd;                      // the fd it came on: its reply goes there
   uint64_t unique, nodeid;
   uint32_t opcode, uid, gid, pid, umask;
+  struct ring_ent *ent;        // came through io_uring: the reply goes in this entry
+  uint32_t tag;                // the session's note on what the reply means (session.c)
 };
 
 // Parses "-o a,b=c" style options known to the kernel mount into o; unknown ones are an error.
@@ -69,6 +75,10 @@ int reply_write(struct req *r, size_t n);
 int reply_xattr_size(struct req *r, size_t n);
 int reply_statfs(struct req *r, const struct statvfs *s);
 int reply_lseek(struct req *r, uint64_t off);
+// The reply buffer of a request that came through io_uring (NULL otherwise, or when n bytes do
+// not fit): the caller fills it and answers with reply_filled, saving a copy.
+void *reply_space(struct req *r, size_t n);
+int reply_filled(struct req *r, size_t n);
 // Replies to a READ with size bytes of fd at off moved through a pipe (splice), without copying
 // them through user space; 1 when it could not (a short read, a pipe too small): nothing was
 // sent and r is still owned by the caller.

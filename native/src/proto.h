@@ -7,7 +7,7 @@
 #include <sys/ioctl.h>
 
 #define FUSE_KERNEL_VERSION 7
-#define LFS_MAX_MINOR 40        // what layerfs speaks: passthrough (7.40)
+#define LFS_MAX_MINOR 42        // what layerfs speaks: passthrough (7.40), FUSE over io_uring (7.42)
 #define LFS_MIN_MINOR 31
 #define FUSE_ROOT_ID 1
 #define FUSE_MIN_READ_BUFFER 8192
@@ -162,3 +162,19 @@ struct fuse_notify_delete_out { uint64_t parent, child; uint32_t namelen, paddin
 struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t padding; };   // 7.40
 #define FUSE_DEV_IOC_BACKING_OPEN _IOW(FUSE_DEV_IOC_MAGIC, 1, struct fuse_backing_map)
 #define FUSE_DEV_IOC_BACKING_CLOSE _IOW(FUSE_DEV_IOC_MAGIC, 2, uint32_t)
+
+// FUSE over io_uring (7.42): IORING_OP_URING_CMD on the /dev/fuse fd, 128-byte SQEs whose command
+// area holds a fuse_uring_cmd_req. Each ring entry is a header buffer (fuse_uring_req_header)
+// and a payload buffer of at least max_write bytes. A request's fuse_in_header arrives in in_out,
+// its first (fixed-size) argument in op_in, the rest (names, write data) in the payload; a reply
+// puts its fuse_out_header in in_out and its arguments in the payload.
+#define FUSE_URING_IN_OUT_HEADER_SZ 128
+#define FUSE_URING_OP_IN_OUT_SZ 128
+enum fuse_uring_cmd { FUSE_IO_URING_CMD_REGISTER = 1, FUSE_IO_URING_CMD_COMMIT_AND_FETCH = 2 };
+struct fuse_uring_ent_in_out { uint64_t flags, commit_id; uint32_t payload_sz, padding; uint64_t reserved; };
+struct fuse_uring_req_header {
+  char in_out[FUSE_URING_IN_OUT_HEADER_SZ];
+  char op_in[FUSE_URING_OP_IN_OUT_SZ];
+  struct fuse_uring_ent_in_out ring_ent_in_out;
+};
+struct fuse_uring_cmd_req { uint64_t flags, commit_id; uint16_t qid; uint8_t padding[6]; };

@@ -6,6 +6,7 @@
 // mmap never reach the daemon.
 #include "common.h"
 #include "conn.h"
+#include "uring.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -43,7 +44,7 @@ struct job {
 
 struct session_cfg {
   int writeback, readdirplus, cache_symlinks, parallel_dirops, async_dio;
-  int posix_acl, killpriv, debug, threads;
+  int posix_acl, killpriv, debug, threads, uring_depth;
 };
 
 struct session {
@@ -56,6 +57,10 @@ struct session {
   char *buf;               // request buffer of the JS-thread reader
   struct session_cfg cfg;
   uint64_t ops[64];        // requests received per opcode (63: any higher one)
+  struct uring *ring;      // FUSE over io_uring, when negotiated (served on the JS thread)
+  uv_poll_t *ring_poll;    // its eventfd
+  uint64_t via_ring;       // requests that came through it
+  uint64_t *nocap;         // node ids known to have no security.capability (see nocap_*)
 };
 
 static struct session sessions[MAX_SESSIONS];
@@ -109,6 +114,8 @@ static pthread_t js_thread;
 static int inline_mode;
 static napi_value inline_fn, inline_global;
 static void run_job(napi_env env, napi_value fn, napi_value global, struct job *j);
+struct session;
+static const char *start_ring(struct session *s);
 static void job_free(struct job *j);
 static void open_inline_scopes(void);
 static int inline_scopes;
@@ -153,6 +160,10 @@ static void run_job(napi_env env, napi_value fn, napi_value global, struct job *
   if (j->req) {
     id = req_put(j->req);
     if (id < 0) { reply_err(j->req, ENOMEM); goto out; }
+  }
+  if (j->op == OP_INIT && j->a[8] >= 0) {
+    const char *err = start_ring(&sessions[j->sid]);
+    if (err) { j->a[8] = -1; free(j->s1); j->s1 = strdup(err); }
   }
   j->a[15] = j->sid;
   memcpy(job_args, j->a, sizeof(j->a));
@@ -210,6 +221,35 @@ static struct session *session_of(struct req *r) { return (struct session *)r->c
 
 static struct handle *fh_handle(uint64_t fh) { return handle_get(fh); }
 
+// The kernel asks for security.capability before every write and chown of a FUSE file (FUSE
+// never sets S_NOSEC): ~7 requests per file that tar extracts. Once the filesystem said a node
+// has none, the answer is given here. A lossy direct-mapped set of node ids: forgetting a
+// node, or any setxattr/removexattr of it, drops it; a change of security.capability anywhere
+// clears the set (hard links share the attribute under other node ids).
+#define NOCAP_SLOTS 65536
+#define TAG_CAP_PROBE 1
+#define TAG_NEW 2          // MKNOD, MKDIR, SYMLINK, CREATE with O_EXCL: a new node, without xattrs yet
+static const char CAP_NAME[] = "security.capability";
+
+static uint64_t *nocap_slot(struct session *s, uint64_t id) {
+  return s->nocap ? &s->nocap[(id * 0x9E3779B97F4A7C15ull) >> 48] : NULL;
+}
+static int nocap_has(struct session *s, uint64_t id) {
+  uint64_t *p = nocap_slot(s, id);
+  return p && __atomic_load_n(p, __ATOMIC_ACQUIRE) == id;
+}
+static void nocap_add(struct session *s, uint64_t id) {
+  uint64_t *p = nocap_slot(s, id);
+  if (p) __atomic_store_n(p, id, __ATOMIC_RELEASE);
+}
+static void nocap_del(struct session *s, uint64_t id) {
+  uint64_t *p = nocap_slot(s, id), v = id;
+  if (p) __atomic_compare_exchange_n(p, &v, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+static void nocap_clear(struct session *s) {
+  if (s->nocap) for (size_t i = 0; i < NOCAP_SLOTS; i++) __atomic_store_n(&s->nocap[i], 0, __ATOMIC_RELAXED);
+}
+
 static void js_handle_op(int op, struct req *req, uint64_t ino, struct handle *h, double a5,
                          double a6, double a7) {
   struct job *j = job_new(op, req, ino);
@@ -222,7 +262,7 @@ static void js_handle_op(int op, struct req *req, uint64_t ino, struct handle *h
 static void thin_read(struct req *req, struct handle *h, size_t size, off_t off) {
   if ((uint64_t)off >= h->thin_size) { reply_buf(req, NULL, 0); return; }
   if ((uint64_t)off + size > h->thin_size) size = h->thin_size - (uint64_t)off;
-  char *buf = malloc(size ? size : 1);
+  char *space = reply_space(req, size), *buf = space ? space : malloc(size ? size : 1);
   if (!buf) { reply_err(req, ENOMEM); return; }
   size_t done = 0;
   while (done < size) {
@@ -233,11 +273,12 @@ static void thin_read(struct req *req, struct handle *h, size_t size, off_t off)
     if (b < 0) memset(buf + done, 0, n);
     else {
       ssize_t r = pread(h->thin_fd, buf + done, n, (off_t)b * h->thin_bs + (off_t)in);
-      if (r < 0) { int e = errno; free(buf); reply_err(req, e); return; }
+      if (r < 0) { int e = errno; if (!space) free(buf); reply_err(req, e); return; }
       if ((size_t)r < n) memset(buf + done + r, 0, n - (size_t)r);
     }
     done += n;
   }
+  if (space) { reply_filled(req, size); return; }
   reply_buf(req, buf, size);
   free(buf);
 }
@@ -267,6 +308,16 @@ static void do_read(struct req *req, const struct fuse_read_in *in) {
   if (!h) { reply_err(req, EBADF); return; }
   if (h->kind == HANDLE_JS && h->thin_blocks) { thin_read(req, h, in->size, (off_t)in->offset); return; }
   if (h->kind == HANDLE_JS) { js_handle_op(OP_READ, req, req->nodeid, h, in->size, (double)in->offset, 0); return; }
+  void *space = reply_space(req, in->size);
+  if (space) {   // io_uring: read straight into the reply buffer
+    pthread_rwlock_rdlock(&h->lock);
+    ssize_t n = pread(h->fd, space, in->size, (off_t)in->offset);
+    int e = errno;
+    pthread_rwlock_unlock(&h->lock);
+    if (n < 0) reply_err(req, e);
+    else reply_filled(req, (size_t)n);
+    return;
+  }
   pthread_rwlock_rdlock(&h->lock);
   if (reply_splice(req, h->fd, in->size, (off_t)in->offset) != 1) {   // sent (or the kernel refused it)
     pthread_rwlock_unlock(&h->lock);
@@ -393,6 +444,7 @@ static void do_lseek(struct req *req, const struct fuse_lseek_in *in) {
 }
 
 static void forget_one(struct session *s, uint64_t ino, uint64_t n) {
+  nocap_del(s, ino);
   struct job *j = job_new(OP_FORGET, NULL, ino);
   if (!j) return;
   j->sid = (int)(s - sessions);
@@ -450,33 +502,13 @@ static const char *name_at(const char *p, const char *end) {
   return p < end && memchr(p, 0, (size_t)(end - p)) ? p : NULL;
 }
 
-/** One request read from fd: decoded and answered here or handed to JS. */
-static void dispatch(struct session *s, int fd, const char *buf, size_t len) {
-  if (len < sizeof(struct fuse_in_header)) return;
-  const struct fuse_in_header *h = (const void *)buf;
-  __atomic_fetch_add(&s->ops[h->opcode < 63 ? h->opcode : 63], 1, __ATOMIC_RELAXED);
+/** One request: arg is its fixed-size argument (arg_size bytes), [p, pend) the rest — names, write
+ * data. Answered here or handed to JS. */
+static void serve(struct session *s, struct req *r, const struct fuse_in_header *h, const char *arg,
+                  const char *p, const char *pend) {
   if (s->conn.opts.debug)   // -d: one line per request
-    fprintf(stderr, "layerfs: unique %llu opcode %u nodeid %llu len %u uid %u pid %u\n", (unsigned long long)h->unique,
-            h->opcode, (unsigned long long)h->nodeid, h->len, h->uid, h->pid);
-  const char *arg = buf + sizeof *h, *end = buf + (len < h->len ? len : h->len);
-  const char *args_end = end - (size_t)h->total_extlen * 8;   // extensions (7.38) at the end
-  if (args_end < arg) args_end = arg;
-  if (h->opcode == FUSE_FORGET) {
-    if ((size_t)(end - arg) >= sizeof(struct fuse_forget_in)) forget_one(s, h->nodeid, ((const struct fuse_forget_in *)arg)->nlookup);
-    return;
-  }
-  if (h->opcode == FUSE_BATCH_FORGET) {
-    const struct fuse_batch_forget_in *b = (const void *)arg;
-    if ((size_t)(end - arg) < sizeof *b) return;
-    const struct fuse_forget_one *f = (const void *)(b + 1);
-    for (uint32_t i = 0; i < b->count && (const char *)(f + i + 1) <= end; i++) forget_one(s, f[i].nodeid, f[i].nlookup);
-    return;
-  }
-  if (h->opcode == FUSE_INTERRUPT) return;   // requests finish on their own; nothing blocks long
-  struct req *r = malloc(sizeof *r);
-  if (!r) return;
-  *r = (struct req){ &s->conn, fd, h->unique, h->nodeid, h->opcode, h->uid, h->gid, h->pid, 0 };
-  if ((size_t)(args_end - arg) < arg_size(h->opcode)) { reply_err(r, EINVAL); return; }
+    fprintf(stderr, "layerfs: unique %llu opcode %u nodeid %llu len %u uid %u pid %u%s\n", (unsigned long long)h->unique,
+            h->opcode, (unsigned long long)h->nodeid, h->len, h->uid, h->pid, r->ent ? " (io_uring)" : "");
   if (h->opcode != FUSE_INIT && !s->conn.minor) { reply_err(r, EIO); return; }
   uint64_t ino = h->nodeid;
   struct job *j = NULL;
@@ -485,7 +517,8 @@ static void dispatch(struct session *s, int fd, const char *buf, size_t len) {
     case FUSE_INIT: do_init(r, (const void *)arg); return;
     case FUSE_DESTROY: reply_err(r, 0); return;
     case FUSE_LOOKUP: case FUSE_UNLINK: case FUSE_RMDIR: case FUSE_REMOVEXATTR:
-      if (!(n1 = name_at(arg, args_end))) break;
+      if (!(n1 = name_at(p, pend))) break;
+      if (h->opcode == FUSE_REMOVEXATTR) { nocap_del(s, ino); if (!strcmp(n1, CAP_NAME)) nocap_clear(s); }
       j = job_new(h->opcode == FUSE_LOOKUP ? OP_LOOKUP : h->opcode == FUSE_UNLINK ? OP_UNLINK
                   : h->opcode == FUSE_RMDIR ? OP_RMDIR : OP_REMOVEXATTR, r, ino);
       if (j) j->s1 = STR(n1);
@@ -507,26 +540,28 @@ static void dispatch(struct session *s, int fd, const char *buf, size_t len) {
     case FUSE_READLINK: j = job_new(OP_READLINK, r, ino); break;
     case FUSE_MKNOD: {
       const struct fuse_mknod_in *in = (const void *)arg;
-      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      if (!(n1 = name_at(p, pend))) break;
       r->umask = in->umask;
+      r->tag = TAG_NEW;
       if ((j = job_new(OP_MKNOD, r, ino))) { j->s1 = STR(n1); j->a[4] = in->mode; j->a[5] = in->rdev; }
       break;
     }
     case FUSE_MKDIR: {
       const struct fuse_mkdir_in *in = (const void *)arg;
-      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      if (!(n1 = name_at(p, pend))) break;
       r->umask = in->umask;
+      r->tag = TAG_NEW;
       if ((j = job_new(OP_MKDIR, r, ino))) { j->s1 = STR(n1); j->a[4] = in->mode; }
       break;
     }
     case FUSE_SYMLINK:
-      if (!(n1 = name_at(arg, args_end)) || !(n2 = name_at(n1 + strlen(n1) + 1, args_end))) break;
+      if (!(n1 = name_at(p, pend)) || !(n2 = name_at(n1 + strlen(n1) + 1, pend))) break;
+      r->tag = TAG_NEW;
       if ((j = job_new(OP_SYMLINK, r, ino))) { j->s1 = STR(n1); j->s2 = STR(n2); }
       break;
     case FUSE_RENAME: case FUSE_RENAME2: {
-      size_t sz = h->opcode == FUSE_RENAME ? sizeof(struct fuse_rename_in) : sizeof(struct fuse_rename2_in);
       const struct fuse_rename2_in *in = (const void *)arg;
-      if (!(n1 = name_at(arg + sz, args_end)) || !(n2 = name_at(n1 + strlen(n1) + 1, args_end))) break;
+      if (!(n1 = name_at(p, pend)) || !(n2 = name_at(n1 + strlen(n1) + 1, pend))) break;
       if ((j = job_new(OP_RENAME, r, ino))) {
         j->s1 = STR(n1); j->s2 = STR(n2); j->a[4] = (double)in->newdir; j->a[5] = h->opcode == FUSE_RENAME2 ? in->flags : 0;
       }
@@ -534,7 +569,7 @@ static void dispatch(struct session *s, int fd, const char *buf, size_t len) {
     }
     case FUSE_LINK: {
       const struct fuse_link_in *in = (const void *)arg;
-      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      if (!(n1 = name_at(p, pend))) break;
       if ((j = job_new(OP_LINK, r, in->oldnodeid))) { j->s1 = STR(n1); j->a[4] = (double)ino; }
       break;
     }
@@ -543,16 +578,17 @@ static void dispatch(struct session *s, int fd, const char *buf, size_t len) {
       break;
     case FUSE_CREATE: {
       const struct fuse_create_in *in = (const void *)arg;
-      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      if (!(n1 = name_at(p, pend))) break;
       r->umask = in->umask;
+      if (in->flags & O_EXCL) r->tag = TAG_NEW;
       if ((j = job_new(OP_CREATE, r, ino))) { j->s1 = STR(n1); j->a[4] = in->mode; j->a[5] = in->flags; }
       break;
     }
     case FUSE_READ: do_read(r, (const void *)arg); return;
     case FUSE_WRITE: {
       const struct fuse_write_in *in = (const void *)arg;
-      if ((size_t)(end - arg) < sizeof *in + in->size) break;
-      do_write(r, in, arg + sizeof *in);
+      if ((size_t)(pend - p) < in->size) break;
+      do_write(r, in, p);
       return;
     }
     case FUSE_FLUSH: do_flush(r, ((const struct fuse_flush_in *)arg)->fh); return;
@@ -580,9 +616,11 @@ static void dispatch(struct session *s, int fd, const char *buf, size_t len) {
     case FUSE_STATFS: j = job_new(OP_STATFS, r, ino); break;
     case FUSE_SETXATTR: {
       const struct fuse_setxattr_in *in = (const void *)arg;
-      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      if (!(n1 = name_at(p, pend))) break;
       const char *value = n1 + strlen(n1) + 1;
-      if (value + in->size > args_end) break;
+      if (value + in->size > pend) break;
+      nocap_del(s, ino);
+      if (!strcmp(n1, CAP_NAME)) nocap_clear(s);
       if (!(j = job_new(OP_SETXATTR, r, ino))) return;
       j->s1 = STR(n1); j->a[4] = in->flags; j->a[5] = in->size;
       j->buf = malloc(in->size ? in->size : 1);
@@ -592,7 +630,11 @@ static void dispatch(struct session *s, int fd, const char *buf, size_t len) {
     }
     case FUSE_GETXATTR: {
       const struct fuse_getxattr_in *in = (const void *)arg;
-      if (!(n1 = name_at(arg + sizeof *in, args_end))) break;
+      if (!(n1 = name_at(p, pend))) break;
+      if (!strcmp(n1, CAP_NAME)) {
+        if (nocap_has(s, ino)) { reply_err(r, ENODATA); return; }
+        r->tag = TAG_CAP_PROBE;   // js_reply_err learns the answer
+      }
       if ((j = job_new(OP_GETXATTR, r, ino))) { j->s1 = STR(n1); j->a[4] = in->size; }
       break;
     }
@@ -609,6 +651,52 @@ static void dispatch(struct session *s, int fd, const char *buf, size_t len) {
   }
   if (j) enqueue(j);
   else if (!n1 && r) reply_err(r, EINVAL);   // a malformed name (job_new replied on ENOMEM)
+}
+
+
+/** One request read from fd (the classic /dev/fuse read loop). */
+static void dispatch(struct session *s, int fd, const char *buf, size_t len) {
+  if (len < sizeof(struct fuse_in_header)) return;
+  const struct fuse_in_header *h = (const void *)buf;
+  __atomic_fetch_add(&s->ops[h->opcode < 63 ? h->opcode : 63], 1, __ATOMIC_RELAXED);
+  const char *arg = buf + sizeof *h, *end = buf + (len < h->len ? len : h->len);
+  const char *args_end = end - (size_t)h->total_extlen * 8;   // extensions (7.38) at the end
+  if (args_end < arg) args_end = arg;
+  if (h->opcode == FUSE_FORGET) {
+    if ((size_t)(end - arg) >= sizeof(struct fuse_forget_in)) forget_one(s, h->nodeid, ((const struct fuse_forget_in *)arg)->nlookup);
+    return;
+  }
+  if (h->opcode == FUSE_BATCH_FORGET) {
+    const struct fuse_batch_forget_in *b = (const void *)arg;
+    if ((size_t)(end - arg) < sizeof *b) return;
+    const struct fuse_forget_one *f = (const void *)(b + 1);
+    for (uint32_t i = 0; i < b->count && (const char *)(f + i + 1) <= end; i++) forget_one(s, f[i].nodeid, f[i].nlookup);
+    return;
+  }
+  if (h->opcode == FUSE_INTERRUPT) return;   // requests finish on their own; nothing blocks long
+  struct req *r = malloc(sizeof *r);
+  if (!r) return;
+  *r = (struct req){ &s->conn, fd, h->unique, h->nodeid, h->opcode, h->uid, h->gid, h->pid, 0, NULL, 0 };
+  size_t fixed = arg_size(h->opcode);
+  if ((size_t)(args_end - arg) < fixed) { reply_err(r, EINVAL); return; }
+  serve(s, r, h, arg, arg + fixed, h->opcode == FUSE_WRITE ? end : args_end);
+}
+
+/** One request that came through io_uring: header, first argument and payload in the entry. */
+static void serve_ring(struct ring_ent *e, void *arg) {
+  struct session *s = arg;
+  const struct fuse_in_header *h = (const void *)e->hdr->in_out;
+  __atomic_fetch_add(&s->ops[h->opcode < 63 ? h->opcode : 63], 1, __ATOMIC_RELAXED);
+  s->via_ring++;
+  struct req *r = malloc(sizeof *r);
+  if (!r) { uring_commit(e, h->unique, -ENOMEM, 0); return; }
+  *r = (struct req){ &s->conn, -1, h->unique, h->nodeid, h->opcode, h->uid, h->gid, h->pid, 0, e, 0 };
+  size_t n = e->hdr->ring_ent_in_out.payload_sz, ext = (size_t)h->total_extlen * 8;
+  if (n > e->payload_sz) n = e->payload_sz;
+  const char *pend = e->payload + n;
+  if (h->opcode != FUSE_WRITE) pend -= ext < n ? ext : n;   // extensions (7.38) end the payload
+  if (arg_size(h->opcode) > FUSE_URING_OP_IN_OUT_SZ) { reply_err(r, EINVAL); return; }
+  serve(s, r, h, e->hdr->op_in, e->payload, pend);
 }
 
 // ---- the worker threads of one session: one cloned fd each, blocking reads ----
@@ -654,6 +742,55 @@ static void open_inline_scopes(void) {
   inline_scopes = 1;
 }
 
+static void end_inline(void) {
+  inline_mode = 0;
+  if (inline_scopes) {
+    napi_close_callback_scope(js_env, inline_cs);
+    napi_close_handle_scope(js_env, inline_hs);
+    inline_scopes = 0;
+  }
+}
+
+// The ring's eventfd is readable: serve what came through io_uring, as on_readable does.
+static void on_ring(uv_poll_t *h, int status, int events) {
+  (void)status; (void)events;
+  struct session *s = h->data;
+  if (!s->ring) return;
+  inline_mode = 1;
+  uring_serve(s->ring, serve_ring, s);
+  end_inline();
+}
+
+static void poll_closed(uv_handle_t *h);
+
+static void stop_ring(struct session *s) {
+  if (s->ring_poll) {
+    uv_poll_stop(s->ring_poll);
+    uv_close((uv_handle_t *)s->ring_poll, poll_closed);
+    s->ring_poll = NULL;
+  }
+  uring_stop(s->ring);
+  s->ring = NULL;
+}
+
+// After INIT, on the JS thread (the ring's only submitter): register the ring entries. An error
+// message when uring=on and the kernel refused.
+static const char *start_ring(struct session *s) {
+  static char err[256];
+  if (!s->conn.uring || s->ring) return NULL;
+  int e = 0;
+  size_t payload = s->conn.want.max_write > FUSE_MIN_READ_BUFFER ? s->conn.want.max_write : FUSE_MIN_READ_BUFFER;
+  s->ring = uring_start(s->conn.fd, (unsigned)(s->cfg.uring_depth > 0 ? s->cfg.uring_depth : 8), payload, &e, err, sizeof err);
+  if (!s->ring) return s->conn.want.uring == 2 ? err : NULL;
+  uv_loop_t *loop;
+  napi_get_uv_event_loop(js_env, &loop);
+  s->ring_poll = malloc(sizeof(uv_poll_t));
+  s->ring_poll->data = s;
+  uv_poll_init(loop, s->ring_poll, uring_eventfd(s->ring));
+  uv_poll_start(s->ring_poll, UV_READABLE, on_ring);
+  return NULL;
+}
+
 static void on_readable(uv_poll_t *h, int status, int events) {
   (void)status; (void)events;
   struct session *s = h->data;
@@ -670,12 +807,7 @@ static void on_readable(uv_poll_t *h, int status, int events) {
     }
     dispatch(s, s->conn.fd, s->buf, (size_t)n);
   }
-  inline_mode = 0;
-  if (inline_scopes) {
-    napi_close_callback_scope(js_env, inline_cs);
-    napi_close_handle_scope(js_env, inline_hs);
-    inline_scopes = 0;
-  }
+  end_inline();
 }
 
 // ---- notifications, sent from their own thread: a notify may block on a kernel lock
@@ -786,6 +918,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->cfg.killpriv = get_int_prop(env, cfg, "killpriv", 0);
   s->cfg.debug = get_int_prop(env, cfg, "debug", 0);
   s->cfg.threads = get_int_prop(env, cfg, "threads", 0);
+  s->cfg.uring_depth = get_int_prop(env, cfg, "uringDepth", 8);
   struct conn_want *w = &s->conn.want;
   w->max_write = (unsigned)get_int_prop(env, cfg, "maxWrite", 1 << 20);
   if (w->max_write < 4096) w->max_write = 1 << 20;
@@ -793,6 +926,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   w->passthrough = get_int_prop(env, cfg, "passthrough", 0);
   w->stack_depth = get_int_prop(env, cfg, "stackDepth", 1);
   w->max_minor = (unsigned)get_int_prop(env, cfg, "maxMinor", 0);
+  w->uring = get_int_prop(env, cfg, "uring", 0);
   // DONT_MASK: creation modes arrive unmasked with the caller's umask, so a parent's default
   // ACL can decide instead of the umask, as on the kernel's own filesystems
   w->flags = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_AUTO_INVAL_DATA | FUSE_DONT_MASK |
@@ -830,6 +964,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   // any request fits: a write of max_write and its headers
   s->conn.bufsize = (size_t)w->max_write + 4096 > FUSE_MIN_READ_BUFFER ? (size_t)w->max_write + 4096 : FUSE_MIN_READ_BUFFER;
   s->buf = malloc(s->conn.bufsize);
+  s->nocap = calloc(NOCAP_SLOTS, sizeof(uint64_t));   // NULL: no cache, every probe goes to JS
   s->used = s->running = 1;
   if (live_sessions++ == 0) uv_ref((uv_handle_t *)&wake);
   js_thread = pthread_self();
@@ -869,6 +1004,7 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   struct session *s = arg_session(env, argv[0]);
   if (!s) return NULL;
   stop_poll(s);
+  stop_ring(s);
   s->running = 0;
   // as libfuse: a connection that already ended (POLLERR) is not unmounted again — something
   // else may be mounted there by now; the fd is closed first, so a synchronous unmount cannot
@@ -883,13 +1019,14 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   close(s->conn.fd);
   if (!ended) conn_unmount(&s->conn);
   free(s->buf);
+  free(s->nocap);
   free(s->conn.opts.fsname); free(s->conn.opts.subtype);
   memset(s, 0, sizeof *s);
   if (--live_sessions == 0) uv_unref((uv_handle_t *)&wake);
   return NULL;
 }
 
-// opCounts(sid) -> Float64Array(64): requests received per opcode.
+// opCounts(sid) -> Float64Array(65): requests received per opcode; [64]: of them, through io_uring.
 static napi_value js_op_counts(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -897,9 +1034,10 @@ static napi_value js_op_counts(napi_env env, napi_callback_info info) {
   struct session *s = arg_session(env, argv[0]);
   napi_value ab, arr;
   void *data;
-  NAPI_CALL(env, napi_create_arraybuffer(env, 64 * sizeof(double), &data, &ab));
-  NAPI_CALL(env, napi_create_typedarray(env, napi_float64_array, 64, ab, 0, &arr));
+  NAPI_CALL(env, napi_create_arraybuffer(env, 65 * sizeof(double), &data, &ab));
+  NAPI_CALL(env, napi_create_typedarray(env, napi_float64_array, 65, ab, 0, &arr));
   for (int i = 0; i < 64; i++) ((double *)data)[i] = s ? (double)__atomic_load_n(&s->ops[i], __ATOMIC_RELAXED) : 0;
+  ((double *)data)[64] = s ? (double)s->via_ring : 0;
   return arr;
 }
 
@@ -942,7 +1080,9 @@ static void stat_from(const double *a, struct stat *st) {
 
 static napi_value js_reply_err(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(2);
-  return num(env, reply_err(req, (int)arg_i64(env, argv[1])));
+  int err = (int)arg_i64(env, argv[1]);
+  if (req->tag == TAG_CAP_PROBE && err == ENODATA) nocap_add((struct session *)req->c, req->nodeid);
+  return num(env, reply_err(req, err));
 }
 
 static napi_value js_reply_none(napi_env env, napi_callback_info info) {
@@ -958,6 +1098,7 @@ static napi_value js_reply_entry(napi_env env, napi_callback_info info) {
   if (!a) { reply_err(req, EIO); napi_throw_type_error(env, NULL, "stat"); return NULL; }
   struct stat st;
   stat_from(a, &st);
+  if (req->tag == TAG_NEW) nocap_add((struct session *)req->c, (uint64_t)arg_f64(env, argv[1]));
   return num(env, reply_entry(req, (uint64_t)arg_f64(env, argv[1]), (uint64_t)arg_f64(env, argv[2]),
                               arg_f64(env, argv[3]), arg_f64(env, argv[4]), &st));
 }
@@ -1052,6 +1193,7 @@ static napi_value js_reply_create(napi_env env, napi_callback_info info) {
   struct stat st;
   stat_from(a, &st);
   uint64_t nodeid = (uint64_t)arg_f64(env, argv[1]);
+  if (req->tag == TAG_NEW) nocap_add((struct session *)req->c, nodeid);
   uint32_t oflags;
   int32_t backing;
   struct conn *c = req->c;

@@ -9,6 +9,7 @@ import { E, MNT_DETACH } from '../sys/constants';
 import { ST_INO, newStat } from '../sys/stat';
 import type { Caller, Entry, Filesystem, Opened } from './filesystem';
 import { DirentWriter } from './dirents';
+import { uringOption } from './uring-mode';
 import { A_1, A_2, A_3, A_4, A_GID, A_INO, A_PID, A_SID, A_UID, A_UMASK, OP } from './ops';
 
 export interface SessionOptions extends SessionConfig {
@@ -81,7 +82,7 @@ const FUSE_OPS: Record<number, string> = {
 export function requestCounts(sid: number): string {
   const c = native.opCounts(sid);
   return [15, 16, ...Object.keys(FUSE_OPS).map(Number).filter((o) => o !== 15 && o !== 16 && c[o] > 0)]
-    .map((o) => `${FUSE_OPS[o]}=${c[o]}`).join(' ');
+    .map((o) => `${FUSE_OPS[o]}=${c[o]}`).join(' ') + ` io_uring=${c[64]}`;
 }
 
 // SIGUSR2: each session's request counts on stderr (a foreground daemon's, for tests and -f users).
@@ -131,7 +132,7 @@ export class Session {
     if (opts.debug) argv.push('-d');
     // LAYERFS_FUSE_MINOR=38: behave as on a kernel that offers no more (tests of older kernels)
     const maxMinor = Number(process.env.LAYERFS_FUSE_MINOR ?? 0) || 0;
-    this.sid = native.mount(mountpoint, argv, { ...opts, maxMinor });
+    this.sid = native.mount(mountpoint, argv, { ...opts, maxMinor, uring: opts.uring ?? uringOption(null) });
     sessions.set(this.sid, this);
     fs.attach?.({
       invalAttr: (nodeid) => void native.notifyInvalAttr(this.sid, nodeid),

@@ -150,7 +150,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
     session: {
       mountOptions, entryTimeout: cfg.timeout, attrTimeout: cfg.timeout, negativeTimeout: cfg.timeout,
       writeback: cfg.writeback, debug, readdirplus: 2, threads: cfg.threads, asyncDio: true,
-      passthrough: passthrough ? cfg.passthrough : 0, stackDepth: stackDepth(layers.map((l) => l.path)),
+      passthrough: passthrough ? cfg.passthrough : 0, uring: cfg.uring, stackDepth: stackDepth(layers.map((l) => l.path)),
       posixAcl: false, noOpendir: cfg.timeout >= 3600,
     },
   };

@@ -3,6 +3,7 @@
 // option is an error.
 import { atimePolicy, type AtimePolicy } from '../fuse/atime';
 import { passthroughOption, type PassthroughWanted } from '../fuse/passthrough-mode';
+import { uringOption, type UringWanted } from '../fuse/uring-mode';
 import { boolOption, numberOption, type OptionMap } from '../mount/options';
 import { UsageError } from '../mount/validate';
 
@@ -29,6 +30,7 @@ export interface OverlayConfig {
   ro: boolean;
   atime: AtimePolicy;
   passthrough: PassthroughWanted;
+  uring: UringWanted;
   kernelOptions: string[];   // passed on to the kernel mount (allow_other, nodev, ...)
   fsname: string | null;
   warnings: string[];
@@ -140,6 +142,7 @@ export function overlayConfig(o: OptionMap): OverlayConfig {
     ro: o.has('ro'),
     atime: atimePolicy(o.keys()),
     passthrough: passthroughOption(o, bool01(o, 'writeback', false)),
+    uring: uringOption(o),
     kernelOptions: [],
     fsname: o.has('fsname') ? String(o.get('fsname')) : null,
     warnings,
@@ -148,7 +151,7 @@ export function overlayConfig(o: OptionMap): OverlayConfig {
     if (PASSED_ON.has(k)) cfg.kernelOptions.push(k);
     const known = ['lowerdir', 'upperdir', 'workdir', 'uidmapping', 'gidmapping', 'squash_to_root', 'squash_to_uid',
       'squash_to_gid', 'static_nlink', 'noacl', 'fsync', 'volatile', 'timeout', 'writeback', 'noxattrs',
-      'xattr_permissions', 'redirect_dir', 'ro', 'fsname', 'watch', 'passthrough'];
+      'xattr_permissions', 'redirect_dir', 'ro', 'fsname', 'watch', 'passthrough', 'uring'];
     if (!known.includes(k) && !KERNEL_FLAGS.has(k) && !KNOWN_IGNORED.has(k)) warnings.push(`unknown option ${k} ignored`);
   }
   return cfg;

@@ -2,6 +2,7 @@
 import { Passthrough } from './passthrough';
 import { atimePolicy } from '../fuse/atime';
 import { passthroughOption, stackDepth } from '../fuse/passthrough-mode';
+import { uringOption } from '../fuse/uring-mode';
 import { native } from '../sys/native';
 import { identity } from '../sys/identity';
 import type { Mountable } from '../mount/lifecycle';
@@ -16,7 +17,7 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
     throw new UsageError((e as Error).message);
   }
   const known = new Set(['ro', 'rw', 'allow_other', 'default_permissions', 'fsname', 'writeback', 'timeout',
-    'direct_read', 'threads', 'passthrough', 'noatime', 'relatime', 'strictatime', 'nodiratime', 'atime', 'diratime',
+    'direct_read', 'threads', 'passthrough', 'uring', 'noatime', 'relatime', 'strictatime', 'nodiratime', 'atime', 'diratime',
     'nodev', 'nosuid', 'noexec', 'dev', 'suid', 'exec']);
   for (const k of o.keys()) if (!known.has(k)) process.stderr.write(`layerfs: warning: unknown option ${k} ignored\n`);
   let writeback: boolean, timeout: number, directRead: boolean, threads: number;
@@ -30,6 +31,7 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
     throw new UsageError((e as Error).message);
   }
   const passthrough = passthroughOption(o, writeback);
+  const uring = uringOption(o);
   const root = requireDir('directory', dir);
   checkFuseDevice();
   const mountpoint = checkMountpoint(mnt);
@@ -44,7 +46,7 @@ export function passthroughMount(dir: string, mnt: string, optionLists: string[]
     session: {
       mountOptions, entryTimeout: timeout, attrTimeout: timeout, negativeTimeout: timeout,
       writeback, debug, readdirplus: 2, parallelDirops: false, threads, asyncDio: true, noOpendir: timeout >= 3600,
-      passthrough, stackDepth: stackDepth([root]),
+      passthrough, stackDepth: stackDepth([root]), uring,
     },
   };
 }

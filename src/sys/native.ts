@@ -15,6 +15,10 @@ export interface SessionConfig {
   stackDepth?: number;
   /** Speak at most this protocol minor (tests of older kernels: LAYERFS_FUSE_MINOR). */
   maxMinor?: number;
+  /** FUSE over io_uring: 0 off, 1 when offered, 2 required (fuse/uring-mode.ts). */
+  uring?: 0 | 1 | 2;
+  /** Ring entries per queue (one queue per CPU; each entry holds a max_write buffer). */
+  uringDepth?: number;
   readdirplus?: 0 | 1 | 2;
   cacheSymlinks?: boolean;
   parallelDirops?: boolean;
@@ -35,7 +39,7 @@ export interface Native {
   mount(mountpoint: string, args: string[], cfg: SessionConfig): number;
   destroy(sid: number): void;
   sessionFd(sid: number): number;
-  /** Requests received per FUSE opcode (index = opcode). */
+  /** Requests received per FUSE opcode (index = opcode; 64: how many came through io_uring). */
   opCounts(sid: number): Float64Array;
   replyErr(req: number, errno: number): number;
   replyNone(req: number): void;

@@ -54,6 +54,7 @@ type Make = (dirfd: number, at: string, mode: number) => number;
 interface Listing {
   until: number;                   // valid until (ms): the timeout, for changes behind our back
   names: Map<string, number>;      // name -> layer index of the top object
+  upperInos?: Map<string, [number, number]>;   // upper name -> [its st_ino, the ino shown]
 }
 const LONG_TIMEOUT = 3600;
 const UPPER = 0;
@@ -281,7 +282,9 @@ export class Union implements Filesystem {
       if (pr === 'found') {
         found = upper = true;
         type = st[ST_MODE] & S_IFMT;
-        ino = this.originIno(ufd, name) || this.mapIno(UPPER, st[ST_INO]);
+        // the listing already read the origin of this inode (a READDIRPLUS looks up every name)
+        const known = li?.upperInos?.get(name);
+        ino = known && known[0] === st[ST_INO] ? known[1] : this.originIno(ufd, name) || this.mapIno(UPPER, st[ST_INO]);
         if (type !== S_IFDIR) return { st, upper, lowers, type, opaque, upperXwh, ino, upperRedirect };
         const o = dirOpacity(ufd, name);
         opaque = o.opaque;
@@ -1061,13 +1064,15 @@ export class Union implements Filesystem {
     const inos: number[] = [n.ino, n.links[0] ? n.links[0].parent.ino : n.ino];
     const types: number[] = [4, 4];
     const where = new Map<string, number>();
-    this.merge(n, (name, ino, type, layer) => {
+    const upperInos = new Map<string, [number, number]>();
+    this.merge(n, (name, ino, type, layer, raw) => {
       names.push(name);
       inos.push(ino);
       types.push(type);
       where.set(name, layer);
+      if (layer === UPPER) upperInos.set(name, [raw, ino]);
     });
-    this.listings.set(n.id, { until: Date.now() + this.opts.timeout * 1000, names: where });
+    this.listings.set(n.id, { until: Date.now() + this.opts.timeout * 1000, names: where, upperInos });
     return { names, inos: Float64Array.from(inos), types: Uint8Array.from(types) };
   }
 
@@ -1078,7 +1083,7 @@ export class Union implements Filesystem {
   }
 
   /** Walks the layers of a directory top-down, applying whiteouts and opaque dirs. */
-  private merge(n: UNode, emit: (name: string, ino: number, type: number, layer: number) => void, namesOnly = false): void {
+  private merge(n: UNode, emit: (name: string, ino: number, type: number, layer: number, raw: number) => void, namesOnly = false): void {
     const seen = new Set<string>();
     const st = newStat();
     const sources: { layer: number; fd: number; xwh: boolean }[] = [];
@@ -1112,13 +1117,13 @@ export class Union implements Filesystem {
           type = (st[ST_MODE] & S_IFMT) >> 12;
         }
         if (namesOnly) {
-          emit(name, 0, type, src.layer);
+          emit(name, 0, type, src.layer, 0);
           continue;
         }
         const ino = src.layer === UPPER
           ? this.originIno(src.fd, name) || this.mapIno(UPPER, inos[i])
           : this.mapIno(src.layer, inos[i]);
-        emit(name, ino, type, src.layer);
+        emit(name, ino, type, src.layer, inos[i]);
       }
     }
   }
