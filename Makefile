@@ -2,7 +2,7 @@
 # they install what is missing (Debian packages, npm packages, the native build) first.
 SHELL := /bin/bash
 DEB_PKGS := fuse3 attr acl fuse-overlayfs fio e2fsprogs util-linux \
-            thin-provisioning-tools python3 make g++
+            thin-provisioning-tools python3 make g++ liburing-dev
 NODE_STAMP := node_modules/.layerfs-npm-stamp
 ADDON := native/build/Release/layerfs.node
 CLI := dist/src/cli/layerfs.js

@@ -171,6 +171,48 @@ describe('the FUSE transport', () => {
     });
   });
 
+  test('security.capability answered in C: a capability set through the mount is still dropped by the next write, as on kernel overlayfs', () => {
+    // v2 file capability cap_net_raw+ep, as setcap writes it
+    const CAP = '0x0100000200200000000000000000000000000000';
+    const script = `
+import os, subprocess, sys
+d = sys.argv[1]
+def write(p):
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND); os.write(fd, b"x"); os.close(fd)
+def cap(p):
+    r = subprocess.run(["getfattr", "--absolute-names", "-n", "security.capability", "-e", "hex", p], capture_output=True, text=True)
+    return r.stdout.split("=")[-1].strip() if r.returncode == 0 else "none"
+out = []
+for name, src in (("new", None), ("old", "lower")):
+    p = f"{d}/{name}"
+    if src is None:
+        open(p, "w").close()
+    write(p)   # the probe: no capability (cached from here on)
+    subprocess.run(["setfattr", "-n", "security.capability", "-v", "${CAP}", p], check=True)
+    out.append(cap(p))
+    write(p)   # must drop it
+    out.append(cap(p))
+    write(p); out.append(cap(p))
+print(" ".join(out))
+`;
+    const run = (tag: string, mount: (l: ReturnType<typeof layers>) => void): string => {
+      const l = layers(tag);
+      fs.writeFileSync(path.join(l.lower, 'old'), 'lower');
+      mount(l);
+      try {
+        const r = spawnSync('python3', ['-c', script, l.mnt], { encoding: 'utf8' });
+        expect(r.stderr).toBe('');
+        return r.stdout.trim();
+      } finally {
+        spawnSync('umount', [l.mnt]);
+      }
+    };
+    const kernel = run('cap-k', (l) => expect(spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', opts(l), l.mnt]).status).toBe(0));
+    const ours = run('cap-l', (l) => expect(layerfs(['mount', '-o', opts(l), l.mnt]).status).toBe(0));
+    expect(kernel).toBe(`${CAP} none none ${CAP} none none`);
+    expect(ours).toBe(kernel);
+  });
+
   test('kill -9 during passthrough I/O: no hung process, layerfs umount clears the mount, fsynced data is on disk', async () => {
     const l = layers('kill');
     expect(layerfs(['mount', '-o', opts(l), l.mnt]).status).toBe(0);
