@@ -107,8 +107,7 @@ export function uringSuite(base: string, rounds: number): SuiteResult {
       layerfsTarget(base, lowerdir, 'layerfs io_uring', 'lu', ',passthrough=off,uring=on'),
       fuseOverlayfsTarget(base, lowerdir),
     ];
-    const r = runSuite('uring', targets, overlayWorkloads(base).filter((w) => URING_WORKLOADS.includes(w.name)), rounds);
-    return r;
+    return runSuite('uring', targets, overlayWorkloads(base).filter((w) => URING_WORKLOADS.includes(w.name)), rounds);
   } finally {
     fs.writeFileSync(URING_PARAM, old);
   }

@@ -4,7 +4,7 @@
 // CAP_SYS_ADMIN (root mounts) only; rootless mounts keep serving data in C.
 import * as fs from 'node:fs';
 import { UsageError } from '../mount/validate';
-import type { OptionMap } from '../mount/options';
+import { autoOnOff, type OptionMap } from '../mount/options';
 
 /** 0 off, 1 when the kernel and privileges allow (auto, the default), 2 required (on). */
 export type PassthroughWanted = 0 | 1 | 2;
@@ -14,7 +14,7 @@ const OVERLAYFS_MAGIC = 0x794c7630, FUSE_MAGIC = 0x65735546;
 export function passthroughOption(o: OptionMap, writeback: boolean): PassthroughWanted {
   // LAYERFS_PASSTHROUGH: the default when the option is not given (the test matrix runs off)
   const v = o.get('passthrough') ?? process.env.LAYERFS_PASSTHROUGH ?? 'auto';
-  const want = v === 'auto' ? 1 : v === 'on' || v === '1' || v === true ? 2 : v === 'off' || v === '0' ? 0 : -1;
+  const want = autoOnOff(v);
   if (want < 0) throw new UsageError(`bad value for option passthrough: ${String(v)} (auto, on or off)`);
   if (want === 2 && writeback) throw new UsageError('passthrough=on cannot be combined with writeback=1');
   if (want === 2 && process.geteuid?.() !== 0) throw new UsageError('passthrough=on needs root (the kernel allows FUSE passthrough to CAP_SYS_ADMIN only)');

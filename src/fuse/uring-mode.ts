@@ -3,7 +3,10 @@
 // request. The kernel offers it only while the fuse module's enable_uring parameter is on;
 // layerfs never changes that parameter itself.
 import { UsageError } from '../mount/validate';
-import type { OptionMap } from '../mount/options';
+import { autoOnOff, type OptionMap } from '../mount/options';
+
+// off unless asked for: measured here it does not beat the read loop (see README, Benchmark)
+const URING_DEFAULT = 'off';
 
 /** 0 off, 1 when the kernel offers it, 2 required (the mount fails otherwise). */
 export type UringWanted = 0 | 1 | 2;
@@ -11,10 +14,7 @@ export type UringWanted = 0 | 1 | 2;
 /** The uring option's value; LAYERFS_URING sets the default (the test matrix runs "on"). */
 export function uringOption(o: OptionMap | null): UringWanted {
   const v = o?.get('uring') ?? process.env.LAYERFS_URING ?? URING_DEFAULT;
-  const want = v === 'auto' ? 1 : v === 'on' || v === '1' || v === true ? 2 : v === 'off' || v === '0' ? 0 : -1;
+  const want = autoOnOff(v);
   if (want < 0) throw new UsageError(`bad value for option uring: ${String(v)} (auto, on or off)`);
   return want as UringWanted;
 }
-
-// off unless asked for: measured here it does not beat the read loop (see README, Transport)
-export const URING_DEFAULT = 'off';

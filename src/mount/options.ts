@@ -54,3 +54,8 @@ export function numberOption(m: OptionMap, key: string, def: number): number {
   if (!Number.isFinite(n) || n < 0) throw new Error(`bad value for option ${key}: ${v === true ? '(none)' : v}`);
   return n;
 }
+
+/** An auto|on|off option's value (also 1/0): 1 auto, 2 on, 0 off; -1 for anything else. */
+export function autoOnOff(v: string | true): 0 | 1 | 2 | -1 {
+  return v === 'auto' ? 1 : v === 'on' || v === '1' || v === true ? 2 : v === 'off' || v === '0' ? 0 : -1;
+}
