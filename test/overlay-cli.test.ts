@@ -5,7 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ROOT, daemonPid, isMounted, requireFuse, tempDir, unmountAll } from './helpers/mount';
+import { HELPER, ROOT, daemonPid, isMounted, requireFuse, tempDir, unmountAll } from './helpers/mount';
 
 /** The command line of the daemon serving mnt. */
 function daemonCmdline(mnt: string): string {
@@ -77,11 +77,11 @@ describe('layerfs-overlay command line', () => {
     expect(spawnSync('umount', [mnt]).status).toBe(0);
   });
 
-  /** A wrapper that runs this checkout's build (never an installed copy). */
+  /** layerfs-overlay as `make install` puts it: a link to this checkout's mount helper. */
   function checkoutWrapper(dir: string): string {
     fs.mkdirSync(dir, { recursive: true });
     const w = path.join(dir, 'layerfs-overlay');
-    fs.writeFileSync(w, `#!/bin/sh\nexec "${process.execPath}" "${OVERLAY_CLI}" "$@"\n`, { mode: 0o755 });
+    fs.symlinkSync(HELPER, w);
     return w;
   }
 
@@ -90,8 +90,8 @@ describe('layerfs-overlay command line', () => {
     expect(r.status, r.stderr).toBe(0);
     try {
       expect(fs.readFileSync(path.join(mnt, file), 'utf8')).toBe(want);
-      // the daemon is this checkout's build: its command line names this checkout's CLI
-      expect(daemonCmdline(mnt)).toContain(OVERLAY_CLI);
+      // the mount is served by this checkout's build: its command line names this checkout's CLI
+      expect(daemonCmdline(mnt)).toContain(path.join(ROOT, 'dist/src/cli/'));
     } finally {
       expect(spawnSync('umount', [mnt]).status).toBe(0);
     }
@@ -115,8 +115,7 @@ describe('layerfs-overlay command line', () => {
     const had = fs.existsSync(slot);
     if (had) fs.renameSync(slot, saved);
     try {
-      fs.copyFileSync(checkoutWrapper(path.join(base, 'bin2')), slot);
-      fs.chmodSync(slot, 0o755);
+      fs.symlinkSync(HELPER, slot);
       const opts = `lowerdir=${l1}:${l2},upperdir=${up},workdir=${work}`;
       mountThenCheck(['-t', 'fuse.layerfs-overlay', 'layerfs-overlay', mnt, '-o', opts], 'bottom', 'bottom');
       const fstab = path.join(base, 'fstab2');

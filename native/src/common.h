@@ -50,6 +50,8 @@ size_t handle_count(void);
 
 // ---- session (session.c) ----
 napi_value session_init_exports(napi_env env, napi_value exports);
+// ---- the resident service's socket (service.c) ----
+napi_value service_init_exports(napi_env env, napi_value exports);
 // ---- syscalls (sys.c) ----
 napi_value sys_init_exports(napi_env env, napi_value exports);
 

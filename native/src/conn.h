@@ -8,14 +8,9 @@
 #include <sys/statvfs.h>
 #include <sys/uio.h>
 #include "proto.h"
+#include "fusemount.h"
 
 struct ring_ent;
-
-struct conn_opts {
-  char *fsname, *subtype;
-  int allow_other, default_permissions, ro, debug;
-  unsigned long mount_flags;   // MS_* from nosuid, nodev, noexec, noatime, sync, dirsync
-};
 
 struct conn_want {             // what the filesystem would like; INIT keeps what the kernel offers
   uint64_t flags;
@@ -51,8 +46,6 @@ struct req {                   // one request in flight; freed by its reply
   uint32_t tag;                // the session's note on what the reply means (session.c)
 };
 
-// Parses "-o a,b=c" style options known to the kernel mount into o; unknown ones are an error.
-int conn_parse_opts(struct conn_opts *o, const char *opts, char *err, size_t errlen);
 // Opens /dev/fuse and mounts it at mnt; 0, or -1 with a message in err.
 int conn_mount(struct conn *c, const char *mnt, char *err, size_t errlen);
 void conn_unmount(struct conn *c);

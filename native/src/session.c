@@ -30,7 +30,7 @@ enum {
 };
 
 #define NARGS 16
-#define MAX_SESSIONS 64
+#define MAX_SESSIONS 1024   // mounts one process (the resident service) may serve
 
 struct job {
   struct job *next;
@@ -61,6 +61,7 @@ struct session {
   uv_poll_t *ring_poll;    // its eventfd
   uint64_t via_ring;       // requests that came through it
   uint64_t *nocap;         // node ids known to have no security.capability (see nocap_*)
+  int64_t handles;         // open file handles (layerfs ps)
 };
 
 static struct session sessions[MAX_SESSIONS];
@@ -381,6 +382,7 @@ static void do_release(struct req *req, uint64_t fh) {
   if (!h) { reply_err(req, EBADF); return; }
   if (h->kind == HANDLE_JS) {
     h = handle_take(fh);
+    __atomic_sub_fetch(&session_of(req)->handles, 1, __ATOMIC_RELAXED);
     js_handle_op(OP_RELEASE, req, req->nodeid, h, 0, 0, 0);
     handle_free(h);
     return;
@@ -953,10 +955,16 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     else if (!strcmp(tmp, "-o") && i + 1 < n) {
       napi_get_element(env, argv[1], ++i, &e);
       if (arg_str(env, e, tmp, sizeof tmp) < 0) continue;
-      if (conn_parse_opts(&s->conn.opts, tmp, err, sizeof err) < 0) { napi_throw_error(env, NULL, err); return NULL; }
+      if (fm_parse_opts(&s->conn.opts, tmp, err, sizeof err) < 0) { napi_throw_error(env, NULL, err); return NULL; }
     }
   }
-  if (conn_mount(&s->conn, mnt, err, sizeof err) < 0) {
+  int given = get_int_prop(env, cfg, "fd", -1);
+  if (given >= 0) {   // mounted by the helper in the caller's namespace; the session owns the fd now
+    s->conn.fd = given;
+    fcntl(given, F_SETFD, FD_CLOEXEC);
+    snprintf(s->conn.mountpoint, sizeof s->conn.mountpoint, "%s", mnt);
+    s->conn.by_fusermount = get_int_prop(env, cfg, "byFusermount", 0);
+  } else if (conn_mount(&s->conn, mnt, err, sizeof err) < 0) {
     free(s->conn.opts.fsname); free(s->conn.opts.subtype);
     napi_throw_error(env, NULL, err);
     return NULL;
@@ -1026,7 +1034,8 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// opCounts(sid) -> Float64Array(65): requests received per opcode; [64]: of them, through io_uring.
+// opCounts(sid) -> Float64Array(66): requests received per opcode; [64]: of them, through io_uring;
+// [65]: open file handles.
 static napi_value js_op_counts(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -1034,10 +1043,11 @@ static napi_value js_op_counts(napi_env env, napi_callback_info info) {
   struct session *s = arg_session(env, argv[0]);
   napi_value ab, arr;
   void *data;
-  NAPI_CALL(env, napi_create_arraybuffer(env, 65 * sizeof(double), &data, &ab));
-  NAPI_CALL(env, napi_create_typedarray(env, napi_float64_array, 65, ab, 0, &arr));
+  NAPI_CALL(env, napi_create_arraybuffer(env, 66 * sizeof(double), &data, &ab));
+  NAPI_CALL(env, napi_create_typedarray(env, napi_float64_array, 66, ab, 0, &arr));
   for (int i = 0; i < 64; i++) ((double *)data)[i] = s ? (double)__atomic_load_n(&s->ops[i], __ATOMIC_RELAXED) : 0;
   ((double *)data)[64] = s ? (double)s->via_ring : 0;
+  ((double *)data)[65] = s ? (double)__atomic_load_n(&s->handles, __ATOMIC_RELAXED) : 0;
   return arr;
 }
 
@@ -1154,6 +1164,7 @@ static uint64_t open_handle(struct req *req, int fd, uint64_t nodeid, int open_f
 static void drop_handle(uint64_t fh, struct conn *c) {
   struct handle *h = handle_take(fh);
   if (!h) return;
+  __atomic_sub_fetch(&((struct session *)c)->handles, 1, __ATOMIC_RELAXED);
   if (h->kind == HANDLE_FD && c->passthrough) io_release(c, h->ino, (enum io_mode)h->io_mode);
   if (h->kind == HANDLE_FD) close(h->fd);
   handle_free(h);
@@ -1177,6 +1188,7 @@ static napi_value js_reply_open(napi_env env, napi_callback_info info) {
     reply_err(req, conflict ? ESTALE : ENFILE);
     return num(env, conflict ? -ESTALE : 0);  // -ESTALE: give the node's names a new node
   }
+  __atomic_add_fetch(&((struct session *)c)->handles, 1, __ATOMIC_RELAXED);
   if (reply_open(req, fh, oflags, backing) != 0) {  // interrupted: the kernel will never release it
     drop_handle(fh, c);
     return num(env, 0);
@@ -1200,6 +1212,7 @@ static napi_value js_reply_create(napi_env env, napi_callback_info info) {
   int conflict;
   uint64_t fh = open_handle(req, fd, nodeid, (int)arg_i64(env, argv[8]), (int)arg_i64(env, argv[7]), &oflags, &backing, &conflict);
   if (!fh) { close(fd); reply_err(req, conflict ? ESTALE : ENFILE); return num(env, 0); }
+  __atomic_add_fetch(&((struct session *)c)->handles, 1, __ATOMIC_RELAXED);
   if (reply_create(req, nodeid, (uint64_t)arg_f64(env, argv[2]), arg_f64(env, argv[3]), arg_f64(env, argv[4]), &st,
                    fh, oflags, backing) != 0) {
     drop_handle(fh, c);

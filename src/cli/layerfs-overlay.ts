@@ -4,6 +4,7 @@
 //   layerfs-overlay SOURCE MNT -o OPTS                  (mount.fuse / fstab order)
 // It exits 0 only once the mount answers, and never keeps the caller's stdout/stderr open.
 import { DAEMON_FLAG, runMount } from '../mount/lifecycle';
+import { viaHelper } from '../service/client';
 import { overlayCheck, overlayMount } from '../overlay/mount';
 
 function fail(msg: string): never {
@@ -46,6 +47,7 @@ async function main(): Promise<void> {
   const source = a.positional.length === 2 ? a.positional[0] : 'layerfs-overlay';
   await runMount({
     daemon: a.daemon, argv, name: 'layerfs-overlay', foreground: a.foreground || a.debug,
+    service: () => viaHelper('layerfs-overlay', argv),
     check: () => overlayCheck(mnt, a.options),
     build: () => overlayMount(mnt, a.options, a.debug, { source, subtype: 'layerfs-overlay' }),
   });

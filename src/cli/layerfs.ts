@@ -7,6 +7,8 @@ import { passthroughMount } from '../passthrough/mount';
 import { overlayCheck, overlayMount } from '../overlay/mount';
 import { UsageError } from '../mount/validate';
 import { registerThin } from '../thin/cli';
+import { viaHelper } from '../service/client';
+import { runService } from '../service/server';
 
 function fail(msg: string): never {
   process.stderr.write(`layerfs: ${msg}\n`);
@@ -56,7 +58,17 @@ async function main(argv: string[]): Promise<void> {
     .action((args: string[], f: MountFlags) => runMount({
       daemon: isDaemon, argv: argv.slice(2), name: 'layerfs', foreground: !!(f.foreground || f.debug),
       check: () => checkMount(args, f), build: () => buildMount(args, f),
+      service: f.passthrough ? undefined : () => viaHelper('layerfs', argv.slice(2)),
     }));
+  program.command('ps')
+    .description("the resident service's mounts: mountpoint, mode, caller pid, open handles, requests, layers")
+    .option('--json', 'one JSON object')
+    .action((f: { json?: boolean }) => viaHelper('layerfs', ['ps', ...(f.json ? ['--json'] : [])]));
+  program.command('service')
+    .description('the resident service (started by the mount helper on first use)')
+    .requiredOption('--socket <path>', 'the unix socket to listen on')
+    .option('--ready-fd <n>', 'write "ok" or one error line there once listening', '-1')
+    .action((f: { socket: string; readyFd: string }) => runService(f.socket, Number(f.readyFd)));
   registerThin(program, fail, (build, check, f) => runMount({
     daemon: isDaemon, argv: argv.slice(2), name: 'layerfs', foreground: !!(f.foreground || f.debug), check, build,
   }));

@@ -74,6 +74,8 @@ export interface Filesystem {
   init?(info: { protoMinor: number; want: number; maxWrite: number }): void;
   /** Called once the session exists; one filesystem may be served by several sessions. */
   attach?(n: Notifier): void;
+  /** The mount ended: let go of fds and watches (a resident service outlives its mounts). */
+  close?(): void;
   lookup(parent: number, name: string, caller: Caller): MaybeAsync<Entry | null>;
   forget(nodeid: number, nlookup: number): void;
   /** The kernel's inode of nodeid cannot serve a new open (it passes another backing file

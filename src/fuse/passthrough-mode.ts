@@ -2,6 +2,7 @@
 // reads, writes, splice and mmap of it never reach the daemon — the backing file's page cache
 // is the only copy, shared by every mount over the same files. The kernel allows it to
 // CAP_SYS_ADMIN (root mounts) only; rootless mounts keep serving data in C.
+import { env } from '../mount/env';
 import * as fs from 'node:fs';
 import { UsageError } from '../mount/validate';
 import { autoOnOff, type OptionMap } from '../mount/options';
@@ -13,7 +14,7 @@ const OVERLAYFS_MAGIC = 0x794c7630, FUSE_MAGIC = 0x65735546;
 
 export function passthroughOption(o: OptionMap, writeback: boolean): PassthroughWanted {
   // LAYERFS_PASSTHROUGH: the default when the option is not given (the test matrix runs off)
-  const v = o.get('passthrough') ?? process.env.LAYERFS_PASSTHROUGH ?? 'auto';
+  const v = o.get('passthrough') ?? env('LAYERFS_PASSTHROUGH') ?? 'auto';
   const want = autoOnOff(v);
   if (want < 0) throw new UsageError(`bad value for option passthrough: ${String(v)} (auto, on or off)`);
   if (want === 2 && writeback) throw new UsageError('passthrough=on cannot be combined with writeback=1');

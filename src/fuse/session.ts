@@ -1,5 +1,6 @@
 // A mounted FUSE session: turns the requests the native binding hands to the JS thread into
 // calls on a Filesystem, and the results into replies. One process may serve many sessions.
+import { env } from '../mount/env';
 import { native, type SessionConfig } from '../sys/native';
 import type { DirList } from '../sys/native';
 import { FsError } from '../sys/errors';
@@ -131,7 +132,7 @@ export class Session {
     if (opts.mountOptions.length) argv.push('-o', opts.mountOptions.join(','));
     if (opts.debug) argv.push('-d');
     // LAYERFS_FUSE_MINOR=38: behave as on a kernel that offers no more (tests of older kernels)
-    const maxMinor = Number(process.env.LAYERFS_FUSE_MINOR ?? 0) || 0;
+    const maxMinor = Number(env('LAYERFS_FUSE_MINOR') ?? 0) || 0;
     this.sid = native.mount(mountpoint, argv, { ...opts, maxMinor, uring: opts.uring ?? uringOption(null) });
     sessions.set(this.sid, this);
     fs.attach?.({
@@ -146,6 +147,11 @@ export class Session {
   unmount(): void {
     if (process.geteuid?.() === 0) native.umount2(this.mountpoint, MNT_DETACH);
     else spawn('fusermount3', ['-u', '-z', this.mountpoint], { stdio: 'ignore' }).on('error', () => {});
+  }
+
+  /** Open file handles of this mount (layerfs ps). */
+  get openHandles(): number {
+    return native.opCounts(this.sid)[65];
   }
 
   invalEntry(parent: number, name: string): void {

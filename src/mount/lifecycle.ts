@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import { Session, type SessionOptions } from '../fuse/session';
 import type { Filesystem } from '../fuse/filesystem';
 import { native } from '../sys/native';
+import { serviceWanted } from '../service/client';
 
 export interface Mountable {
   fs: Filesystem;
@@ -117,6 +118,8 @@ export interface MountCommand {
   build(): Mountable;
   foreground: boolean;
   name: string;             // for error lines
+  /** A background mount the resident service can take (src/service): handed to the helper. */
+  service?: () => never;
 }
 
 /** The one mount flow of every command: check, then serve here (-f/-d) or start the daemon. */
@@ -126,6 +129,7 @@ export async function runMount(c: MountCommand): Promise<void> {
     process.exit(1);
   };
   if (c.daemon) return daemonChild(() => c.build());
+  if (c.service && !c.foreground && serviceWanted()) c.service();
   try {
     c.check();
   } catch (e) {

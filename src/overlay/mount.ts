@@ -2,15 +2,15 @@
 // the work dir as the kernel does (workdir/work, emptied at mount), picks the whiteout format
 // the daemon may write, and builds the union.
 import { stackDepth } from '../fuse/passthrough-mode';
-import * as fs from 'node:fs';
 import { native } from '../sys/native';
 import { check, errnoName } from '../sys/errors';
-import { AT_FDCWD, MOUNT_ATTR_NOATIME, MOUNT_ATTR_RDONLY, MOUNT_ATTR__ATIME, O_DIRECTORY, O_PATH, S_IFCHR } from '../sys/constants';
+import { MOUNT_ATTR_NOATIME, MOUNT_ATTR_RDONLY, MOUNT_ATTR__ATIME, O_DIRECTORY, O_PATH, S_IFCHR } from '../sys/constants';
 import { identity } from '../sys/identity';
 import type { Mountable } from '../mount/lifecycle';
 import { parseOptions } from '../mount/options';
-import { checkFuseDevice, checkMountpoint, requireDir, UsageError, within } from '../mount/validate';
-import { assignFsIndexes, openLayer, type Layer } from '../union/layers';
+import { checkFuseDevice, UsageError } from '../mount/validate';
+import { checkMountpoint, closeDirs, devOf, openLocal, within, type Dir, type Want } from '../mount/dirs';
+import { assignFsIndexes, layerFromFd, useClone, type Layer } from '../union/layers';
 import { Union, removeTree } from '../union/union';
 import { Ids } from '../union/ids';
 import type { WhiteoutFormat } from '../union/whiteout';
@@ -25,27 +25,41 @@ function config(optionLists: string[]): OverlayConfig {
   }
 }
 
-/** Checks the layer dirs and the mountpoint; returns their real paths. */
-export function validate(cfg: OverlayConfig, mnt: string): { lowers: string[]; upper: string | null; work: string | null; mountpoint: string } {
-  const lowers = cfg.lowers.map((l) => requireDir('lowerdir', l));
-  const upper = cfg.upper ? requireDir('upperdir', cfg.upper) : null;
-  const work = cfg.work ? requireDir('workdir', cfg.work) : null;
+/** The dirs a mount needs opened, mountpoint first: the caller opens them (dirs.ts). */
+function wanted(cfg: OverlayConfig, mnt: string): Want[] {
+  return [
+    { what: 'mountpoint', path: mnt, mode: 'p' },
+    ...cfg.lowers.map((l): Want => ({ what: 'lowerdir', path: l, mode: 'r' })),
+    ...(cfg.upper ? [{ what: 'upperdir', path: cfg.upper, mode: 'r' } as Want] : []),
+    ...(cfg.work ? [{ what: 'workdir', path: cfg.work, mode: 'r' } as Want] : []),
+  ];
+}
+
+interface Dirs { mountpoint: Dir; lowers: Dir[]; upper: Dir | null; work: Dir | null }
+
+function sorted(cfg: OverlayConfig, d: Dir[]): Dirs {
+  const n = cfg.lowers.length;
+  return { mountpoint: d[0], lowers: d.slice(1, 1 + n), upper: cfg.upper ? d[1 + n] : null, work: cfg.work ? d[d.length - 1] : null };
+}
+
+/** Checks the opened layer dirs and the mountpoint against each other, by their fds. */
+function validate(v: Dirs): void {
   checkFuseDevice();
-  const mountpoint = checkMountpoint(mnt);
+  checkMountpoint(v.mountpoint);
+  const { upper, work } = v;
   if (upper) {
-    for (const l of lowers) {
-      if (within(upper, l)) throw new UsageError(`upperdir ${upper} is inside lowerdir ${l}`);
-      if (within(l, upper)) throw new UsageError(`lowerdir ${l} is inside upperdir ${upper}`);
+    for (const l of v.lowers) {
+      if (within(upper, l)) throw new UsageError(`upperdir ${upper.path} is inside lowerdir ${l.path}`);
+      if (within(l, upper)) throw new UsageError(`lowerdir ${l.path} is inside upperdir ${upper.path}`);
     }
     if (work) {
-      if (within(work, upper) || within(upper, work)) throw new UsageError(`workdir ${work} and upperdir ${upper} must not contain each other`);
-      if (fs.statSync(work).dev !== fs.statSync(upper).dev) throw new UsageError(`workdir ${work} is not on the upper's filesystem`);
+      if (within(work, upper) || within(upper, work)) throw new UsageError(`workdir ${work.path} and upperdir ${upper.path} must not contain each other`);
+      if (devOf(work) !== devOf(upper)) throw new UsageError(`workdir ${work.path} is not on the upper's filesystem`);
     }
   }
-  for (const d of [...lowers, ...(upper ? [upper] : []), ...(work ? [work] : [])]) {
-    if (within(mountpoint, d)) throw new UsageError(`mountpoint ${mountpoint} is inside layer ${d}`);
+  for (const d of [...v.lowers, ...(upper ? [upper] : []), ...(work ? [work] : [])]) {
+    if (within(v.mountpoint, d)) throw new UsageError(`mountpoint ${v.mountpoint.path} is inside layer ${d.path}`);
   }
-  return { lowers, upper, work, mountpoint };
 }
 
 /** The formats this daemon may write: the kernel's when it can make a 0/0 device and trusted xattrs. */
@@ -80,18 +94,25 @@ function privateLowerMounts(layers: Layer[], required: boolean): boolean {
     clones.push(fd);
   }
   let i = 0;
-  for (const l of layers) {
-    if (l.writable) continue;
-    native.close(l.fd);
-    l.fd = clones[i++];
-  }
+  for (const l of layers) if (!l.writable) useClone(l, clones[i++]);
   return true;
+}
+
+/** What a mount of these options needs opened; throws on bad options. */
+export function overlayPrepare(mnt: string, optionLists: string[]): { cfg: OverlayConfig; wants: Want[] } {
+  const cfg = config(optionLists);
+  return { cfg, wants: wanted(cfg, mnt) };
 }
 
 /** Parses and checks everything a mount needs, touching nothing; prints option warnings. */
 export function overlayCheck(mnt: string, optionLists: string[]): void {
-  const cfg = config(optionLists);
-  validate(cfg, mnt);
+  const { cfg, wants } = overlayPrepare(mnt, optionLists);
+  const dirs = openLocal(wants);
+  try {
+    validate(sorted(cfg, dirs));
+  } finally {
+    closeDirs(dirs);
+  }
   for (const w of cfg.warnings) process.stderr.write(`layerfs: warning: ${w}\n`);
 }
 
@@ -100,30 +121,42 @@ export interface MountName {
   subtype: string;   // fuse.<subtype> in /proc/mounts
 }
 
+/** A mount served by this process, its dirs opened here. */
 export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
   name: MountName = { source: 'layerfs', subtype: 'layerfs' }): Mountable {
-  const cfg = config(optionLists);
-  const v = validate(cfg, mnt);
+  const { cfg, wants } = overlayPrepare(mnt, optionLists);
+  const dirs = openLocal(wants);
+  try {
+    return overlayBuild(cfg, dirs, debug, name);
+  } finally {
+    closeDirs(dirs);
+  }
+}
+
+/** Builds the union over dirs opened by whoever asked (this process, or the mount helper as the
+ * caller): checks them first; the dir fds stay the caller's (the union reopens what it keeps). */
+export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, name: MountName): Mountable {
+  const v = sorted(cfg, opened);
+  validate(v);
   const id = identity();
   const layers: Layer[] = [];
   let workFd = -1;
   let indexFd = -1;
   const writable = v.upper !== null && !cfg.ro;
-  if (v.upper) layers.push(openLayer(0, v.upper, writable));
-  for (const l of v.lowers) layers.push(openLayer(layers.length, l, false));
+  if (v.upper) layers.push(layerFromFd(0, v.upper.path, v.upper.fd, writable));
+  for (const l of v.lowers) layers.push(layerFromFd(layers.length, l.path, l.fd, false));
   assignFsIndexes(layers);
   const passthrough = cfg.passthrough > 0 && privateLowerMounts(layers, cfg.passthrough === 2);
   let format: WhiteoutFormat = { charDevice: id.root, ns: id.root ? 'trusted' : 'user' };
   if (v.work && writable) {
     // workdir/work, emptied at mount: leftovers of an interrupted copy-up never show
-    const wfd = check(native.openat(AT_FDCWD, v.work, O_PATH | O_DIRECTORY, 0));
+    const wfd = v.work.fd;
     removeTree(wfd, 'work');
     check(native.mkdirat(wfd, 'work', 0o700));
     workFd = check(native.openat(wfd, 'work', O_PATH | O_DIRECTORY, 0));
     // copied-up lower hard links, kept across mounts (the kernel's own index dir is 'index')
     native.mkdirat(wfd, 'layerfs-index', 0o700);
     indexFd = check(native.openat(wfd, 'layerfs-index', O_PATH | O_DIRECTORY, 0));
-    native.close(wfd);
     format = probeFormat(workFd, id.root);
   }
   const union = new Union(layers, workFd, {
@@ -138,7 +171,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
     staticNlink: cfg.staticNlink,
     atime: cfg.atime,
     passthrough,
-  }, id, native.raiseNofile(), indexFd);
+  }, id, indexFd);
   const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');
   const mountOptions = [`fsname=${fsname}`, `subtype=${name.subtype}`, 'default_permissions'];
   if (id.root) mountOptions.push('allow_other');
@@ -146,13 +179,13 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
   mountOptions.push(...cfg.kernelOptions);
   return {
     fs: union,
-    mountpoint: v.mountpoint,
+    mountpoint: v.mountpoint.path,
     session: {
       mountOptions, entryTimeout: cfg.timeout, attrTimeout: cfg.timeout, negativeTimeout: cfg.timeout,
       writeback: cfg.writeback, debug, readdirplus: 2, threads: cfg.threads, asyncDio: true,
-      passthrough: passthrough ? cfg.passthrough : 0, uring: cfg.uring, stackDepth: stackDepth(layers.map((l) => l.path)),
+      passthrough: passthrough ? cfg.passthrough : 0, uring: cfg.uring, stackDepth: stackDepth(layers.map((l) => `/proc/self/fd/${l.fd}`)),
       posixAcl: false, noOpendir: cfg.timeout >= 3600,
     },
+    onEnd: () => union.close(),
   };
 }
-

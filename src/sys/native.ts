@@ -30,7 +30,14 @@ export interface SessionConfig {
   threads?: number;
   maxWrite?: number;
   maxReadahead?: number;
+  /** Serve this /dev/fuse fd, already mounted by the mount helper (the session owns it). */
+  fd?: number;
+  /** That mount was made by fusermount3 (so fusermount3 unmounts it). */
+  byFusermount?: boolean;
 }
+
+/** One packet from a mount helper: its fields (null: it hung up), the fds it passed, its creds. */
+export type ServicePacket = (conn: number, fields: string[] | null, fds: number[], pid: number, uid: number, gid: number) => void;
 
 export interface Native {
   // session
@@ -101,6 +108,11 @@ export interface Native {
   majorMinor(dev: number): [number, number];
   keepCapsOnFsuid(): number;
   setfsugid(uid: number, gid: number): number;
+  // the resident service's socket (native/src/service.c)
+  serviceListen(path: string, onPacket: ServicePacket): number;
+  serviceStop(): void;
+  serviceSend(conn: number, fields: string[]): number;
+  serviceClose(conn: number): void;
 }
 
 function load(): Native {

@@ -22,7 +22,6 @@ import {
 } from './whiteout';
 import { isPrivateXattr, ORIGIN_XATTRS, REDIRECT_XATTRS, xattrNames, type XattrNames } from './xattrs';
 import { buildCopy, keepTimes } from './copyup';
-import { fdBudget } from '../sys/fdcache';
 import { LRUCache } from 'lru-cache';
 import { LowerWatcher } from './watch';
 import { statByHandle } from '../sys/handles';
@@ -79,12 +78,12 @@ export class Union implements Filesystem {
 
   /** layers: the upper first when there is one (writable), then the lowers top to bottom. */
   constructor(layers: Layer[], workFd: number, private readonly opts: UnionOptions,
-    private readonly id: Identity, fdLimit: number, private readonly indexFd = -1) {
+    private readonly id: Identity, private readonly indexFd = -1) {
     this.layers = layers;
     this.hasUpper = layers.length > 0 && layers[0].writable;
     this.lowerStart = this.hasUpper ? 1 : 0;
     this.workFd = workFd;
-    this.dirs = new LayerDirs(layers, fdBudget(fdLimit));
+    this.dirs = new LayerDirs(layers);
     this.x = xattrNames(opts.format.ns);
     this.root = this.newNode(ROOT_ID, S_IFDIR);
     this.root.nlookup = 1;
@@ -118,6 +117,20 @@ export class Union implements Filesystem {
 
   attach(n: Notifier): void {
     this.notifiers.push(n);
+  }
+
+  /** The mount ended: every fd and watch this union holds goes (the resident service lives on). */
+  close(): void {
+    this.watcher?.close();
+    this.dirs.close();
+    this.listings.clear();
+    this.nodes.clear();
+    this.byUpperIno.clear();
+    this.byIndexKey.clear();
+    this.notifiers = [];
+    for (const l of this.layers) native.close(l.fd);
+    if (this.workFd >= 0) native.close(this.workFd);
+    if (this.indexFd >= 0) native.close(this.indexFd);
   }
 
   private invalAttr(n: UNode): void {

@@ -53,6 +53,11 @@ export class LowerWatcher {
     e.w.close();
   }
 
+  close(): void {
+    for (const key of [...this.watches.keys()]) this.dropKey(key);
+    this.byNode.clear();
+  }
+
   get size(): number {
     return this.watches.size;
   }

@@ -55,8 +55,21 @@ export function unmountAll(prefix = TMP_PREFIX): void {
   for (const l of ours) spawnSync('losetup', ['-d', l.name]);
 }
 
-/** The pid of the daemon serving mountpoint, from its command line. */
+export const HELPER = path.join(ROOT, 'native/build/Release/layerfs-helper');
+
+/** The resident service's mounts (`layerfs ps --json`), as the calling user sees them. */
+export function servicePs(env: NodeJS.ProcessEnv = process.env): { pid: number; rssKiB: number; mounts: { mountpoint: string; pid: number; openHandles: number; requests: number }[] } | null {
+  const r = spawnSync(HELPER, ['ps', '--json'], { encoding: 'utf8', env });
+  const out = r.stdout.trim();
+  if (r.status !== 0 || !out.startsWith('{')) return null;
+  return JSON.parse(out);
+}
+
+/** The pid of the process serving mountpoint: its own daemon (LAYERFS_SERVICE=off, thin,
+ * passthrough mode) found by command line, or the resident service that lists it. */
 export function daemonPid(mountpoint: string): number {
+  const ps = servicePs();
+  if (ps?.mounts.some((m) => m.mountpoint === mountpoint)) return ps.pid;
   for (const d of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
