@@ -163,7 +163,8 @@ static void start_service(void) {
     dup2(p[1], 3);
     syscall(436 /* close_range */, 4, ~0U, 0);
     signal(SIGPIPE, SIG_DFL);
-    execlp(node_binary(), node_binary(), js, "service", "--socket", sock_path, "--ready-fd", "3", (char *)NULL);
+    // --expose-gc: the service collects when its last mount is gone (server.ts armIdle)
+    execlp(node_binary(), node_binary(), "--expose-gc", js, "service", "--socket", sock_path, "--ready-fd", "3", (char *)NULL);
     dprintf(3, "error cannot run %s: %s\n", node_binary(), strerror(errno));
     _exit(127);
   }

@@ -19,6 +19,7 @@ struct svc_conn {
   uv_poll_t poll;
   int fd;
   int id;
+  int refused;        // another user: told so; what it sends is dropped until it hangs up
   struct ucred peer;
 };
 
@@ -57,7 +58,7 @@ static void deliver(struct svc_conn *c, const char *buf, ssize_t len, const int 
   else {
     napi_create_array(svc_env, &argv[1]);
     uint32_t k = 0;
-    for (ssize_t at = 0; at < len;) {
+    for (ssize_t at = 0; at <= len;) {   // n NULs: n + 1 fields (the last may be empty)
       size_t n = strnlen(buf + at, (size_t)(len - at));
       napi_value s;
       napi_create_string_utf8(svc_env, buf + at, n, &s);
@@ -101,6 +102,12 @@ static void on_conn(uv_poll_t *h, int status, int events) {
     for (int i = 0; i < k && nfds < MAX_FDS; i++) memcpy(&fds[nfds++], CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
   }
   int id = c->id;
+  if (c->refused) {   // closing with its packet unread would reset the connection before it reads ours
+    for (int i = 0; i < nfds; i++) close(fds[i]);
+    if (n <= 0 || status < 0) conn_drop(c);
+    free(buf);
+    return;
+  }
   if (n <= 0 || status < 0) {   // hung up (or an error): JS forgets whatever the helper had asked
     conn_drop(c);
     struct svc_conn gone = { .id = id };
@@ -123,18 +130,17 @@ static void on_accept(uv_poll_t *h, int status, int events) {
     if (fd < 0) return;
     struct ucred cr;
     socklen_t len = sizeof cr;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || cr.uid != geteuid()) {
-      // another user (the socket's modes aside): one line back, then nothing more
-      static const char refused[] = "error\0this layerfs service belongs to another user";
-      send(fd, refused, sizeof refused - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-      close(fd);
-      continue;
+    int refused = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || cr.uid != geteuid();
+    if (refused) {   // another user (the socket's modes aside): one line back, then nothing more
+      static const char msg[] = "error\0this layerfs service belongs to another user";
+      send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     }
     struct svc_conn *c = calloc(1, sizeof *c);
     if (!c) { close(fd); continue; }
     c->fd = fd;
     c->id = next_id++;
     c->peer = cr;
+    c->refused = refused;
     int slot = -1;
     for (int i = 0; i < nconns; i++) if (!conns[i]) { slot = i; break; }
     if (slot < 0) {

@@ -43,8 +43,8 @@ function sorted(cfg: OverlayConfig, d: Dir[]): Dirs {
 }
 
 /** Checks the opened layer dirs and the mountpoint against each other, by their fds. */
-function validate(v: Dirs): void {
-  checkFuseDevice();
+function validate(v: Dirs, local: boolean): void {
+  if (local) checkFuseDevice();   // otherwise the mount helper opens it (or fusermount3 does)
   checkMountpoint(v.mountpoint);
   const { upper, work } = v;
   if (upper) {
@@ -109,7 +109,7 @@ export function overlayCheck(mnt: string, optionLists: string[]): void {
   const { cfg, wants } = overlayPrepare(mnt, optionLists);
   const dirs = openLocal(wants);
   try {
-    validate(sorted(cfg, dirs));
+    validate(sorted(cfg, dirs), true);
   } finally {
     closeDirs(dirs);
   }
@@ -127,7 +127,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
   const { cfg, wants } = overlayPrepare(mnt, optionLists);
   const dirs = openLocal(wants);
   try {
-    return overlayBuild(cfg, dirs, debug, name);
+    return overlayBuild(cfg, dirs, debug, name, true);
   } finally {
     closeDirs(dirs);
   }
@@ -135,9 +135,9 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
 
 /** Builds the union over dirs opened by whoever asked (this process, or the mount helper as the
  * caller): checks them first; the dir fds stay the caller's (the union reopens what it keeps). */
-export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, name: MountName): Mountable {
+export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, name: MountName, local = false): Mountable {
   const v = sorted(cfg, opened);
-  validate(v);
+  validate(v, local);
   const id = identity();
   const layers: Layer[] = [];
   let workFd = -1;

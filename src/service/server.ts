@@ -30,6 +30,16 @@ interface Conversation {
   fds?: number[];
 }
 
+/** Who asked: the helper's parent (the engine, mount(8), a shell), read while the helper waits. */
+function parentOf(pid: number): number {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) || pid;
+  } catch {
+    return pid;
+  }
+}
+
 export class Service {
   private readonly convs = new Map<number, Conversation>();
   readonly table = new MountTable();
@@ -102,7 +112,7 @@ export class Service {
           if (eq > 0) vars[f[i + 1].slice(0, eq)] = f[i + 1].slice(eq + 1);
         }
       }
-      const conv: Conversation = { step: 'opened', pid, prog: f[1], source: f[2], vars };
+      const conv: Conversation = { step: 'opened', pid: parentOf(pid), prog: f[1], source: f[2], vars };
       this.convs.set(conn, conv);
       const { cfg, wants } = withEnv(vars, () => overlayPrepare(f[3], opts));
       conv.cfg = cfg;
@@ -188,6 +198,8 @@ export class Service {
   private armIdle(): void {
     this.disarmIdle();
     if (this.table.size || this.convs.size) return;
+    // the last mount went: give its memory back now, not at V8's next convenience
+    (globalThis as { gc?: () => void }).gc?.();
     if (this.stopping) return this.exit();
     this.idle = setTimeout(() => this.exit(), GRACE_MS);
   }

@@ -10,7 +10,7 @@ export interface MountEntry {
   mode: string;
   prog: string;
   source: string;
-  pid: number;          // the helper's pid (the engine's child that asked)
+  pid: number;          // who asked: the mount helper's parent (the engine, mount(8), a shell)
   since: number;
   lowers: string[];
   upper: string | null;
