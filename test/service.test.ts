@@ -280,6 +280,50 @@ print(s.recv(4096).decode().replace("\\0", "|"))`;
     expect(servicePs(env)!.mounts).toHaveLength(1);
   });
 
+  test('one page cache without passthrough (rootless): mounts reading one lower file hold one copy; exec and mmap still work; copy-up and page_cache=private get their own', () => {
+    expect(spawnSync('setfacl', ['-m', `u:${uid}:rw`, '/dev/fuse']).status).toBe(0);
+    const env = runtime('pagecache', uid);
+    const shared = path.join(base, 'pc-lower');
+    fs.mkdirSync(shared);
+    const data = Buffer.alloc(8 << 20);
+    for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE(i, i);
+    fs.writeFileSync(`${shared}/big`, data);
+    // mincore (fincore) tells a caller the truth only about files it owns or may write
+    fs.chownSync(`${shared}/big`, uid, uid);
+    fs.copyFileSync('/bin/true', `${shared}/true`);
+    fs.chmodSync(`${shared}/true`, 0o755);
+    const stacks = [0, 1, 2].map((i) => stack(`pc-${i}`, uid));
+    for (const s of stacks) {
+      const r = helper(['mount', '-o', `lowerdir=${shared},upperdir=${s.upper},workdir=${s.work}`, s.mnt], env, true);
+      expect(r.status, r.stderr).toBe(0);
+    }
+    // the user's mounts are the user's alone (no allow_other): every look at them runs as the user
+    const sh = (cmd: string): { status: number; stdout: string; stderr: string } => {
+      const r = spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', 'sh', '-c', cmd], { encoding: 'utf8' });
+      return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+    };
+    const resident = (f: string): number => Number(sh(`fincore -nb -o RES '${f}'`).stdout.trim());
+    for (const s of stacks) expect(sh(`cmp '${s.mnt}/big' '${shared}/big'`).status).toBe(0);
+    for (const s of stacks) expect(resident(`${s.mnt}/big`), `${s.mnt}/big cached by the mount`).toBe(0);
+    expect(resident(`${shared}/big`)).toBe(data.length);   // the one copy: the lower file's own
+    // exec (the kernel mmaps it) and an mmap read of a direct-io file
+    expect(sh(`'${stacks[0].mnt}/true'`).status).toBe(0);
+    const mm = sh(`/usr/bin/python3 -c "import mmap,sys
+f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); print(int.from_bytes(m[40960:40964],'little'))" '${stacks[1].mnt}/big'`);
+    expect(mm.stdout.trim(), mm.stderr).toBe('40960');
+    // a copied-up file is the mount's own: written data is read back through that mount only
+    expect(sh(`printf 'XXXX' | dd of='${stacks[2].mnt}/big' conv=notrunc bs=4 seek=1 2>/dev/null`).status).toBe(0);
+    expect(sh(`dd if='${stacks[2].mnt}/big' bs=4 skip=1 count=1 2>/dev/null`).stdout).toBe('XXXX');
+    expect(sh(`cmp '${stacks[0].mnt}/big' '${shared}/big'`).status).toBe(0);
+    // page_cache=private: the mount keeps its own copy (fuse-overlayfs's behaviour)
+    for (const s of stacks) expect(sh(`fusermount3 -u '${s.mnt}'`).status).toBe(0);
+    const p = stacks[0];
+    const r = helper(['mount', '-o', `lowerdir=${shared},upperdir=${p.upper},workdir=${p.work},page_cache=private`, p.mnt], env, true);
+    expect(r.status, r.stderr).toBe(0);
+    expect(sh(`cat '${p.mnt}/big' >/dev/null`).status).toBe(0);
+    expect(resident(`${p.mnt}/big`)).toBe(data.length);
+  });
+
   test('LAYERFS_SERVICE=off: the mount gets a daemon of its own, as before the service', () => {
     const env = { ...runtime('off'), LAYERFS_SERVICE: 'off' };
     const s = stack('off');

@@ -48,6 +48,7 @@ int conn_init(struct conn *c, struct req *r, const struct fuse_init_in *in, char
   unsigned cap = c->want.max_minor && c->want.max_minor < LFS_MAX_MINOR ? c->want.max_minor : LFS_MAX_MINOR;
   c->minor = in->minor < cap ? in->minor : cap;
   uint64_t offered = in->flags | ((in->flags & FUSE_INIT_EXT) && c->minor >= 36 ? (uint64_t)in->flags2 << 32 : 0);
+  if (c->minor < 39) offered &= ~FUSE_DIRECT_IO_ALLOW_MMAP;
   if (c->minor < 40) offered &= ~FUSE_PASSTHROUGH;
   uint64_t want = c->want.flags | FUSE_BIG_WRITES | FUSE_MAX_PAGES | (c->minor >= 36 ? FUSE_INIT_EXT : 0);
   int pt = c->want.passthrough && (offered & FUSE_PASSTHROUGH) && !(want & FUSE_WRITEBACK_CACHE);

@@ -50,6 +50,7 @@ enum fuse_notify_code {
 #define FUSE_MAX_PAGES (1ULL << 22)           // 7.28
 #define FUSE_CACHE_SYMLINKS (1ULL << 23)      // 7.28
 #define FUSE_INIT_EXT (1ULL << 30)            // 7.36
+#define FUSE_DIRECT_IO_ALLOW_MMAP (1ULL << 36) // 7.39
 #define FUSE_PASSTHROUGH (1ULL << 37)         // 7.40
 #define FUSE_OVER_IO_URING (1ULL << 41)       // 7.42
 

@@ -932,7 +932,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   // DONT_MASK: creation modes arrive unmasked with the caller's umask, so a parent's default
   // ACL can decide instead of the umask, as on the kernel's own filesystems
   w->flags = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_AUTO_INVAL_DATA | FUSE_DONT_MASK |
-             FUSE_ABORT_ERROR;
+             FUSE_ABORT_ERROR | FUSE_DIRECT_IO_ALLOW_MMAP;   // mmap of direct-io files (union.ts sharedLowerCache)
   if (s->cfg.writeback) w->flags |= FUSE_WRITEBACK_CACHE;
   if (s->cfg.readdirplus) w->flags |= FUSE_DO_READDIRPLUS;
   if (s->cfg.readdirplus == 2) w->flags |= FUSE_READDIRPLUS_AUTO;

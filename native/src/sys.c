@@ -13,6 +13,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <linux/securebits.h>
+#include <malloc.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -425,6 +426,11 @@ static napi_value s_umount2(napi_env env, napi_callback_info info) {
   return ret(env, umount2(path, (int)arg_i64(env, argv[1])));
 }
 
+// trimMemory(): freed heap memory back to the system (the service, once its last mount is gone).
+static napi_value s_trim_memory(napi_env env, napi_callback_info info) {
+  return num(env, malloc_trim(0));
+}
+
 // raiseNofile(): soft limit to the hard limit, and the hard limit to nr_open when root.
 static napi_value s_raise_nofile(napi_env env, napi_callback_info info) {
   (void)info;
@@ -505,6 +511,7 @@ napi_value sys_init_exports(napi_env env, napi_value exports) {
   export_fn(env, exports, "readdir", s_readdir);
   export_fn(env, exports, "umount2", s_umount2);
   export_fn(env, exports, "raiseNofile", s_raise_nofile);
+  export_fn(env, exports, "trimMemory", s_trim_memory);
   export_fn(env, exports, "makedev", s_makedev);
   export_fn(env, exports, "majorMinor", s_dev_major_minor);
   return exports;

@@ -21,6 +21,9 @@ export interface OverlayConfig {
   noAcl: boolean;
   fsync: boolean;
   threads: number;
+  /** Lower files read without FUSE passthrough: 'shared' serves them direct (one copy, the lower
+   * file's own page cache, for every mount); 'private' caches them per mount. */
+  pageCache: 'shared' | 'private';
   timeout: number;
   writeback: boolean;
   noXattrs: boolean;
@@ -143,6 +146,7 @@ export function overlayConfig(o: OptionMap): OverlayConfig {
     atime: atimePolicy(o.keys()),
     passthrough: passthroughOption(o, bool01(o, 'writeback', false)),
     uring: uringOption(o),
+    pageCache: pageCacheOption(o),
     kernelOptions: [],
     fsname: o.has('fsname') ? String(o.get('fsname')) : null,
     warnings,
@@ -151,8 +155,14 @@ export function overlayConfig(o: OptionMap): OverlayConfig {
     if (PASSED_ON.has(k)) cfg.kernelOptions.push(k);
     const known = ['lowerdir', 'upperdir', 'workdir', 'uidmapping', 'gidmapping', 'squash_to_root', 'squash_to_uid',
       'squash_to_gid', 'static_nlink', 'noacl', 'fsync', 'volatile', 'timeout', 'writeback', 'noxattrs',
-      'xattr_permissions', 'redirect_dir', 'ro', 'fsname', 'watch', 'passthrough', 'uring'];
+      'xattr_permissions', 'redirect_dir', 'ro', 'fsname', 'watch', 'passthrough', 'uring', 'page_cache'];
     if (!known.includes(k) && !KERNEL_FLAGS.has(k) && !KNOWN_IGNORED.has(k)) warnings.push(`unknown option ${k} ignored`);
   }
   return cfg;
+}
+
+function pageCacheOption(o: OptionMap): 'shared' | 'private' {
+  const v = o.get('page_cache') ?? 'shared';
+  if (v !== 'shared' && v !== 'private') throw new UsageError(`bad value for option page_cache: ${String(v)} (shared or private)`);
+  return v;
 }

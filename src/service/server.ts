@@ -13,6 +13,8 @@ import type { Mountable } from '../mount/lifecycle';
 import { overlayBuild, overlayPrepare } from '../overlay/mount';
 import type { OverlayConfig } from '../overlay/options';
 import { MountTable } from './table';
+import { FsError, errnoName } from '../sys/errors';
+import { UsageError } from '../mount/validate';
 
 const GRACE_MS = Number(process.env.LAYERFS_SERVICE_GRACE_MS ?? 10_000);
 
@@ -38,6 +40,14 @@ function parentOf(pid: number): number {
   } catch {
     return pid;
   }
+}
+
+/** One line for a failed request: usage errors as they are, a syscall's errno by name. */
+function describe(e: unknown, c: Conversation | undefined): string {
+  if (e instanceof UsageError) return e.message;
+  const what = c?.wants ? `cannot mount ${c.wants[0].path}` : 'cannot mount';
+  if (e instanceof FsError) return `${what}: ${e.message || errnoName(e.errno)}`;
+  return `${what}: ${(e as Error).message}`;
 }
 
 export class Service {
@@ -89,7 +99,7 @@ export class Service {
       this.step(conn, fields, fds, pid);
     } catch (e) {
       for (const fd of fds) native.close(fd);
-      this.fail(conn, (e as Error).message);
+      this.fail(conn, describe(e, this.convs.get(conn)));
     }
   }
 
@@ -200,6 +210,7 @@ export class Service {
     if (this.table.size || this.convs.size) return;
     // the last mount went: give its memory back now, not at V8's next convenience
     (globalThis as { gc?: () => void }).gc?.();
+    native.trimMemory();
     if (this.stopping) return this.exit();
     this.idle = setTimeout(() => this.exit(), GRACE_MS);
   }

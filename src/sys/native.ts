@@ -104,6 +104,7 @@ export interface Native {
   readdir(dirfd: number): DirList | number;
   umount2(path: string, flags: number): number;
   raiseNofile(): number;
+  trimMemory(): number;
   makedev(major: number, minor: number): number;
   majorMinor(dev: number): [number, number];
   keepCapsOnFsuid(): number;

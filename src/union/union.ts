@@ -43,7 +43,13 @@ export interface UnionOptions {
   atime: AtimePolicy;
   /** Regular files are opened with FUSE passthrough when the session has it. */
   passthrough: boolean;
+  /** Without passthrough, serve read-only opens of lower files direct (FOPEN_DIRECT_IO): their
+   * data is then cached once, in the lower file's page cache, for every mount of that layer. */
+  sharedLowerCache?: boolean;
 }
+
+const FUSE_DIRECT_IO_ALLOW_MMAP = 2 ** 36, FUSE_PASSTHROUGH = 2 ** 37;
+const hasFlag = (flags: number, bit: number): boolean => Math.floor(flags / bit) % 2 === 1;
 
 const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
 /** Makes one object at dirfd/at with the given mode; returns an fd (files), 0, or -errno. */
@@ -75,6 +81,7 @@ export class Union implements Filesystem {
   private tmpSeq = 0;
   private notifiers: Notifier[] = [];
   private readonly watcher: LowerWatcher | null;
+  private directLower = false;
 
   /** layers: the upper first when there is one (writable), then the lowers top to bottom. */
   constructor(layers: Layer[], workFd: number, private readonly opts: UnionOptions,
@@ -113,6 +120,13 @@ export class Union implements Filesystem {
         if (child) x.invalData(child.id);
       }
     }
+  }
+
+  /** INIT: lower reads are served direct only where the kernel can still mmap such files
+   * (FUSE_DIRECT_IO_ALLOW_MMAP, 7.39) and no backing file is handed over instead. */
+  init(info: { protoMinor: number; want: number; maxWrite: number }): void {
+    this.directLower = !!this.opts.sharedLowerCache && hasFlag(info.want, FUSE_DIRECT_IO_ALLOW_MMAP) &&
+      !hasFlag(info.want, FUSE_PASSTHROUGH);
   }
 
   attach(n: Notifier): void {
@@ -1033,7 +1047,9 @@ export class Union implements Filesystem {
     // (a passthrough file's reads are the kernel's: its own relatime does it)
     if (n.upper && !passthrough && (flags & O_ACCMODE) === O_RDONLY && this.wantsAtime(n)) touchAtime(t.dirfd, t.name);
     // a lower file never changes: its page cache stays valid across opens; with passthrough
-    // the backing file's page cache is the only one (shared by every mount of the layer)
+    // the backing file's page cache is the only one (shared by every mount of the layer), and
+    // without it a direct read-only open keeps it so (the union's own page cache stays empty)
+    if (this.directLower && !n.upper && !writing && n.type === S_IFREG) return { fd, directIo: true, noSync: !this.opts.fsync };
     return { fd, keepCache: !n.upper, noSync: !this.opts.fsync, passthrough };
   }
 
