@@ -6,7 +6,7 @@ DEB_PKGS := fuse3 attr acl fuse-overlayfs fio e2fsprogs util-linux \
 NODE_STAMP := node_modules/.layerfs-npm-stamp
 ADDON := native/build/Release/layerfs.node
 CLI := dist/src/cli/layerfs.js
-NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h) native/binding.gyp
+NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/helper/*.c) native/binding.gyp
 TS_SRC := $(shell find src bench -name '*.ts' 2>/dev/null) tsconfig.json
 
 .PHONY: all deps debs build demo test bench install uninstall clean
@@ -59,14 +59,13 @@ test: build
 bench: build
 	node dist/bench/run.js $(BENCH_ARGS)
 
-# layerfs and layerfs-overlay on PATH; mount(8) runs mount.fuse3 for -t fuse.layerfs-overlay,
-# which runs `layerfs-overlay SOURCE MNT -o OPTS` (so fstab lines work too).
+# layerfs and layerfs-overlay on PATH: links to the C mount helper, which serves background
+# overlay mounts through the resident service and runs the Node CLI for everything else.
+# mount(8) runs mount.fuse3 for -t fuse.layerfs-overlay, which runs `layerfs-overlay SOURCE MNT
+# -o OPTS` (so fstab lines work too).
 install: build
 	install -d /usr/local/bin
-	for b in layerfs layerfs-overlay; do \
-	  printf '#!/bin/sh\nexec "%s" "%s/dist/src/cli/%s.js" "$$@"\n' "$$(command -v node)" "$(CURDIR)" $$b > /usr/local/bin/$$b; \
-	  chmod 755 /usr/local/bin/$$b; \
-	done
+	for b in layerfs layerfs-overlay; do ln -sfn "$(CURDIR)/native/build/Release/layerfs-helper" /usr/local/bin/$$b; done
 
 uninstall:
 	rm -f /usr/local/bin/layerfs /usr/local/bin/layerfs-overlay

@@ -5,6 +5,7 @@ import * as path from 'node:path';
 
 export const ROOT = path.resolve(__dirname, '../..');
 export const CLI = path.join(ROOT, 'dist/src/cli/layerfs.js');
+export const HELPER = path.join(ROOT, 'native/build/Release/layerfs-helper');
 
 export function sh(cmd: string, opts: { cwd?: string } = {}): string {
   return execFileSync('bash', ['-c', cmd], { encoding: 'utf8', cwd: opts.cwd, maxBuffer: 1 << 28 });
@@ -112,8 +113,9 @@ export function table(r: SuiteResult, subject: string, refs: string[], workloads
   return lines.join('\n');
 }
 
+/** A layerfs mount as users make it: the C helper, served by the resident service. */
 export function mountLayerfs(args: string[]): void {
-  const r = spawnSync(process.execPath, [CLI, 'mount', ...args], { encoding: 'utf8' });
+  const r = spawnSync(HELPER, ['mount', ...args], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`layerfs mount failed: ${r.stderr}`);
 }
 

@@ -17,6 +17,7 @@ import { FsError, errnoName } from '../sys/errors';
 import { UsageError } from '../mount/validate';
 
 const GRACE_MS = Number(process.env.LAYERFS_SERVICE_GRACE_MS ?? 10_000);
+const TRIM_MS = 1000;
 
 interface Conversation {
   step: 'request' | 'opened' | 'fuse' | 'ready';
@@ -54,6 +55,7 @@ export class Service {
   private readonly convs = new Map<number, Conversation>();
   readonly table = new MountTable();
   private idle: NodeJS.Timeout | null = null;
+  private trim: NodeJS.Timeout | null = null;
   private socketIno = 0;
   private stopping = false;
 
@@ -201,17 +203,21 @@ export class Service {
 
   private disarmIdle(): void {
     if (this.idle) clearTimeout(this.idle);
-    this.idle = null;
+    if (this.trim) clearTimeout(this.trim);
+    this.idle = this.trim = null;
   }
 
   /** With nothing mounted and nobody talking: exit after the grace period. */
   private armIdle(): void {
     this.disarmIdle();
     if (this.table.size || this.convs.size) return;
-    // the last mount went: give its memory back now, not at V8's next convenience
-    (globalThis as { gc?: () => void }).gc?.();
-    native.trimMemory();
     if (this.stopping) return this.exit();
+    // the last mount went: give its memory back soon (not in the way of a next mount), not at
+    // V8's next convenience; then exit if nothing came within the grace period
+    this.trim = setTimeout(() => {
+      (globalThis as { gc?: () => void }).gc?.();
+      native.trimMemory();
+    }, Math.min(TRIM_MS, GRACE_MS / 2));
     this.idle = setTimeout(() => this.exit(), GRACE_MS);
   }
 
