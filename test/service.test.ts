@@ -109,7 +109,7 @@ describe('resident service', () => {
   });
 
   test('200 mount/unmount cycles: service fds, memory and the mount table back to baseline', () => {
-    const env = runtime('cycles');
+    const env = { ...runtime('cycles'), LAYERFS_SERVICE_GRACE_MS: '600000' };
     const s = stack('cycles');
     const cycle = (): void => {
       mount(s, env);
@@ -120,12 +120,17 @@ describe('resident service', () => {
     for (let i = 0; i < 10; i++) cycle();
     const pid = servicePs(env)!.pid;
     expect(waitFor(() => servicePs(env)!.mounts.length === 0)).toBe(true);
+    const settle = (): void => void spawnSync('sleep', ['1.5']);   // the service trims 1 s after its last mount
+    settle();
     const fds = fdCount(pid), rss = rssKiB(pid), mounts = mountCount();
     for (let i = 0; i < 200; i++) cycle();
     expect(waitFor(() => servicePs(env)!.mounts.length === 0)).toBe(true);
+    settle();
     expect(servicePs(env)!.pid).toBe(pid);
     expect(fdCount(pid)).toBeLessThanOrEqual(fds);
     expect(mountCount()).toBe(mounts);
+    // the service collects and trims a second and five seconds after its last mount went
+    waitFor(() => rssKiB(pid) - rss < 10 * 1024, 15_000);
     expect(rssKiB(pid) - rss, 'RSS growth over 200 cycles (KiB)').toBeLessThan(10 * 1024);
   });
 
@@ -322,6 +327,35 @@ f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); print(i
     expect(r.status, r.stderr).toBe(0);
     expect(sh(`cat '${p.mnt}/big' >/dev/null`).status).toBe(0);
     expect(resident(`${p.mnt}/big`)).toBe(data.length);
+  });
+
+  test('merged lower listings are shared by mounts of one stack: whiteouts stay per mount, a change made directly in the lower shows in every mount', () => {
+    const env = runtime('listing');
+    const lower = path.join(base, 'shared-lower');
+    fs.mkdirSync(path.join(lower, 'dir'), { recursive: true });
+    for (const n of ['a', 'b', 'c']) fs.writeFileSync(path.join(lower, 'dir', n), n);
+    const [m1, m2] = [stack('list-1'), stack('list-2')];
+    for (const s of [m1, m2]) {
+      const r = helper(['mount', '-o', `lowerdir=${lower},upperdir=${s.upper},workdir=${s.work}`, s.mnt], env);
+      expect(r.status, r.stderr).toBe(0);
+    }
+    const ls = (s: Stack): string => fs.readdirSync(path.join(s.mnt, 'dir')).sort().join(',');
+    expect(ls(m1)).toBe('a,b,c');
+    expect(ls(m2)).toBe('a,b,c');
+    fs.rmSync(path.join(m2.mnt, 'dir', 'b'));   // a whiteout in m2's upper only
+    fs.writeFileSync(path.join(m1.mnt, 'dir', 'up1'), '');
+    expect(ls(m1)).toBe('a,b,c,up1');
+    expect(ls(m2)).toBe('a,c');
+    fs.writeFileSync(path.join(lower, 'dir', 'new'), '');   // behind both mounts' backs
+    expect(waitFor(() => ls(m1) === 'a,b,c,new,up1' && ls(m2) === 'a,c,new')).toBe(true);
+    expect(spawnSync('umount', [m1.mnt]).status).toBe(0);
+    fs.rmSync(path.join(lower, 'dir', 'a'));
+    expect(waitFor(() => ls(m2) === 'c,new')).toBe(true);
+    expect(spawnSync('umount', [m2.mnt]).status).toBe(0);
+    fs.writeFileSync(path.join(lower, 'dir', 'later'), '');   // while nothing watches it
+    const r = helper(['mount', '-o', `lowerdir=${lower},upperdir=${m1.upper},workdir=${m1.work}`, m1.mnt], env);
+    expect(r.status, r.stderr).toBe(0);
+    expect(ls(m1)).toBe('b,c,later,new,up1');
   });
 
   test('LAYERFS_SERVICE=off: the mount gets a daemon of its own, as before the service', () => {

@@ -153,6 +153,7 @@ static void start_service(void) {
   if (pid == 0) {
     if (fork() != 0) _exit(0);   // the service is nobody's child: the caller never waits for it
     setsid();
+    if (chdir("/") < 0) _exit(127);   // never the caller's cwd: it would keep that dir's mount busy
     int nul = open("/dev/null", O_RDWR);
     struct stat st;
     if (stat(log_path, &st) == 0 && st.st_size > (1 << 20)) truncate(log_path, 0);

@@ -214,9 +214,14 @@ export class Service {
     if (this.stopping) return this.exit();
     // the last mount went: give its memory back soon (not in the way of a next mount), not at
     // V8's next convenience; then exit if nothing came within the grace period
-    this.trim = setTimeout(() => {
+    const trim = (): void => {
       (globalThis as { gc?: () => void }).gc?.();
       native.trimMemory();
+    };
+    // twice: V8 gives the pages of a collected heap back over a few seconds
+    this.trim = setTimeout(() => {
+      trim();
+      this.trim = setTimeout(trim, 4 * TRIM_MS);
     }, Math.min(TRIM_MS, GRACE_MS / 2));
     this.idle = setTimeout(() => this.exit(), GRACE_MS);
   }

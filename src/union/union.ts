@@ -23,7 +23,8 @@ import {
 import { isPrivateXattr, ORIGIN_XATTRS, REDIRECT_XATTRS, xattrNames, type XattrNames } from './xattrs';
 import { buildCopy, keepTimes } from './copyup';
 import { LRUCache } from 'lru-cache';
-import { LowerWatcher } from './watch';
+import { LowerWatcher, isWatched } from './watch';
+import { lowerDirChanged, lowerList, type LowerSource } from './lowerlist';
 import { statByHandle } from '../sys/handles';
 import { formatOverride, Ids, isOverrideXattr, OVERRIDE_XATTRS } from './ids';
 import { ST_GID, ST_UID } from '../sys/stat';
@@ -103,7 +104,7 @@ export class Union implements Filesystem {
     if (!this.watcher) return;
     for (const l of n.lowers) {
       const fd = this.dirs.tryFd(l.layer, l.path);
-      if (fd >= 0) this.watcher.add(n.id, `${l.layer}\0${l.path}`, fd);
+      if (fd >= 0) this.watcher.add(n.id, this.lowerKey(l.layer, l.path), fd);
     }
   }
 
@@ -1111,49 +1112,66 @@ export class Union implements Filesystem {
     return out;
   }
 
-  /** Walks the layers of a directory top-down, applying whiteouts and opaque dirs. */
+  /** Names one lower dir across unions (lowerlist.ts, watch.ts). */
+  private lowerKey(layer: number, path: string): string {
+    return `${this.layers[layer].cacheKey}\0${path}`;
+  }
+
+  /** Walks the layers of a directory top-down, applying whiteouts and opaque dirs. The lowers'
+   * merge is shared with other unions over the same lower dirs while they are watched. */
   private merge(n: UNode, emit: (name: string, ino: number, type: number, layer: number, raw: number) => void, namesOnly = false): void {
     const seen = new Set<string>();
     const st = newStat();
-    const sources: { layer: number; fd: number; xwh: boolean }[] = [];
     if (n.upper) {
       const fd = this.dirs.tryFd(UPPER, unionPath(n));
-      if (fd >= 0) sources.push({ layer: UPPER, fd, xwh: n.upperXwh });
-    }
-    if (!n.opaque) {
-      for (const l of n.lowers) {
-        const fd = this.dirs.tryFd(l.layer, l.path);
-        if (fd >= 0) sources.push({ layer: l.layer, fd, xwh: l.xwh });
+      if (fd >= 0) {
+        const list = native.readdir(fd);
+        if (typeof list === 'number') throw new FsError(-list);
+        const { names, inos, types } = list;
+        for (let i = 0; i < names.length; i++) {
+          const name = names[i];
+          if (name === '.' || name === '..' || seen.has(name)) continue;
+          if (name.startsWith(WH_PREFIX)) {
+            if (name !== WH_OPQ && !name.startsWith('.wh..wh.')) seen.add(name.slice(WH_PREFIX.length));
+            continue;
+          }
+          seen.add(name);
+          let type = types[i];
+          if (type === 2 /* DT_CHR */ || type === 0 /* DT_UNKNOWN */ || (n.upperXwh && type === 8)) {
+            if (native.fstatat(fd, name, NOFOLLOW, st) !== 0) continue;
+            if (isCharWhiteout(st)) continue;
+            if (n.upperXwh && isXattrWhiteout(fd, name, st)) continue;
+            type = (st[ST_MODE] & S_IFMT) >> 12;
+          }
+          if (namesOnly) {
+            emit(name, 0, type, UPPER, 0);
+            continue;
+          }
+          emit(name, this.originIno(fd, name) || this.mapIno(UPPER, inos[i]), type, UPPER, inos[i]);
+        }
       }
     }
-    for (const src of sources) {
-      const list = native.readdir(src.fd);
-      if (typeof list === 'number') throw new FsError(-list);
-      const { names, inos, types } = list;
-      for (let i = 0; i < names.length; i++) {
-        const name = names[i];
-        if (name === '.' || name === '..' || seen.has(name)) continue;
-        if (name.startsWith(WH_PREFIX)) {
-          if (name !== WH_OPQ && !name.startsWith('.wh..wh.')) seen.add(name.slice(WH_PREFIX.length));
-          continue;
-        }
-        seen.add(name);
-        let type = types[i];
-        if (type === 2 /* DT_CHR */ || type === 0 /* DT_UNKNOWN */ || (src.xwh && type === 8)) {
-          if (native.fstatat(src.fd, name, NOFOLLOW, st) !== 0) continue;
-          if (isCharWhiteout(st)) continue;
-          if (src.xwh && isXattrWhiteout(src.fd, name, st)) continue;
-          type = (st[ST_MODE] & S_IFMT) >> 12;
-        }
-        if (namesOnly) {
-          emit(name, 0, type, src.layer, 0);
-          continue;
-        }
-        const ino = src.layer === UPPER
-          ? this.originIno(src.fd, name) || this.mapIno(UPPER, inos[i])
-          : this.mapIno(src.layer, inos[i]);
-        emit(name, ino, type, src.layer, inos[i]);
-      }
+    if (n.opaque) return;
+    const sources: LowerSource[] = [];
+    const layers: number[] = [];
+    let shared = !!this.watcher;
+    for (const l of n.lowers) {
+      const fd = this.dirs.tryFd(l.layer, l.path);
+      if (fd < 0) continue;
+      const key = this.lowerKey(l.layer, l.path);
+      if (!isWatched(key)) shared = false;
+      sources.push({ key, fd, xwh: l.xwh });
+      layers.push(l.layer);
+    }
+    if (!sources.length) return;
+    // unwatched (watch=0, or beyond the watch cap): merged afresh, as changes may be unseen
+    if (!shared) for (const s of sources) lowerDirChanged(s.key);
+    const ll = lowerList(sources, this.opts.timeout * 1000);
+    for (let i = 0; i < ll.names.length; i++) {
+      const name = ll.names[i];
+      if (seen.has(name)) continue;
+      const layer = layers[ll.from[i]];
+      emit(name, namesOnly ? 0 : this.mapIno(layer, ll.inos[i]), ll.types[i], layer, ll.inos[i]);
     }
   }
 
