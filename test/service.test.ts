@@ -285,16 +285,17 @@ print(s.recv(4096).decode().replace("\\0", "|"))`;
     expect(servicePs(env)!.mounts).toHaveLength(1);
   });
 
-  test('one page cache without passthrough (rootless): mounts reading one lower file hold one copy; exec and mmap still work; copy-up and page_cache=private get their own', () => {
+  test('one page cache without passthrough (rootless): mounts reading one big lower file hold one copy; exec and mmap still work; small files, copy-up and page_cache=private are per mount, page_cache=shared shares all', () => {
     expect(spawnSync('setfacl', ['-m', `u:${uid}:rw`, '/dev/fuse']).status).toBe(0);
     const env = runtime('pagecache', uid);
     const shared = path.join(base, 'pc-lower');
     fs.mkdirSync(shared);
-    const data = Buffer.alloc(8 << 20);
+    const data = Buffer.alloc(64 << 20);   // page_cache=auto shares data files of 64 MiB and more
     for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE(i, i);
     fs.writeFileSync(`${shared}/big`, data);
+    fs.writeFileSync(`${shared}/small`, data.subarray(0, 1 << 20));
     // mincore (fincore) tells a caller the truth only about files it owns or may write
-    fs.chownSync(`${shared}/big`, uid, uid);
+    for (const f of ['big', 'small']) fs.chownSync(`${shared}/${f}`, uid, uid);
     fs.copyFileSync('/bin/true', `${shared}/true`);
     fs.chmodSync(`${shared}/true`, 0o755);
     const stacks = [0, 1, 2].map((i) => stack(`pc-${i}`, uid));
@@ -311,6 +312,8 @@ print(s.recv(4096).decode().replace("\\0", "|"))`;
     for (const s of stacks) expect(sh(`cmp '${s.mnt}/big' '${shared}/big'`).status).toBe(0);
     for (const s of stacks) expect(resident(`${s.mnt}/big`), `${s.mnt}/big cached by the mount`).toBe(0);
     expect(resident(`${shared}/big`)).toBe(data.length);   // the one copy: the lower file's own
+    expect(sh(`cat '${stacks[0].mnt}/small' >/dev/null`).status).toBe(0);
+    expect(resident(`${stacks[0].mnt}/small`)).toBe(1 << 20);   // small: cached by the mount
     // exec (the kernel mmaps it) and an mmap read of a direct-io file
     expect(sh(`'${stacks[0].mnt}/true'`).status).toBe(0);
     const mm = sh(`/usr/bin/python3 -c "import mmap,sys
@@ -320,13 +323,17 @@ f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); print(i
     expect(sh(`printf 'XXXX' | dd of='${stacks[2].mnt}/big' conv=notrunc bs=4 seek=1 2>/dev/null`).status).toBe(0);
     expect(sh(`dd if='${stacks[2].mnt}/big' bs=4 skip=1 count=1 2>/dev/null`).stdout).toBe('XXXX');
     expect(sh(`cmp '${stacks[0].mnt}/big' '${shared}/big'`).status).toBe(0);
-    // page_cache=private: the mount keeps its own copy (fuse-overlayfs's behaviour)
+    // page_cache=shared: small files too; page_cache=private: the mount keeps its own copy of
+    // everything (fuse-overlayfs's behaviour)
     for (const s of stacks) expect(sh(`fusermount3 -u '${s.mnt}'`).status).toBe(0);
     const p = stacks[0];
-    const r = helper(['mount', '-o', `lowerdir=${shared},upperdir=${p.upper},workdir=${p.work},page_cache=private`, p.mnt], env, true);
-    expect(r.status, r.stderr).toBe(0);
-    expect(sh(`cat '${p.mnt}/big' >/dev/null`).status).toBe(0);
-    expect(resident(`${p.mnt}/big`)).toBe(data.length);
+    for (const [mode, file, cached] of [['shared', 'small', 0], ['private', 'big', data.length]] as const) {
+      const r = helper(['mount', '-o', `lowerdir=${shared},upperdir=${p.upper},workdir=${p.work},page_cache=${mode}`, p.mnt], env, true);
+      expect(r.status, r.stderr).toBe(0);
+      expect(sh(`cat '${p.mnt}/${file}' >/dev/null`).status).toBe(0);
+      expect(resident(`${p.mnt}/${file}`), `page_cache=${mode}`).toBe(cached);
+      expect(sh(`fusermount3 -u '${p.mnt}'`).status).toBe(0);
+    }
   });
 
   test('merged lower listings are shared by mounts of one stack: whiteouts stay per mount, a change made directly in the lower shows in every mount', () => {

@@ -171,7 +171,7 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
     staticNlink: cfg.staticNlink,
     atime: cfg.atime,
     passthrough,
-    sharedLowerCache: cfg.pageCache === 'shared',
+    sharedLowerCache: cfg.pageCache,
   }, id, indexFd);
   const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');
   const mountOptions = [`fsname=${fsname}`, `subtype=${name.subtype}`, 'default_permissions'];

@@ -22,8 +22,9 @@ export interface OverlayConfig {
   fsync: boolean;
   threads: number;
   /** Lower files read without FUSE passthrough: 'shared' serves them direct (one copy, the lower
-   * file's own page cache, for every mount); 'private' caches them per mount. */
-  pageCache: 'shared' | 'private';
+   * file's own page cache, for every mount); 'private' caches them per mount; 'auto' shares big
+   * data files only (union.ts sharedLowerOpen). */
+  pageCache: PageCache;
   timeout: number;
   writeback: boolean;
   noXattrs: boolean;
@@ -161,8 +162,10 @@ export function overlayConfig(o: OptionMap): OverlayConfig {
   return cfg;
 }
 
-function pageCacheOption(o: OptionMap): 'shared' | 'private' {
-  const v = o.get('page_cache') ?? 'shared';
-  if (v !== 'shared' && v !== 'private') throw new UsageError(`bad value for option page_cache: ${String(v)} (shared or private)`);
+export type PageCache = 'auto' | 'shared' | 'private';
+
+function pageCacheOption(o: OptionMap): PageCache {
+  const v = o.get('page_cache') ?? 'auto';
+  if (v !== 'auto' && v !== 'shared' && v !== 'private') throw new UsageError(`bad value for option page_cache: ${String(v)} (auto, shared or private)`);
   return v;
 }

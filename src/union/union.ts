@@ -8,7 +8,7 @@ import {
   O_EXCL, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT,
   S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, UTIME_NOW, UTIME_OMIT,
 } from '../sys/constants';
-import { ST_INO, ST_MODE, ST_NLINK, STATFS_LEN, newStat, type Stat } from '../sys/stat';
+import { ST_INO, ST_MODE, ST_NLINK, ST_SIZE, STATFS_LEN, newStat, type Stat } from '../sys/stat';
 import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Notifier, Opened, SetAttr } from '../fuse/filesystem';
 import { ROOT_ID, SETATTR } from '../fuse/ops';
 import { DEFAULT_ACL_XATTR, creationMode, defaultAcl } from '../fuse/modes';
@@ -45,11 +45,14 @@ export interface UnionOptions {
   /** Regular files are opened with FUSE passthrough when the session has it. */
   passthrough: boolean;
   /** Without passthrough, serve read-only opens of lower files direct (FOPEN_DIRECT_IO): their
-   * data is then cached once, in the lower file's page cache, for every mount of that layer. */
-  sharedLowerCache?: boolean;
+   * data is then cached once, in the lower file's page cache, for every mount of that layer
+   * ('shared': every such open; 'auto': big data files only, see sharedLowerOpen). */
+  sharedLowerCache?: 'auto' | 'shared' | 'private';
 }
 
 const FUSE_DIRECT_IO_ALLOW_MMAP = 2 ** 36, FUSE_PASSTHROUGH = 2 ** 37;
+const FMODE_EXEC = 0x20;                 // in the open flags of an exec (open_exec)
+const SHARED_MIN_SIZE = 64 << 20;        // page_cache=auto: files this big share one page cache
 const hasFlag = (flags: number, bit: number): boolean => Math.floor(flags / bit) % 2 === 1;
 
 const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
@@ -126,7 +129,7 @@ export class Union implements Filesystem {
   /** INIT: lower reads are served direct only where the kernel can still mmap such files
    * (FUSE_DIRECT_IO_ALLOW_MMAP, 7.39) and no backing file is handed over instead. */
   init(info: { protoMinor: number; want: number; maxWrite: number }): void {
-    this.directLower = !!this.opts.sharedLowerCache && hasFlag(info.want, FUSE_DIRECT_IO_ALLOW_MMAP) &&
+    this.directLower = (this.opts.sharedLowerCache ?? 'private') !== 'private' && hasFlag(info.want, FUSE_DIRECT_IO_ALLOW_MMAP) &&
       !hasFlag(info.want, FUSE_PASSTHROUGH);
   }
 
@@ -1050,8 +1053,23 @@ export class Union implements Filesystem {
     // a lower file never changes: its page cache stays valid across opens; with passthrough
     // the backing file's page cache is the only one (shared by every mount of the layer), and
     // without it a direct read-only open keeps it so (the union's own page cache stays empty)
-    if (this.directLower && !n.upper && !writing && n.type === S_IFREG) return { fd, directIo: true, noSync: !this.opts.fsync };
+    if (this.directLower && !n.upper && !writing && n.type === S_IFREG && this.sharedLowerOpen(fd, flags)) return { fd, directIo: true, noSync: !this.opts.fsync };
     return { fd, keepCache: !n.upper, noSync: !this.opts.fsync, passthrough };
+  }
+
+  /**
+   * Whether a read-only open of a lower file is served direct (its pages then live once, in the
+   * lower file's page cache). The price: the kernel drops a direct-io file's own pages at every
+   * mmap, so mapped files fault through the daemon each time they are mapped, and re-reads cost
+   * a round trip. 'auto' pays it for big data files only (at least 64 MiB, no exec bit, not
+   * opened by exec): executables and libraries stay cached per mount.
+   */
+  private sharedLowerOpen(fd: number, flags: number): boolean {
+    if (this.opts.sharedLowerCache === 'shared') return true;
+    if (flags & FMODE_EXEC) return false;
+    const st = newStat();
+    if (native.fstatat(fd, '', AT_EMPTY_PATH, st) < 0) return false;
+    return st[ST_SIZE] >= SHARED_MIN_SIZE && (st[ST_MODE] & 0o111) === 0;
   }
 
   // ---- directories ----
