@@ -19,7 +19,7 @@
       "target_name": "layerfs-helper",
       "type": "executable",
       "sources": ["helper/helper.c", "src/fusemount.c"],
-      "defines": ["LAYERFS_NODE=\"<!(node -p process.execPath)\"", "LAYERFS_BUILD_ROOT=\"<(module_root_dir)/..\""],
+      "defines": ["LAYERFS_NODE=\"<!(node -p process.execPath)\"", "LAYERFS_BUILD_ROOT=\"<(module_root_dir)/..\"", "LAYERFS_VERSION=\"<!(node -p \"require('../package.json').version\")\""],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11", "-Wno-format-truncation", "-Wno-unused-result"]
     }
   ]

@@ -375,7 +375,10 @@ static int overlay_main(int argc, char **argv) {
       if (i + 1 >= argc) die("-o needs a value");
       if (nopts < MAX_FIELDS) opts[nopts++] = argv[++i];
     } else if (!strncmp(a, "-o", 2)) { if (nopts < MAX_FIELDS) opts[nopts++] = (char *)a + 2; }
-    else if (!strcmp(a, "-h") || !strcmp(a, "--help") || !strcmp(a, "-V") || !strcmp(a, "--version")) fg = 1;
+    else if (!strcmp(a, "-V") || !strcmp(a, "--version")) {   // engines ask before every mount: no Node for it
+      printf("layerfs-overlay: fuse-overlayfs-compatible layerfs %s\n", LAYERFS_VERSION);
+      return 0;
+    } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) fg = 1;
     else if (a[0] == '-' && a[1]) fg = 1;   // the Node CLI warns about it and carries on
     else if (npos < 8) pos[npos++] = (char *)a;
     else npos++;
