@@ -382,6 +382,17 @@ f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); print(i
     expect(own).toBe(true);
   });
 
+  test('SIGTERM to the service detaches every mount it serves, then it exits', () => {
+    const env = runtime('term');
+    const stacks = [stack('term-a'), stack('term-b')];
+    for (const s of stacks) mount(s, env);
+    const pid = servicePs(env)!.pid;
+    process.kill(pid, 'SIGTERM');
+    expect(waitFor(() => !fs.existsSync(`/proc/${pid}`), 10_000)).toBe(true);
+    for (const s of stacks) expect(isMounted(s.mnt)).toBe(false);
+    for (const s of stacks) expect(fs.readFileSync(`${s.lower}/hello`, 'utf8')).toMatch(/^hello from term-/);
+  });
+
   test('the service exits a grace period after its last mount, removing its socket', () => {
     const env = { ...runtime('idle'), LAYERFS_SERVICE_GRACE_MS: '300' };
     const s = stack('idle');

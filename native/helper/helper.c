@@ -110,16 +110,22 @@ static void pick_socket(void) {
     if (geteuid() == 0) snprintf(dirs[n++], PATH_MAX, "/run/layerfs");
     snprintf(dirs[n++], PATH_MAX, "/tmp/layerfs-%u", (unsigned)geteuid());
   }
-  struct stat mnt_ns, user_ns;
+  struct stat mnt_ns, user_ns, exe;
   if (stat("/proc/self/ns/mnt", &mnt_ns) < 0 || stat("/proc/self/ns/user", &user_ns) < 0)
     die("cannot read /proc/self/ns: %s", strerror(errno));
+  // the build too: another checkout or a rebuild gets a service of its own (the old one keeps
+  // its mounts until they end), so no command ever talks to an older build's service
+  if (stat("/proc/self/exe", &exe) < 0) die("cannot stat its own program: %s", strerror(errno));
+  unsigned long build = (unsigned long)exe.st_ino * 2654435761u ^ (unsigned long)exe.st_dev ^
+                        (unsigned long)exe.st_mtim.tv_sec * 40503u ^ (unsigned long)exe.st_mtim.tv_nsec;
   for (int i = 0; i < n; i++) {
     if (!private_dir(dirs[i])) continue;
-    int k = snprintf(sock_path, sizeof sock_path, "%s/%lu-%lu.sock", dirs[i], (unsigned long)mnt_ns.st_ino,
-                     (unsigned long)user_ns.st_ino);
+    char name[96];
+    snprintf(name, sizeof name, "%lu-%lu-%08lx", (unsigned long)mnt_ns.st_ino, (unsigned long)user_ns.st_ino, build & 0xffffffffUL);
+    int k = snprintf(sock_path, sizeof sock_path, "%s/%s.sock", dirs[i], name);
     if (k >= (int)sizeof sock_path) continue;
-    snprintf(lock_path, sizeof lock_path, "%s/%lu-%lu.lock", dirs[i], (unsigned long)mnt_ns.st_ino, (unsigned long)user_ns.st_ino);
-    snprintf(log_path, sizeof log_path, "%s/%lu-%lu.log", dirs[i], (unsigned long)mnt_ns.st_ino, (unsigned long)user_ns.st_ino);
+    snprintf(lock_path, sizeof lock_path, "%s/%s.lock", dirs[i], name);
+    snprintf(log_path, sizeof log_path, "%s/%s.log", dirs[i], name);
     return;
   }
   die("no private directory for the service's socket (tried %s%s%s)", dirs[0], n > 1 ? ", " : "", n > 1 ? dirs[n - 1] : "");
