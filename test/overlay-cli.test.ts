@@ -127,6 +127,25 @@ describe('layerfs-overlay command line', () => {
     }
   });
 
+  test("Docker's fuse-overlayfs driver: the helper linked as fuse-overlayfs mounts as layerfs-overlay, daemonized, with dockerd's three arguments", () => {
+    const bin = path.join(base, 'dockerbin');
+    fs.mkdirSync(bin);
+    fs.symlinkSync(HELPER, path.join(bin, 'fuse-overlayfs'));
+    // dockerd: `fuse-overlayfs -o lowerdir=…,upperdir=…,workdir=… MERGED` from its PATH, and it
+    // waits for the program's stderr to close
+    const r = spawnSync('fuse-overlayfs', ['-o', `lowerdir=${l1}:${l2},upperdir=${up},workdir=${work}`, mnt],
+      { encoding: 'utf8', env: { ...process.env, PATH: `${bin}:/usr/sbin:/usr/bin:/sbin:/bin` }, timeout: 30_000 });
+    expect(r.status, r.stderr).toBe(0);
+    try {
+      expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).toMatch(new RegExp(`${mnt} .* - fuse\\.layerfs-overlay `));
+      expect(fs.readFileSync(path.join(mnt, 'bottom'), 'utf8')).toBe('bottom');
+      const v = spawnSync(path.join(bin, 'fuse-overlayfs'), ['--version'], { encoding: 'utf8' });
+      expect(v.stdout).toMatch(/^layerfs-overlay: fuse-overlayfs-compatible layerfs /);
+    } finally {
+      expect(spawnSync('umount', [mnt]).status).toBe(0);
+    }
+  });
+
   test('options in the order mount.fuse passes them, several -o', () => {
     const r = overlay(['layerfs-overlay', mnt, '-o', `lowerdir=${l1}:${l2}`, '-o', `upperdir=${up},workdir=${work}`, '-o', 'rw,nodev']);
     expect(r.status, r.stderr).toBe(0);

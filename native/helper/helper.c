@@ -422,7 +422,9 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   find_root();
   const char *me = base_name(argv[0]);
-  if (!strcmp(me, "layerfs-overlay")) {
+  // Docker's fuse-overlayfs driver runs the program of that name from dockerd's PATH: a link
+  // named fuse-overlayfs to this program makes layerfs that driver's mount program
+  if (!strcmp(me, "layerfs-overlay") || !strcmp(me, "fuse-overlayfs")) {
     prog = "layerfs-overlay";
     return overlay_main(argc, argv);
   }

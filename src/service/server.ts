@@ -1,5 +1,5 @@
-// The resident service: one process per user (and user and mount namespace) serves every
-// background overlay mount. Mount helpers (native/helper/helper.c) talk to it over a unix
+// The resident service: one process per user (and user namespace, mount namespace and build)
+// serves every background overlay mount. Mount helpers (native/helper/helper.c) talk to it over a unix
 // SOCK_SEQPACKET socket that only its own uid may use (SO_PEERCRED, checked in C); each
 // conversation is: mount request -> the dirs to open -> the helper's fds -> the kernel options
 // -> the helper's mounted /dev/fuse fd -> "ok" once INIT is answered. It exits a grace period
@@ -20,7 +20,7 @@ const GRACE_MS = Number(process.env.LAYERFS_SERVICE_GRACE_MS ?? 10_000);
 const TRIM_MS = 1000;
 
 interface Conversation {
-  step: 'request' | 'opened' | 'fuse' | 'ready';
+  step: 'opened' | 'fuse' | 'ready';   // what the helper is to send next ('ready': served)
   pid: number;
   prog: string;
   source: string;
