@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
-import { CLI, HELPER, fdCount, isMounted, requireFuse, rssKiB, servicePs, tempDir, unmountAll, waitFor } from './helpers/mount';
+import { CLI, HELPER, daemonPid, fdCount, isMounted, requireFuse, rssKiB, servicePs, tempDir, unmountAll, waitFor } from './helpers/mount';
 import { ensureUser } from './helpers/users';
 
 let base: string;
@@ -175,7 +175,7 @@ describe('resident service', () => {
     expect(fs.readFileSync(`${stacks[0].mnt}/hello`, 'utf8')).toBe('hello from kill-0\n');
   });
 
-  test('a mount whose lower dir is removed, and one listing a huge directory, leave the other mounts answering', async () => {
+  test('a mount whose lower dir is removed, one whose lower fails with I/O errors, and one listing a huge directory leave the other mounts answering', async () => {
     const env = runtime('broken');
     const gone = stack('gone'), good = stack('good'), huge = stack('huge');
     const N = 50_000;
@@ -186,6 +186,23 @@ describe('resident service', () => {
     const ls = spawnSync('ls', [gone.mnt], { encoding: 'utf8', timeout: 10_000 });
     expect(ls.error).toBeUndefined();   // an answer (an error or an empty dir), not a hang
     expect(spawnSync('cat', [`${gone.mnt}/hello`], { timeout: 10_000 }).status).not.toBe(0);
+    // a lower on a FUSE mount whose server dies: every read of it fails (ENOTCONN), at once
+    const dying = stack('dying');
+    const back = path.join(base, 'dying-backing'), front = path.join(base, 'dying-front');
+    fs.mkdirSync(back);
+    fs.mkdirSync(front);
+    fs.writeFileSync(`${back}/data`, 'served\n');
+    const pt = spawnSync(process.execPath, [CLI, 'mount', '--passthrough', back, front], { encoding: 'utf8' });
+    expect(pt.status, pt.stderr).toBe(0);
+    const r = helper(['mount', '-o', `lowerdir=${front},upperdir=${dying.upper},workdir=${dying.work}`, dying.mnt], env);
+    expect(r.status, r.stderr).toBe(0);
+    expect(fs.readFileSync(`${dying.mnt}/data`, 'utf8')).toBe('served\n');
+    process.kill(daemonPid(front), 'SIGKILL');
+    expect(waitFor(() => spawnSync('stat', [front]).status !== 0)).toBe(true);
+    const broken = spawnSync('sh', ['-c', `cat '${dying.mnt}/data' '${dying.mnt}/other'; ls '${dying.mnt}/new-dir'`], { encoding: 'utf8', timeout: 10_000 });
+    expect(broken.error).toBeUndefined();   // errors, not a hang
+    expect(broken.status).not.toBe(0);
+    expect(fs.readFileSync(`${good.mnt}/hello`, 'utf8')).toBe('hello from good\n');
     // the huge listing and 300 stats of the healthy mount, at the same time from two processes
     const lister = spawn('sh', ['-c', `ls -f '${huge.mnt}' | wc -l`], { stdio: ['ignore', 'pipe', 'ignore'] });
     let count = '';
@@ -195,7 +212,7 @@ describe('resident service', () => {
     await new Promise((r) => lister.on('close', r));
     expect(Number(count.trim())).toBe(N + 3);   // . .. hello
     expect(fs.readFileSync(`${good.mnt}/hello`, 'utf8')).toBe('hello from good\n');
-    expect(spawnSync('umount', [gone.mnt]).status).toBe(0);
+    for (const m of [gone.mnt, dying.mnt]) expect(spawnSync('umount', [m]).status).toBe(0);
     expect(waitFor(() => servicePs(env)?.mounts.length === 2)).toBe(true);
   });
 
