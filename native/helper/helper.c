@@ -301,13 +301,8 @@ static int service_mount(const char *source, const char *mnt, char **opts, int n
     int flags = (!strcmp(p.f[i], "p") ? O_PATH : O_RDONLY) | O_DIRECTORY | O_CLOEXEC;
     int fd = open(p.f[i + 1], flags);
     reals[k][0] = 0;
-    if (fd < 0) {
-      snprintf(errs[k], sizeof errs[k], "%d", errno);
-      if (errno == ENOTDIR || errno == ENOENT) {   // which of the two the message needs
-        struct stat st;
-        if (stat(p.f[i + 1], &st) == 0 && !S_ISDIR(st.st_mode)) snprintf(errs[k], sizeof errs[k], "%d", ENOTDIR);
-      }
-    } else {
+    if (fd < 0) snprintf(errs[k], sizeof errs[k], "%d", errno);   // a file: ENOTDIR (O_DIRECTORY)
+    else {
       snprintf(errs[k], sizeof errs[k], "0");
       char link[64];
       snprintf(link, sizeof link, "/proc/self/fd/%d", fd);

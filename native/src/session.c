@@ -960,8 +960,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   }
   int given = get_int_prop(env, cfg, "fd", -1);
   if (given >= 0) {   // mounted by the helper in the caller's namespace; the session owns the fd now
-    s->conn.fd = given;
-    fcntl(given, F_SETFD, FD_CLOEXEC);
+    s->conn.fd = given;   // close-on-exec already (received with MSG_CMSG_CLOEXEC)
     snprintf(s->conn.mountpoint, sizeof s->conn.mountpoint, "%s", mnt);
     s->conn.by_fusermount = get_int_prop(env, cfg, "byFusermount", 0);
   } else if (conn_mount(&s->conn, mnt, err, sizeof err) < 0) {

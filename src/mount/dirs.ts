@@ -33,12 +33,7 @@ export function flagsOf(mode: 'r' | 'p'): number {
 export function openLocal(wants: Want[]): Dir[] {
   const out: Dir[] = [];
   for (const w of wants) {
-    let fd = native.openat(AT_FDCWD, w.path, flagsOf(w.mode), 0);
-    if (fd === -E.ENOENT) {   // a dangling name or a file: say which
-      try {
-        if (!fs.statSync(w.path).isDirectory()) fd = -E.ENOTDIR;
-      } catch { /* it does not exist */ }
-    }
+    const fd = native.openat(AT_FDCWD, w.path, flagsOf(w.mode), 0);   // a file: ENOTDIR
     if (fd < 0) {
       closeDirs(out);
       throw dirError(w.what, w.path, -fd);

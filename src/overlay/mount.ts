@@ -143,36 +143,43 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
   let workFd = -1;
   let indexFd = -1;
   const writable = v.upper !== null && !cfg.ro;
-  if (v.upper) layers.push(layerFromFd(0, v.upper.path, v.upper.fd, writable));
-  for (const l of v.lowers) layers.push(layerFromFd(layers.length, l.path, l.fd, false));
-  assignFsIndexes(layers);
-  const passthrough = cfg.passthrough > 0 && privateLowerMounts(layers, cfg.passthrough === 2);
-  let format: WhiteoutFormat = { charDevice: id.root, ns: id.root ? 'trusted' : 'user' };
-  if (v.work && writable) {
-    // workdir/work, emptied at mount: leftovers of an interrupted copy-up never show
-    const wfd = v.work.fd;
-    removeTree(wfd, 'work');
-    check(native.mkdirat(wfd, 'work', 0o700));
-    workFd = check(native.openat(wfd, 'work', O_PATH | O_DIRECTORY, 0));
-    // copied-up lower hard links, kept across mounts (the kernel's own index dir is 'index')
-    native.mkdirat(wfd, 'layerfs-index', 0o700);
-    indexFd = check(native.openat(wfd, 'layerfs-index', O_PATH | O_DIRECTORY, 0));
-    format = probeFormat(workFd, id.root);
+  let union: Union, passthrough: boolean;
+  // a resident service outlives a failed build: what it opened is closed again
+  try {
+    if (v.upper) layers.push(layerFromFd(0, v.upper.path, v.upper.fd, writable));
+    for (const l of v.lowers) layers.push(layerFromFd(layers.length, l.path, l.fd, false));
+    assignFsIndexes(layers);
+    passthrough = cfg.passthrough > 0 && privateLowerMounts(layers, cfg.passthrough === 2);
+    let format: WhiteoutFormat = { charDevice: id.root, ns: id.root ? 'trusted' : 'user' };
+    if (v.work && writable) {
+      // workdir/work, emptied at mount: leftovers of an interrupted copy-up never show
+      const wfd = v.work.fd;
+      removeTree(wfd, 'work');
+      check(native.mkdirat(wfd, 'work', 0o700));
+      workFd = check(native.openat(wfd, 'work', O_PATH | O_DIRECTORY, 0));
+      // copied-up lower hard links, kept across mounts (the kernel's own index dir is 'index')
+      native.mkdirat(wfd, 'layerfs-index', 0o700);
+      indexFd = check(native.openat(wfd, 'layerfs-index', O_PATH | O_DIRECTORY, 0));
+      format = probeFormat(workFd, id.root);
+    }
+    union = new Union(layers, workFd, {
+      timeout: cfg.timeout,
+      watch: cfg.watch,
+      format,
+      ids: new Ids({ uidMap: cfg.uidMap, gidMap: cfg.gidMap, squashUid: cfg.squashUid, squashGid: cfg.squashGid, xattrPermissions: cfg.xattrPermissions }),
+      redirectDir: cfg.redirectDir,
+      fsync: cfg.fsync,
+      writeback: cfg.writeback,
+      noXattrs: cfg.noXattrs,
+      staticNlink: cfg.staticNlink,
+      atime: cfg.atime,
+      passthrough,
+      sharedLowerCache: cfg.pageCache,
+    }, id, indexFd);
+  } catch (e) {
+    for (const fd of [...layers.map((l) => l.fd), workFd, indexFd]) if (fd >= 0) native.close(fd);
+    throw e;
   }
-  const union = new Union(layers, workFd, {
-    timeout: cfg.timeout,
-    watch: cfg.watch,
-    format,
-    ids: new Ids({ uidMap: cfg.uidMap, gidMap: cfg.gidMap, squashUid: cfg.squashUid, squashGid: cfg.squashGid, xattrPermissions: cfg.xattrPermissions }),
-    redirectDir: cfg.redirectDir,
-    fsync: cfg.fsync,
-    writeback: cfg.writeback,
-    noXattrs: cfg.noXattrs,
-    staticNlink: cfg.staticNlink,
-    atime: cfg.atime,
-    passthrough,
-    sharedLowerCache: cfg.pageCache,
-  }, id, indexFd);
   const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');
   const mountOptions = [`fsname=${fsname}`, `subtype=${name.subtype}`, 'default_permissions'];
   if (id.root) mountOptions.push('allow_other');

@@ -2,12 +2,9 @@
 // image listing one directory merge its lower layers once. A listing is keyed by the lower dirs
 // it merges (each layer's cache key, the path, whether it may hold xattr whiteouts), holds what
 // survives the lowers' own whiteouts, and goes when a watched lower dir changes or its time is up.
+// Only listings of dirs that some union watches are kept: a change nobody watches goes unseen.
 import { LRUCache } from 'lru-cache';
-import { native } from '../sys/native';
-import { FsError } from '../sys/errors';
-import { AT_SYMLINK_NOFOLLOW, S_IFMT } from '../sys/constants';
-import { ST_MODE, newStat } from '../sys/stat';
-import { WH_OPQ, WH_PREFIX, isCharWhiteout, isXattrWhiteout } from './whiteout';
+import { visibleEntries } from './whiteout';
 
 export interface LowerSource { key: string; fd: number; xwh: boolean }
 
@@ -32,41 +29,41 @@ const cache = new LRUCache<string, LowerList>({
   },
 });
 
+// watches per lower dir (key: layer cache key, NUL, path) across every union of the process
+const watchers = new Map<string, number>();
+
+export function lowerWatchStarted(key: string): void {
+  watchers.set(key, (watchers.get(key) ?? 0) + 1);
+}
+
+/** A union stopped watching the dir; once nobody does, its listings cannot be trusted. */
+export function lowerWatchEnded(key: string): void {
+  const left = (watchers.get(key) ?? 1) - 1;
+  if (left > 0) watchers.set(key, left);
+  else {
+    watchers.delete(key);
+    lowerDirChanged(key);
+  }
+}
+
 const dirKey = (s: LowerSource): string => `${s.key}\0${s.xwh ? 1 : 0}`;
 
-/** The lowers of one directory merged top-down; cached for ttlMs (and until a change is seen). */
+/** The lowers of one directory merged top-down; kept for ttlMs (and until a change is seen) when
+ * every dir merged is watched, merged afresh each time otherwise. */
 export function lowerList(sources: LowerSource[], ttlMs: number): LowerList {
   const key = sources.map(dirKey).join('\n');
-  const hit = cache.get(key);
+  const watched = sources.every((s) => (watchers.get(s.key) ?? 0) > 0);
+  const hit = watched ? cache.get(key) : undefined;
   if (hit && hit.until > Date.now()) return hit;
   const out: LowerList = { names: [], types: [], inos: [], from: [], until: Date.now() + ttlMs };
   const seen = new Set<string>();
-  const st = newStat();
-  sources.forEach((src, si) => {
-    const list = native.readdir(src.fd);
-    if (typeof list === 'number') throw new FsError(-list);
-    const { names, inos, types } = list;
-    for (let i = 0; i < names.length; i++) {
-      const name = names[i];
-      if (name === '.' || name === '..' || seen.has(name)) continue;
-      if (name.startsWith(WH_PREFIX)) {
-        if (name !== WH_OPQ && !name.startsWith('.wh..wh.')) seen.add(name.slice(WH_PREFIX.length));
-        continue;
-      }
-      seen.add(name);
-      let type = types[i];
-      if (type === 2 /* DT_CHR */ || type === 0 /* DT_UNKNOWN */ || (src.xwh && type === 8)) {
-        if (native.fstatat(src.fd, name, AT_SYMLINK_NOFOLLOW, st) !== 0) continue;
-        if (isCharWhiteout(st)) continue;
-        if (src.xwh && isXattrWhiteout(src.fd, name, st)) continue;
-        type = (st[ST_MODE] & S_IFMT) >> 12;
-      }
-      out.names.push(name);
-      out.types.push(type);
-      out.inos.push(inos[i]);
-      out.from.push(si);
-    }
-  });
+  sources.forEach((src, si) => visibleEntries(src.fd, src.xwh, seen, (name, type, ino) => {
+    out.names.push(name);
+    out.types.push(type);
+    out.inos.push(ino);
+    out.from.push(si);
+  }));
+  if (!watched) return out;
   cache.set(key, out);
   for (const s of sources) {
     const k = dirKey(s);

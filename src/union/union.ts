@@ -17,14 +17,14 @@ import { asCaller, type Identity } from '../sys/identity';
 import { LayerDirs, baseName, dirName, joinPath, type Layer } from './layers';
 import { attachLink, detachLink, unionPath, type LowerRef, type UNode } from './nodes';
 import {
-  WH_OPQ, WH_PREFIX, dirOpacity, isCharWhiteout, isHiddenName, isXattrWhiteout, probe, procPath,
+  WH_PREFIX, dirOpacity, isCharWhiteout, isHiddenName, probe, procPath, visibleEntries,
   type WhiteoutFormat,
 } from './whiteout';
 import { isPrivateXattr, ORIGIN_XATTRS, REDIRECT_XATTRS, xattrNames, type XattrNames } from './xattrs';
 import { buildCopy, keepTimes } from './copyup';
 import { LRUCache } from 'lru-cache';
-import { LowerWatcher, isWatched } from './watch';
-import { lowerDirChanged, lowerList, type LowerSource } from './lowerlist';
+import { LowerWatcher } from './watch';
+import { lowerList, type LowerSource } from './lowerlist';
 import { statByHandle } from '../sys/handles';
 import { formatOverride, Ids, isOverrideXattr, OVERRIDE_XATTRS } from './ids';
 import { ST_GID, ST_UID } from '../sys/stat';
@@ -1139,51 +1139,21 @@ export class Union implements Filesystem {
    * merge is shared with other unions over the same lower dirs while they are watched. */
   private merge(n: UNode, emit: (name: string, ino: number, type: number, layer: number, raw: number) => void, namesOnly = false): void {
     const seen = new Set<string>();
-    const st = newStat();
     if (n.upper) {
       const fd = this.dirs.tryFd(UPPER, unionPath(n));
-      if (fd >= 0) {
-        const list = native.readdir(fd);
-        if (typeof list === 'number') throw new FsError(-list);
-        const { names, inos, types } = list;
-        for (let i = 0; i < names.length; i++) {
-          const name = names[i];
-          if (name === '.' || name === '..' || seen.has(name)) continue;
-          if (name.startsWith(WH_PREFIX)) {
-            if (name !== WH_OPQ && !name.startsWith('.wh..wh.')) seen.add(name.slice(WH_PREFIX.length));
-            continue;
-          }
-          seen.add(name);
-          let type = types[i];
-          if (type === 2 /* DT_CHR */ || type === 0 /* DT_UNKNOWN */ || (n.upperXwh && type === 8)) {
-            if (native.fstatat(fd, name, NOFOLLOW, st) !== 0) continue;
-            if (isCharWhiteout(st)) continue;
-            if (n.upperXwh && isXattrWhiteout(fd, name, st)) continue;
-            type = (st[ST_MODE] & S_IFMT) >> 12;
-          }
-          if (namesOnly) {
-            emit(name, 0, type, UPPER, 0);
-            continue;
-          }
-          emit(name, this.originIno(fd, name) || this.mapIno(UPPER, inos[i]), type, UPPER, inos[i]);
-        }
-      }
+      if (fd >= 0) visibleEntries(fd, n.upperXwh, seen, (name, type, raw) =>
+        emit(name, namesOnly ? 0 : this.originIno(fd, name) || this.mapIno(UPPER, raw), type, UPPER, namesOnly ? 0 : raw));
     }
     if (n.opaque) return;
     const sources: LowerSource[] = [];
     const layers: number[] = [];
-    let shared = !!this.watcher;
     for (const l of n.lowers) {
       const fd = this.dirs.tryFd(l.layer, l.path);
       if (fd < 0) continue;
-      const key = this.lowerKey(l.layer, l.path);
-      if (!isWatched(key)) shared = false;
-      sources.push({ key, fd, xwh: l.xwh });
+      sources.push({ key: this.lowerKey(l.layer, l.path), fd, xwh: l.xwh });
       layers.push(l.layer);
     }
     if (!sources.length) return;
-    // unwatched (watch=0, or beyond the watch cap): merged afresh, as changes may be unseen
-    if (!shared) for (const s of sources) lowerDirChanged(s.key);
     const ll = lowerList(sources, this.opts.timeout * 1000);
     for (let i = 0; i < ll.names.length; i++) {
       const name = ll.names[i];

@@ -3,16 +3,7 @@
 // union's back, so every event is news; the upper is not watched (the daemon's own writes).
 // A watch is set through /proc/self/fd/N of the layer dir's own fd: no layer path is resolved.
 import * as fs from 'node:fs';
-import { lowerDirChanged } from './lowerlist';
-
-// Watches per lower dir across every union of the process: a shared merged listing
-// (lowerlist.ts) is trusted only while each dir it merged is watched by someone.
-const watchers = new Map<string, number>();
-
-/** Whether some union watches this lower dir (key: layer cache key, NUL, path). */
-export function isWatched(key: string): boolean {
-  return (watchers.get(key) ?? 0) > 0;
-}
+import { lowerDirChanged, lowerWatchEnded, lowerWatchStarted } from './lowerlist';
 
 export class LowerWatcher {
   private readonly watches = new Map<string, { w: fs.FSWatcher; nodes: Set<number> }>();
@@ -38,7 +29,7 @@ export class LowerWatcher {
       w.on('error', () => this.dropKey(key));
       e = { w, nodes: new Set() };
       this.watches.set(key, e);
-      watchers.set(key, (watchers.get(key) ?? 0) + 1);
+      lowerWatchStarted(key);
     }
     if (e.nodes.has(nodeId)) return;
     e.nodes.add(nodeId);
@@ -63,12 +54,7 @@ export class LowerWatcher {
     if (!e) return;
     this.watches.delete(key);
     e.w.close();
-    const left = (watchers.get(key) ?? 1) - 1;
-    if (left > 0) watchers.set(key, left);
-    else {   // nobody sees this dir's changes any more: its shared listings cannot be trusted
-      watchers.delete(key);
-      lowerDirChanged(key);
-    }
+    lowerWatchEnded(key);
   }
 
   close(): void {

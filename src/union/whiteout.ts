@@ -6,7 +6,7 @@
 import { native } from '../sys/native';
 import { FsError } from '../sys/errors';
 import { AT_SYMLINK_NOFOLLOW, E, S_IFCHR, S_IFMT, S_IFREG } from '../sys/constants';
-import { ST_MODE, ST_RDEV, ST_SIZE, type Stat } from '../sys/stat';
+import { ST_MODE, ST_RDEV, ST_SIZE, newStat, type Stat } from '../sys/stat';
 
 export const WH_PREFIX = '.wh.';
 export const WH_OPQ = '.wh..wh..opq';
@@ -23,6 +23,36 @@ export interface WhiteoutFormat {
 
 export const OPAQUE_XATTRS = ['trusted.overlay.opaque', 'user.overlay.opaque', 'user.fuseoverlayfs.opaque'];
 export const XWHITEOUT_XATTRS = ['trusted.overlay.whiteout', 'user.overlay.whiteout'];
+
+/**
+ * The entries one layer dir shows in a merge, top-down: names already in `seen` (from layers
+ * above) are skipped, whiteouts (`.wh.NAME`, char 0/0, xattr whiteouts where xwh) hide names
+ * of the layers below by joining `seen`, and d_type is resolved where readdir could not say.
+ */
+export function visibleEntries(fd: number, xwh: boolean, seen: Set<string>,
+  emit: (name: string, type: number, ino: number) => void): void {
+  const list = native.readdir(fd);
+  if (typeof list === 'number') throw new FsError(-list);
+  const { names, inos, types } = list;
+  const st = newStat();
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i];
+    if (name === '.' || name === '..' || seen.has(name)) continue;
+    if (name.startsWith(WH_PREFIX)) {
+      if (name !== WH_OPQ && !name.startsWith(WH_META)) seen.add(name.slice(WH_PREFIX.length));
+      continue;
+    }
+    seen.add(name);
+    let type = types[i];
+    if (type === 2 /* DT_CHR */ || type === 0 /* DT_UNKNOWN */ || (xwh && type === 8)) {
+      if (native.fstatat(fd, name, AT_SYMLINK_NOFOLLOW, st) !== 0) continue;
+      if (isCharWhiteout(st)) continue;
+      if (xwh && isXattrWhiteout(fd, name, st)) continue;
+      type = (st[ST_MODE] & S_IFMT) >> 12;
+    }
+    emit(name, type, inos[i]);
+  }
+}
 
 export function isCharWhiteout(st: Stat): boolean {
   return (st[ST_MODE] & S_IFMT) === S_IFCHR && st[ST_RDEV] === 0;
