@@ -7,6 +7,7 @@ import { passthroughMount } from '../passthrough/mount';
 import { overlayCheck, overlayMount } from '../overlay/mount';
 import { UsageError } from '../mount/validate';
 import { registerThin } from '../thin/cli';
+import { registerLayer } from '../layer/cli';
 import { viaHelper } from '../service/client';
 import { runService } from '../service/server';
 
@@ -72,6 +73,7 @@ async function main(argv: string[]): Promise<void> {
   registerThin(program, fail, (build, check, f) => runMount({
     daemon: isDaemon, argv: argv.slice(2), name: 'layerfs', foreground: !!(f.foreground || f.debug), check, build,
   }));
+  registerLayer(program, fail);
   program.command('umount')
     .alias('unmount')
     .description('unmount a layerfs mount (also one whose daemon died)')
