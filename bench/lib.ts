@@ -3,7 +3,8 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-export const ROOT = path.resolve(__dirname, '../..');
+// dist/bench when built, bench/ when the tests import it from source
+export const ROOT = path.resolve(__dirname, path.basename(path.dirname(__dirname)) === 'dist' ? '../..' : '..');
 export const CLI = path.join(ROOT, 'dist/src/cli/layerfs.js');
 export const HELPER = path.join(ROOT, 'native/build/Release/layerfs-helper');
 

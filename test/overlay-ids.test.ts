@@ -1,4 +1,4 @@
-// Owners and modes: uidmapping/gidmapping (shown inside, stored outside, unmapped -> overflow),
+// Owners and modes: uidmapping/gidmapping (fuse-overlayfs's order and meaning, with it as the oracle),
 // squash_to_uid/gid, and xattr_permissions=2 (user.containers.override_stat, never shown).
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -16,9 +16,9 @@ describe('overlay owners and modes', () => {
     lower = path.join(base, 'lower');
     fs.mkdirSync(lower);
     fs.writeFileSync(path.join(lower, 'mapped'), 'm');
-    fs.chownSync(path.join(lower, 'mapped'), 1001, 2002);
+    fs.chownSync(path.join(lower, 'mapped'), 1, 2);
     fs.writeFileSync(path.join(lower, 'unmapped'), 'u');
-    fs.chownSync(path.join(lower, 'unmapped'), 5, 5);
+    fs.chownSync(path.join(lower, 'unmapped'), 50, 50);
     fs.writeFileSync(path.join(lower, 'rootless'), 'r', { mode: 0o600 });
     fs.chownSync(path.join(lower, 'rootless'), 1234, 1234);
     native.setxattr(path.join(lower, 'rootless'), 'user.containers.override_stat', Buffer.from('0:0:0755'), 0, 0);
@@ -33,20 +33,35 @@ describe('overlay owners and modes', () => {
     return { mnt, up };
   }
 
-  test('uidmapping/gidmapping: shown inside, stored outside, unmapped ids show as overflow', () => {
-    const { mnt, up } = mountWith('map', 'uidmapping=0:1000:10,gidmapping=0:2000:10');
-    const m = fs.statSync(path.join(mnt, 'mapped'));
-    expect([m.uid, m.gid]).toEqual([1, 2]);
-    const u = fs.statSync(path.join(mnt, 'unmapped'));
-    expect([u.uid, u.gid]).toEqual([65534, 65534]);
-    fs.chownSync(path.join(mnt, 'mapped'), 3, 4);
-    const d = fs.statSync(path.join(up, 'mapped'));
-    expect([d.uid, d.gid]).toEqual([1003, 2004]);
+  test('uidmapping/gidmapping in fuse-overlayfs\'s order (stored:shown:len, a leading colon), as fuse-overlayfs maps them', () => {
+    const opts = 'uidmapping=:0:1000:10:10:0:1,gidmapping=0:2000:10:10:0:1';
+    const seen = (prog: string | null): unknown[] => {
+      const name = prog ? 'map-fo' : 'map';
+      const [up, work, mnt] = ['up', 'work', 'mnt'].map((d) => path.join(base, name, d));
+      for (const d of [up, work, mnt]) fs.mkdirSync(d, { recursive: true });
+      const o = `lowerdir=${lower},upperdir=${up},workdir=${work},${opts}`;
+      if (prog) expect(spawnSync(prog, ['-o', o, mnt]).status).toBe(0);
+      else mountOk(['-o', o, mnt]);
+      try {
+        const ids = (p: string): number[] => { const st = fs.lstatSync(p); return [st.uid, st.gid]; };
+        const out: unknown[] = [ids(path.join(mnt, 'mapped')), ids(path.join(mnt, 'unmapped')), ids(path.join(mnt, 'ten'))];
+        fs.chownSync(path.join(mnt, 'mapped'), 1003, 2004);
+        out.push(ids(path.join(up, 'mapped')), ids(path.join(mnt, 'mapped')));
+        fs.writeFileSync(path.join(mnt, 'created'), 'c');     // the caller (root, shown 0) is stored as 10
+        out.push(ids(path.join(up, 'created')), ids(path.join(mnt, 'created')));
+        return out;
+      } finally {
+        expect(spawnSync('umount', [mnt]).status).toBe(0);
+      }
+    };
+    fs.writeFileSync(path.join(lower, 'ten'), 't');
+    fs.chownSync(path.join(lower, 'ten'), 10, 3);
+    const got = seen(null);
+    expect(got.slice(0, 3)).toEqual([[1001, 2002], [65534, 65534], [0, 2003]]);
+    expect(got).toEqual(seen('/usr/bin/fuse-overlayfs'));
+    // stricter than fuse-overlayfs (which stores 65534): an id the mapping cannot store is EINVAL
+    const { mnt } = mountWith('map-strict', opts);
     expect(() => fs.chownSync(path.join(mnt, 'mapped'), 50, 50)).toThrow(/EINVAL/);
-    fs.writeFileSync(path.join(mnt, 'created'), 'c');
-    const c = fs.statSync(path.join(up, 'created'));
-    expect([c.uid, c.gid]).toEqual([1000, 2000]);
-    expect(fs.statSync(path.join(mnt, 'created')).uid).toBe(0);
     expect(spawnSync('umount', [mnt]).status).toBe(0);
   });
 

@@ -59,13 +59,16 @@ export function splitLowerdir(v: string): string[] {
 }
 
 export function parseIdMapping(key: string, v: string): IdMapping[] {
-  const parts = v.split(':');
-  if (parts.length % 3 !== 0 || parts.some((p) => !/^\d+$/.test(p))) {
-    throw new UsageError(`bad value for option ${key}: ${v} (want INSIDE:OUTSIDE:LENGTH[:...])`);
+  // empty fields are skipped, as fuse-overlayfs's strtok does: podman sends a leading colon
+  const parts = v.split(':').filter((p) => p !== '');
+  if (parts.length === 0 || parts.length % 3 !== 0 || parts.some((p) => !/^\d+$/.test(p))) {
+    throw new UsageError(`bad value for option ${key}: ${v} (want STORED:SHOWN:LENGTH[:...])`);
   }
   const out: IdMapping[] = [];
   for (let i = 0; i < parts.length; i += 3) {
-    const m = { inside: Number(parts[i]), outside: Number(parts[i + 1]), len: Number(parts[i + 2]) };
+    // fuse-overlayfs's order: the id on disk, then the id the mount shows (containers-storage sends
+    // CONTAINER:HOST:SIZE — layers store container ids, the container's userns maps the shown host ids back)
+    const m = { outside: Number(parts[i]), inside: Number(parts[i + 1]), len: Number(parts[i + 2]) };
     if (m.len === 0) throw new UsageError(`bad value for option ${key}: ${v} (length 0)`);
     out.push(m);
   }

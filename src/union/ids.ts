@@ -1,5 +1,5 @@
 // How owners and modes are shown and stored: uid/gid mappings (fuse-overlayfs's uidmapping /
-// gidmapping: INSIDE:OUTSIDE:LEN, shown inside, stored outside; unmapped ids show as the
+// gidmapping: STORED:SHOWN:LEN — `outside` on disk, `inside` in the mount; unmapped ids show as the
 // overflow id), squash_to_uid/gid, and with xattr_permissions the override_stat xattr
 // containers-storage writes for rootless layers ("uid:gid:0mode[:type]").
 import { FsError } from '../sys/errors';
