@@ -178,10 +178,11 @@ export class Docker {
 
   private readonly execRoot: string;
 
-  static start(base: string, store: Store, index: number): Docker {
+  /** dockerd: another program to start it by (docker/dockerd-layerfs). */
+  static start(base: string, store: Store, index: number, dockerd = '/usr/sbin/dockerd'): Docker {
     const d = new Docker(base, store, index);
     const log = fs.openSync(path.join(d.dir, 'dockerd.log'), 'a');
-    const child = spawn('/usr/sbin/dockerd', [
+    const child = spawn(dockerd, [
       '--config-file', path.join(d.dir, 'daemon.json'), '--data-root', path.join(d.dir, 'data'), '--exec-root', d.execRoot,
       '--pidfile', d.pidfile, '-H', `unix://${d.sock}`, '--storage-driver', store === 'kernel' ? 'overlay2' : 'fuse-overlayfs',
       '--bridge=none', '--iptables=false', '--ip-masq=false', '--ip6tables=false', '--default-runtime', 'runc',

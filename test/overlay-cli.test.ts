@@ -174,6 +174,40 @@ describe('layerfs-overlay command line', () => {
     expect(r2.stderr).toMatch(/too many lower layers: 501/);
   });
 
+  // What engines send, and what can go wrong between their --version probe and the mount: each
+  // argv run by fuse-overlayfs and by layerfs-overlay on the same dirs. Both accept or both refuse;
+  // layerfs refuses in one line (fuse-overlayfs prints three).
+  describe('as fuse-overlayfs answers engines', () => {
+    const cases: [string, () => string, boolean][] = [
+      ['a trailing comma (an empty option)', () => `lowerdir=${l1}:${l2},upperdir=${up},workdir=${work},`, true],
+      ["',,volatile' (podman's --rm)", () => `lowerdir=${l1}:${l2},upperdir=${up},workdir=${work},,volatile`, true],
+      ['an option it does not know', () => `lowerdir=${l1},upperdir=${up},workdir=${work},some_new_option=1`, true],
+      ['lowerdir only (a read-only build or commit mount), an empty dir at the bottom', () => `lowerdir=${l1}:${base}/emptylow`, true],
+      ['uidmapping with a leading colon', () => `lowerdir=${l1},upperdir=${up},workdir=${work},uidmapping=:0:0:1:1:100000:65536,gidmapping=:0:0:1`, true],
+      ['a lower named by a dangling link in l/', () => `lowerdir=${l1}:${base}/overlay/l/GONE,upperdir=${up},workdir=${work}`, false],
+      ['a lower removed after --version', () => `lowerdir=${base}/overlay/vanished/diff:${l1},upperdir=${up},workdir=${work}`, false],
+    ];
+    test.each(cases)('%s', (_name, opts, ok) => {
+      fs.mkdirSync(path.join(base, 'emptylow'), { recursive: true });
+      fs.rmSync(path.join(base, 'overlay/l/GONE'), { force: true });
+      fs.symlinkSync('../gone/diff', path.join(base, 'overlay/l/GONE'));
+      const vanished = path.join(base, 'overlay/vanished/diff');
+      fs.mkdirSync(vanished, { recursive: true });
+      expect(spawnSync(HELPER, ['--as-overlay', '--version']).status).toBe(0);
+      fs.rmSync(path.dirname(vanished), { recursive: true });
+      const outcome = (argv0: string[]): { status: number | null; stderr: string } => {
+        const r = spawnSync(argv0[0], [...argv0.slice(1), '-o', opts(), mnt], { encoding: 'utf8', timeout: 30_000 });
+        if (isMounted(mnt)) expect(spawnSync('umount', [mnt]).status).toBe(0);
+        return r;
+      };
+      const fo = outcome(['/usr/bin/fuse-overlayfs']);
+      const lfs = outcome([HELPER, '--as-overlay']);
+      expect(fo.status === 0, `fuse-overlayfs: ${fo.stderr}`).toBe(ok);
+      expect(lfs.status === 0, `layerfs: ${lfs.stderr}`).toBe(ok);
+      if (!ok) expect(lfs.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^layerfs-overlay: lowerdir .* does not exist$/)]);
+    });
+  });
+
   describe('bad input', () => {
     const cases: [string, () => string, RegExp][] = [
       ['lowerdir missing', () => `lowerdir=${base}/nope,upperdir=${up},workdir=${work}`, /lowerdir .*nope does not exist/],

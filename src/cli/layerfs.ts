@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 // `layerfs`: mount, umount (and later thin, diff, doctor).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Command } from 'commander';
 import { DAEMON_FLAG, runMount, type Mountable } from '../mount/lifecycle';
 import { unmount } from '../mount/unmount';
@@ -10,6 +12,9 @@ import { registerThin } from '../thin/cli';
 import { registerLayer } from '../layer/cli';
 import { viaHelper } from '../service/client';
 import { runService } from '../service/server';
+
+// dist/src/cli -> the package's own package.json
+const VERSION = (JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../package.json'), 'utf8')) as { version: string }).version;
 
 function fail(msg: string): never {
   process.stderr.write(`layerfs: ${msg}\n`);
@@ -47,7 +52,8 @@ async function main(argv: string[]): Promise<void> {
   const isDaemon = argv.includes(DAEMON_FLAG);
   const program = new Command('layerfs')
     .description('userspace union filesystem: overlay, aufs and thin modes over its own libfuse3 binding')
-    .showHelpAfterError(false);
+    .showHelpAfterError(false)
+    .version(`layerfs ${VERSION}`, '-V, --version');
   program.command('mount')
     .description('mount a layerfs filesystem; returns once the mount answers')
     .argument('<args...>', 'MNT (overlay: -o lowerdir=...,upperdir=...,workdir=...), or DIR MNT with --passthrough')
