@@ -99,6 +99,8 @@ export function containersConf(base: string): string {
 /** A podman store of its own: graphroot below base, a short runroot, its own layerfs service dir. */
 export class Podman {
   readonly dir: string;
+  /** LAYERFS_RUNTIME_DIR of its mounts: the service serving them listens there. */
+  readonly svcDir: string;
   private readonly env: NodeJS.ProcessEnv;
   private readonly ids: { uid: number; gid: number } | null;
 
@@ -113,6 +115,7 @@ export class Podman {
     fs.mkdirSync(runroot, { mode: 0o700 });
     const svc = path.join(this.dir, 'svc');
     fs.mkdirSync(svc, { mode: 0o700 });
+    this.svcDir = svc;
     let prog: string | null = null;
     if (store === 'layerfs') {
       prog = path.join(this.dir, 'layerfs-overlay');   // podman runs the program by this name
@@ -132,9 +135,15 @@ export class Podman {
     if (this.ids) spawnSync('chown', [`${this.ids.uid}:${this.ids.gid}`, path.join(this.dir, 'tmp')]);
   }
 
-  run(args: string[], input?: string): SpawnSyncReturns<string> {
+  /** The command line, environment and cwd of `podman ARGS` (to spawn it without waiting). */
+  command(args: string[]): { argv: string[]; env: NodeJS.ProcessEnv; cwd: string } {
     const argv = this.ids ? ['setpriv', `--reuid=${this.ids.uid}`, `--regid=${this.ids.gid}`, '--init-groups', 'podman', ...args] : ['podman', ...args];
-    return spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', env: this.env, cwd: this.dir, input, timeout: 180_000, maxBuffer: 256 << 20 });
+    return { argv, env: this.env, cwd: this.dir };
+  }
+
+  run(args: string[], input?: string): SpawnSyncReturns<string> {
+    const c = this.command(args);
+    return spawnSync(c.argv[0], c.argv.slice(1), { encoding: 'utf8', env: c.env, cwd: c.cwd, input, timeout: 180_000, maxBuffer: 256 << 20 });
   }
 
   must(args: string[]): string {
@@ -146,13 +155,14 @@ export class Podman {
     this.run(['rm', '-af', '-t', '0']);
     this.run(['system', 'reset', '--force']);
     fs.rmSync(this.env.XDG_RUNTIME_DIR!, { recursive: true, force: true });
-    spawnSync('pkill', ['-f', `service --socket ${this.env.LAYERFS_RUNTIME_DIR}/`]);
+    spawnSync('pkill', ['-f', `service --socket ${this.svcDir}/`]);
   }
 }
 
 /** A private dockerd (and the containerd it starts) with one storage driver. */
 export class Docker {
   readonly dir: string;
+  readonly svcDir: string;
   readonly sock: string;
   private readonly pidfile: string;
   private readonly env: NodeJS.ProcessEnv;
@@ -169,6 +179,7 @@ export class Docker {
     if (store === 'layerfs') fs.symlinkSync(HELPER, path.join(bin, 'fuse-overlayfs'));
     const svc = path.join(this.dir, 'svc');
     fs.mkdirSync(svc, { mode: 0o700 });
+    this.svcDir = svc;
     this.env = { PATH: `${bin}:/usr/sbin:/usr/bin:/sbin:/bin`, LAYERFS_RUNTIME_DIR: svc, DOCKER_HOST: `unix://${this.sock}`, DOCKER_BUILDKIT: '0', HOME: this.dir };
     fs.writeFileSync(path.join(this.dir, 'daemon.json'), JSON.stringify({ 'deprecated-key-path': path.join(this.dir, 'key.json') }));
     const execRoot = `/run/lfd-${process.pid}-${index}`;
@@ -201,6 +212,10 @@ export class Docker {
     throw new Error(`dockerd (${store}) did not start: ${tail}`);
   }
 
+  command(args: string[]): { argv: string[]; env: NodeJS.ProcessEnv; cwd: string } {
+    return { argv: ['/usr/bin/docker', ...args], env: this.env, cwd: this.dir };
+  }
+
   run(args: string[]): SpawnSyncReturns<string> {
     return spawnSync('/usr/bin/docker', args, { encoding: 'utf8', env: this.env, cwd: this.dir, timeout: 180_000, maxBuffer: 256 << 20 });
   }
@@ -220,7 +235,7 @@ export class Docker {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     }
     spawnSync('pkill', ['-KILL', '-f', `containerd.*${this.execRoot}`]);
-    spawnSync('pkill', ['-f', `service --socket ${this.env.LAYERFS_RUNTIME_DIR}/`]);
+    spawnSync('pkill', ['-f', `service --socket ${this.svcDir}/`]);
     for (const m of fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1]).filter((p) => p && (p.startsWith(this.dir) || p.startsWith(this.execRoot))).reverse()) {
       spawnSync('umount', ['-l', m]);
     }

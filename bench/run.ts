@@ -8,18 +8,18 @@ import { passthroughSuite, TARGETS_TEXT as PT_TARGETS, workloads as ptWorkloads 
 import { overlaySuite, overlayWorkloads, TARGETS_TEXT as OV_TARGETS, URING_WORKLOADS, uringSuite } from './overlay';
 import { snapLatency, thinSuite, TARGETS_TEXT as TH_TARGETS } from './thin';
 import { serviceSuite, serviceTable } from './service';
-import { podmanSuite, podmanTable } from './podman';
+import { containersSuite, containersTable } from './containers';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(name);
   return i > 0 && process.argv[i + 1] ? process.argv[i + 1] : def;
 }
 
-function main(): void {
+async function main(): Promise<void> {
   if (process.geteuid?.() !== 0) throw new Error('the benchmark drops caches and mounts kernel overlayfs: run it as root');
   const rounds = Number(arg('--rounds', '3'));
   const base = arg('--dir', '/var/tmp/layerfs-bench');
-  const suites = arg('--suite', 'service,podman,passthrough,overlay,overlay-tmpfs,uring,pagecache,thin').split(',');
+  const suites = arg('--suite', 'service,containers,passthrough,overlay,overlay-tmpfs,uring,pagecache,thin').split(',');
   const out: SuiteResult[] = [];
   const md: string[] = [`# layerfs benchmark ${new Date().toISOString()}`, '', `rounds: ${rounds}, medians; cost = time ratio (or inverse rate ratio): < 1 is faster.`, ''];
   if (suites.includes('service')) {
@@ -27,10 +27,10 @@ function main(): void {
     out.push({ suite: 'service', targets: Object.keys(r.latencyMs), rounds: 20, results: { 'mount → first stat (ms)': Object.fromEntries(Object.entries(r.latencyMs).map(([k, v]) => [k, [v]])) }, ...r } as SuiteResult);
     md.push('## What a mount costs: the resident service', '', serviceTable(r), '');
   }
-  if (suites.includes('podman')) {
-    const rows = podmanSuite(path.join(base, 'podman'));
-    out.push({ suite: 'podman', targets: rows.map((x) => `${x.who} ${x.store}`), rounds: 7, results: {}, rows } as SuiteResult);
-    md.push('## Containers: podman with each store', '', podmanTable(rows), '');
+  if (suites.includes('containers') || suites.includes('podman')) {
+    const r = await containersSuite(path.join(base, 'containers'));
+    out.push({ suite: 'containers', targets: r.rows.map((x) => `${x.engine} ${x.who} ${x.store}`), rounds: 10, results: {}, ...r } as SuiteResult);
+    md.push('## Containers: podman and Docker Engine with each store', '', containersTable(r), '');
   }
   if (suites.includes('passthrough')) {
     const r = passthroughSuite(path.join(base, 'passthrough'), rounds);
@@ -97,4 +97,7 @@ function main(): void {
   fs.writeFileSync(path.join(dir, `${stamp}.md`), text + '\n');
 }
 
-main();
+main().catch((e) => {
+  process.stderr.write(`bench: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+});

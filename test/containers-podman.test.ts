@@ -68,6 +68,32 @@ describe.each(['root', 'rootless'] as Who[])('podman %s on layerfs', (who) => {
     }
   });
 
+  test('one page cache: a big image file read in three containers is cached once', () => {
+    // as root FUSE passthrough hands reads to the backing file; rootless (uid 0 of podman's user
+    // namespace: no passthrough there) big lower files are read direct (page_cache=auto), and
+    // what busybox cat's sendfile leaves in a mount's cache goes at the last close
+    const ctxBig = path.join(base, 'ctx-big');
+    fs.mkdirSync(ctxBig, { recursive: true });
+    fs.writeFileSync(path.join(ctxBig, 'big'), Buffer.alloc(80 << 20, 7));
+    fs.writeFileSync(path.join(ctxBig, 'Containerfile'), `FROM ${IMG}\nCOPY big /big\n`);
+    spawnSync('chmod', ['-R', 'a+rX', ctxBig]);
+    lfs.must(['build', '-q', '--pull=never', '--network', 'none', '-t', 'localhost/big:1', ctxBig]);
+    const ids = [0, 1, 2].map(() => lfs.must(['run', '-d', '--pull=never', '--network', 'none', 'localhost/big:1', 'sleep', '600']).trim());
+    try {
+      const cachedMiB = (): number => Number(/^Cached:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))![1]) / 1024;
+      spawnSync('sync');
+      fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+      const before = cachedMiB();
+      for (const id of ids) lfs.must(['exec', id, 'cat', '/big']);
+      spawnSync('sleep', ['1']);   // the last release's invalidation is sent by the notify thread
+      const grown = cachedMiB() - before;
+      expect(grown).toBeGreaterThan(60);      // the lower file itself, once
+      expect(grown).toBeLessThan(130);        // not once per container (240 MiB and more)
+    } finally {
+      lfs.run(['rm', '-f', '-t', '0', ...ids]);
+    }
+  });
+
   let built: Record<string, unknown>[];
   test('build (create, modify, delete from the base, rm -rf and mv dirs, chown, re-create): the image the kernel builds', () => {
     const trees: Record<string, unknown>[][] = [];

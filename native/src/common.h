@@ -18,7 +18,11 @@
 
 // ---- handle table (handles.c): open files whose data path is served in C ----
 enum handle_kind { HANDLE_FD = 1, HANDLE_JS = 2 };
-enum handle_flags { HF_NOSYNC = 1 };  // fsync=0 / volatile: fsync is a no-op
+// HF_NOSYNC: fsync=0 / volatile, fsync is a no-op. HF_DROP_PAGES: a read-only direct-io open
+// (a shared lower file): splice/sendfile readers still fill the node's page cache (the kernel
+// serves splice of a direct-io FUSE file through it), so its pages are dropped at the node's
+// last release — the lower file's own cache stays the only lasting copy.
+enum handle_flags { HF_NOSYNC = 1, HF_DROP_PAGES = 2 };
 
 struct handle {
   pthread_rwlock_t lock;  // read-held by I/O, write-held while re-targeting
@@ -28,6 +32,7 @@ struct handle {
   int flags;
   int open_flags;
   uint64_t ino;           // FUSE node id, so JS can find handles of a node
+  const void *owner;      // the connection it was opened on (node ids repeat across mounts)
   uint64_t js_id;         // JS-side handle id (HANDLE_JS)
   // thin volume fast path (HANDLE_JS): block map and exclusive flags owned by JS
   int32_t *thin_blocks;   // virtual block -> data block, -1 unmapped
@@ -47,6 +52,7 @@ int handle_retarget(uint64_t fh, int newfd);
 // Fills out[] with up to max (fh, open_flags) pairs of handles on node ino; returns count.
 size_t handle_list(uint64_t ino, uint64_t *out_fh, int *out_flags, size_t max);
 size_t handle_count(void);
+size_t handle_count_ino(uint64_t ino, const void *owner);
 
 // ---- session (session.c) ----
 napi_value session_init_exports(napi_env env, napi_value exports);

@@ -97,4 +97,16 @@ size_t handle_list(uint64_t ino, uint64_t *out_fh, int *out_flags, size_t max) {
   return n;
 }
 
+/** Live handles of node ino opened on connection owner. */
+size_t handle_count_ino(uint64_t ino, const void *owner) {
+  size_t n = 0;
+  pthread_mutex_lock(&table_lock);
+  for (uint64_t fh = 1; fh < next_fh; fh++) {
+    struct handle *h = handle_get(fh);
+    if (h && h->ino == ino && h->owner == owner) n++;
+  }
+  pthread_mutex_unlock(&table_lock);
+  return n;
+}
+
 size_t handle_count(void) { return live; }

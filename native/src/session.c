@@ -1154,9 +1154,12 @@ static uint64_t open_handle(struct req *req, int fd, uint64_t nodeid, int open_f
     if (mode == IO_CONFLICT) { *conflict = 1; return 0; }
     if (mode == IO_PASSTHROUGH) *oflags = (*oflags & (FOPEN_NOFLUSH | FOPEN_NONSEEKABLE)) | FOPEN_PASSTHROUGH;
   }
-  uint64_t fh = handle_add(HANDLE_FD, fd, nodeid, open_flags, (fl & JF_NOSYNC) ? HF_NOSYNC : 0, 0);
+  int hf = ((fl & JF_NOSYNC) ? HF_NOSYNC : 0) |
+           ((fl & JF_DIRECT_IO) && (open_flags & O_ACCMODE) == O_RDONLY && !(*oflags & FOPEN_PASSTHROUGH) ? HF_DROP_PAGES : 0);
+  uint64_t fh = handle_add(HANDLE_FD, fd, nodeid, open_flags, hf, 0);
   if (!fh) { if (req->c->passthrough) io_release(req->c, nodeid, (enum io_mode)mode); return 0; }
   handle_get(fh)->io_mode = mode;
+  handle_get(fh)->owner = req->c;
   return fh;
 }
 
@@ -1166,6 +1169,16 @@ static void drop_handle(uint64_t fh, struct conn *c) {
   __atomic_sub_fetch(&((struct session *)c)->handles, 1, __ATOMIC_RELAXED);
   if (h->kind == HANDLE_FD && c->passthrough) io_release(c, h->ino, (enum io_mode)h->io_mode);
   if (h->kind == HANDLE_FD) close(h->fd);
+  if ((h->flags & HF_DROP_PAGES) && handle_count_ino(h->ino, c) == 0) {
+    // sent by the notify thread: invalidating waits on page locks a pending READ may hold
+    struct note *n = calloc(1, sizeof *n);
+    if (n) {
+      n->kind = 2;
+      n->sid = (int)((struct session *)c - sessions);
+      n->a = h->ino;
+      notify_push(n);   // off 0, len 0: every page
+    }
+  }
   handle_free(h);
 }
 

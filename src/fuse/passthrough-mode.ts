@@ -1,8 +1,10 @@
 // FUSE passthrough (Linux 6.9, protocol 7.40): an open hands the kernel the backing file, and
 // reads, writes, splice and mmap of it never reach the daemon — the backing file's page cache
 // is the only copy, shared by every mount over the same files. The kernel allows it to
-// CAP_SYS_ADMIN (root mounts) only; rootless mounts keep serving data in C.
+// CAP_SYS_ADMIN in the initial user namespace (root mounts) only; rootless mounts — also uid 0
+// in a user namespace, as rootless podman runs its mount program — keep serving data in C.
 import { env } from '../mount/env';
+import { hostRoot } from '../sys/identity';
 import * as fs from 'node:fs';
 import { UsageError } from '../mount/validate';
 import { autoOnOff, type OptionMap } from '../mount/options';
@@ -18,8 +20,9 @@ export function passthroughOption(o: OptionMap, writeback: boolean): Passthrough
   const want = autoOnOff(v);
   if (want < 0) throw new UsageError(`bad value for option passthrough: ${String(v)} (auto, on or off)`);
   if (want === 2 && writeback) throw new UsageError('passthrough=on cannot be combined with writeback=1');
-  if (want === 2 && process.geteuid?.() !== 0) throw new UsageError('passthrough=on needs root (the kernel allows FUSE passthrough to CAP_SYS_ADMIN only)');
-  if (writeback || process.geteuid?.() !== 0) return 0;
+  const root = hostRoot();
+  if (want === 2 && !root) throw new UsageError('passthrough=on needs root of the host (the kernel allows FUSE passthrough to CAP_SYS_ADMIN in the initial user namespace only)');
+  if (writeback || !root) return 0;
   return want as PassthroughWanted;
 }
 
