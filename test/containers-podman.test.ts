@@ -7,8 +7,9 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { Podman, busyboxTar, buildContext, containersConf, imageTrees, releaseUser, type Who } from '../bench/engines';
-import { requireFuse, tempDir } from './helpers/mount';
+import { Podman, busyboxTar, buildContext, containersConf, imageTrees, must, releaseUser, type Who } from '../bench/engines';
+import { layerfs, mountOk, requireFuse, tempDir } from './helpers/mount';
+import { view } from './helpers/overlay';
 
 const IMG = 'localhost/bb:1';
 const RUN = ['run', '--rm', '--pull=never', '--network', 'none'];
@@ -81,14 +82,17 @@ describe.each(['root', 'rootless'] as Who[])('podman %s on layerfs', (who) => {
     const ids = [0, 1, 2].map(() => lfs.must(['run', '-d', '--pull=never', '--network', 'none', 'localhost/big:1', 'sleep', '600']).trim());
     try {
       const cachedMiB = (): number => Number(/^Cached:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))![1]) / 1024;
+      for (const id of ids) lfs.must(['exec', id, 'true']);   // podman's and runc's own pages in first
+      // only the image file's pages out: the layer's copy of it, evicted with fadvise
+      const lower = spawnSync('sh', ['-c', `ls ${lfs.dir}/root/overlay/*/diff/big`], { encoding: 'utf8' }).stdout.trim().split('\n');
       spawnSync('sync');
-      fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+      must(spawnSync('/usr/bin/python3', ['-c', 'import os,sys\nfor p in sys.argv[1:]:\n  fd=os.open(p,os.O_RDONLY); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED); os.close(fd)', ...lower], { encoding: 'utf8' }), 'fadvise');
       const before = cachedMiB();
       for (const id of ids) lfs.must(['exec', id, 'cat', '/big']);
       spawnSync('sleep', ['1']);   // the last release's invalidation is sent by the notify thread
       const grown = cachedMiB() - before;
       expect(grown).toBeGreaterThan(60);      // the lower file itself, once
-      expect(grown).toBeLessThan(130);        // not once per container (240 MiB and more)
+      expect(grown).toBeLessThan(120);        // not once per container (240 MiB)
     } finally {
       lfs.run(['rm', '-f', '-t', '0', ...ids]);
     }
@@ -137,6 +141,85 @@ describe.each(['root', 'rootless'] as Who[])('podman %s on layerfs', (who) => {
     expect(top['c'].uid).toBe(3);
     expect(top['base/moved']).toBeUndefined();
     expect(trees[0]).toEqual(trees[1]);
+  });
+
+  // Image-layer formats, with `podman export` of a container on the kernel's store as the oracle:
+  // the image's layers taken from its archive and mounted by layerfs as lowers, and a changed
+  // container's upper turned into a layer by `layerfs layer pack` and mounted back.
+  test('podman export is what layerfs shows of the image\'s layers as lowers, and of a packed container upper', () => {
+    const work = path.join(base, `export-${who}`);
+    fs.mkdirSync(work, { recursive: true });
+    const tree = (root: string): ReturnType<typeof view> => {
+      const v = view(root);
+      for (const k of Object.keys(v)) {
+        // what the engine itself puts into every container's rootfs; and link counts: an export
+        // flattens them, an overlay shows a lower inode's count also where a name is whited out
+        if (/^(run|dev|proc|sys|etc\/(hosts|hostname|resolv\.conf))(\/|$)/.test(k)) delete v[k];
+        else delete v[k].nlink;
+      }
+      return v;
+    };
+    const exported = (p: Podman, ctr: string): ReturnType<typeof view> => {
+      const tar = path.join(p.dir, `${ctr}.export.tar`);
+      p.must(['export', '-o', tar, ctr]);
+      const dir = path.join(work, `${p.store}-${ctr}`);
+      fs.mkdirSync(dir);
+      must(spawnSync('tar', ['--numeric-owner', '--xattrs', '--xattrs-include=*', '-xpf', tar, '-C', dir], { encoding: 'utf8' }), 'tar x');
+      return tree(dir);
+    };
+    // the image's layers as the archive carries them (.wh. files), each extracted by GNU tar
+    const arch = path.join(kern.dir, 'layers.docker.tar');
+    kern.must(['save', '--format', 'docker-archive', '-o', arch, 'localhost/built:1']);
+    const outer = path.join(work, 'archive');
+    fs.mkdirSync(outer);
+    must(spawnSync('tar', ['-xf', arch, '-C', outer], { encoding: 'utf8' }), 'tar x archive');
+    const layers = (JSON.parse(fs.readFileSync(path.join(outer, 'manifest.json'), 'utf8'))[0].Layers as string[]).map((l, i) => {
+      const d = path.join(work, `layer${i}`);
+      fs.mkdirSync(d);
+      must(spawnSync('tar', ['--numeric-owner', '--xattrs', '--xattrs-include=*', '-xpf', path.join(outer, l), '-C', d], { encoding: 'utf8' }), 'tar x layer');
+      return d;
+    });
+    const mnt = path.join(work, 'mnt');
+    fs.mkdirSync(mnt);
+    kern.must(['create', '--name', 'plain', '--pull=never', '--network', 'none', 'localhost/built:1', 'true']);
+    const want = exported(kern, 'plain');
+    mountOk(['-o', `lowerdir=${[...layers].reverse().join(':')}`, mnt]);
+    try {
+      expect(tree(mnt)).toEqual(want);
+    } finally {
+      layerfs(['umount', mnt]);
+    }
+    // a changed container on the layerfs store: its upper packed (with its lowers for what it
+    // renamed), unpacked again and stacked on the image's layers by the kernel's overlayfs
+    if (who === 'root') {
+      const change = 'rm -rf /base/moved /data2/hl && echo c > /c && mkdir -p /base/dir/n && chown 3:4 /c && mv /etc/dd /etc/dd2 && rm /bin/ls';
+      for (const p of both()) {
+        p.must(['run', '--name', 'changed', '--pull=never', '--network', 'none', 'localhost/built:1', 'sh', '-c', change]);
+      }
+      const upper = lfs.must(['inspect', '--format', '{{.GraphDriver.Data.UpperDir}}', 'changed']).trim();
+      const lowers = lfs.must(['inspect', '--format', '{{.GraphDriver.Data.LowerDir}}', 'changed']).trim();
+      const packed = path.join(work, 'changed.layer.tar');
+      const pk = layerfs(['layer', 'pack', upper, '--lowerdir', lowers, '-f', packed]);
+      expect(pk.status, pk.stderr).toBe(0);
+      // kernel overlayfs reads only its own whiteouts: every layer unpacked in the overlay form
+      const unpacked = [packed, ...(JSON.parse(fs.readFileSync(path.join(outer, 'manifest.json'), 'utf8'))[0].Layers as string[]).map((l) => path.join(outer, l)).reverse()]
+        .map((t, i) => {
+          const d = path.join(work, `overlay-form-${i}`);
+          fs.mkdirSync(d);
+          const u = layerfs(['layer', 'unpack', d, '-f', t]);
+          expect(u.status, u.stderr).toBe(0);
+          return d;
+        });
+      must(spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${unpacked.join(':')}`, mnt], { encoding: 'utf8' }), 'mount overlay');
+      try {
+        expect(tree(mnt)).toEqual(exported(kern, 'changed'));
+        expect(tree(mnt)).toEqual(exported(lfs, 'changed'));
+      } finally {
+        spawnSync('umount', [mnt]);
+      }
+      for (const p of both()) p.run(['rm', '-f', 'changed']);
+    }
+    kern.run(['rm', '-f', 'plain']);
   });
 
   test('image save and load (docker-archive and oci-archive) through the layerfs store round-trip', () => {

@@ -82,7 +82,7 @@ const KERNEL_FLAGS = new Set(['allow_other', 'allow_root', 'default_permissions'
 // (relatime, strictatime, nodiratime: the daemon's own policy, fuse/atime.ts; libfuse refuses them)
 const PASSED_ON = new Set(['nodev', 'nosuid', 'noexec', 'noatime', 'dirsync', 'sync']);
 const KNOWN_IGNORED = new Set(['context', 'fscontext', 'defcontext', 'rootcontext', 'threaded', 'index', 'xino',
-  'metacopy', 'userxattr', 'uuid', 'nfs_export', 'subtype', 'max_read', 'max_write', 'rw', 'plugins',
+  'metacopy', 'userxattr', 'uuid', 'nfs_export', 'subtype', 'max_read', 'max_write', 'rw', 'plugins', 'fast_ino',
   'x-systemd.automount']);
 
 function bool01(o: OptionMap, key: string, def: boolean): boolean {
