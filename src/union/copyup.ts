@@ -1,137 +1,99 @@
-// Copy-up: an object of a lower layer becomes an upper object. It is built under the work dir
-// (data, owner, mode, xattrs, origin, times), synced unless volatile, then renamed into place:
-// a crash leaves the old view or the new one, never a half-written file in the upper.
-import * as fs from 'node:fs';
+// Copy-up: a lower object brought to the upper layer (parents first, atomically through the
+// work dir) before it is changed; open handles follow it.
 import { native } from '../sys/native';
 import { FsError, check } from '../sys/errors';
-import {
-  AT_EMPTY_PATH, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, E, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
-  SEEK_DATA, SEEK_HOLE,
-} from '../sys/constants';
-import {
-  ST_ATIME, ST_ATIME_NS, ST_GID, ST_MODE, ST_MTIME, ST_MTIME_NS, ST_RDEV, ST_SIZE, ST_UID, newStat, type Stat,
-} from '../sys/stat';
+import { AT_REMOVEDIR, E, O_CREAT, O_DIRECT, O_EXCL, O_NOFOLLOW, O_TRUNC, RENAME_NOREPLACE, S_IFDIR, S_IFREG } from '../sys/constants';
+import { ST_INO, ST_NLINK, newStat } from '../sys/stat';
+import { baseName, dirName } from './layers';
+import { type UNode } from './nodes';
 import { procPath } from './whiteout';
-import { isPrivateXattr } from './xattrs';
-import { openNoatime } from '../fuse/atime';
+import { buildCopy, keepTimes } from './copybuild';
+import { NOFOLLOW } from './core';
+import { UnionLookup } from './lookup';
 
-const CHUNK = 8 << 20;
-
-/** Copies the bytes of src into dst, keeping holes: FICLONE, else copy_file_range, else read/write. */
-export function copyData(src: number, dst: number, size: number): void {
-  if (size === 0) return;
-  if (native.ficlone(dst, src) === 0) return;
-  let off = 0;
-  while (off < size) {
-    let data = native.lseek(src, off, SEEK_DATA);
-    if (data === -E.ENXIO) break;            // only a hole is left
-    if (data < 0) data = off;                // no SEEK_DATA support: copy everything
-    let hole = native.lseek(src, data, SEEK_HOLE);
-    if (hole < 0) hole = size;
-    for (let pos = data; pos < hole;) {
-      const want = Math.min(CHUNK, hole - pos);
-      let n = native.copyFileRange(src, pos, dst, pos, want);
-      if (n === -E.EXDEV || n === -E.EOPNOTSUPP || n === -E.ENOSYS || n === -E.EINVAL) n = copyLoop(src, dst, pos, want);
-      if (n < 0) throw new FsError(-n);
-      if (n === 0) break;                    // source shrank under us
-      pos += n;
-    }
-    off = hole;
+export abstract class UnionCopyUp extends UnionLookup {
+  protected tmpName(): string {
+    return `#lfs-${process.pid}-${++this.tmpSeq}`;
   }
-  check(native.ftruncate(dst, size));        // a trailing hole
-}
 
-function copyLoop(src: number, dst: number, pos: number, len: number): number {
-  const buf = Buffer.allocUnsafe(Math.min(len, 1 << 20));
-  let done = 0;
-  while (done < len) {
-    const n = fs.readSync(src, buf, 0, Math.min(buf.length, len - done), pos + done);
-    if (n === 0) break;
-    fs.writeSync(dst, buf, 0, n, pos + done);
-    done += n;
+  protected requireUpper(): void {
+    if (!this.hasUpper) throw new FsError(E.EROFS);
   }
-  return done;
-}
 
-/** Copies every xattr but the union's private ones; security.capability and ACLs included. */
-export function copyXattrs(fromPath: string, toPath: string): void {
-  const list = native.listxattr(fromPath, 0);
-  if (typeof list === 'number') return;
-  for (const name of list.toString('utf8').split('\0')) {
-    if (!name || isPrivateXattr(name)) continue;
-    const v = native.getxattr(fromPath, name, 0);
-    if (typeof v === 'number') continue;
-    const r = native.setxattr(toPath, name, v, 0, 0);
-    if (r < 0 && r !== -E.EOPNOTSUPP && r !== -E.EPERM) throw new FsError(-r);
+  /** Makes sure a directory node exists in the upper layer (copying up its parents first). */
+  protected ensureUpperDir(n: UNode): void {
+    this.requireUpper();
+    if (n.upper) return;
+    this.copyUp(n, false);
   }
-}
 
-export interface CopySource {
-  dirfd: number;     // directory of the lower object
-  name: string;
-  st: Stat;          // its stat
-}
-
-export interface CopyTarget {
-  workFd: number;
-  tmp: string;       // name to build under the work dir
-  sync: boolean;
-  originXattr: string;
-  originIno: number;
-  skipData: boolean; // the caller truncates to 0 right after (open with O_TRUNC)
-}
-
-/** Builds the copy of src under the work dir; the caller renames it into place. */
-export function buildCopy(src: CopySource, t: CopyTarget): void {
-  const { st } = src;
-  const type = st[ST_MODE] & S_IFMT;
-  const perm = st[ST_MODE] & 0o7777;
-  const at = t.tmp;
-  try {
-    if (type === S_IFREG) {
-      const out = check(native.openat(t.workFd, at, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW, 0o600));
-      try {
-        if (!t.skipData && st[ST_SIZE] > 0) {
-          const inp = check(openNoatime(src.dirfd, src.name, O_RDONLY | O_NOFOLLOW, 0));  // copy-up never moves atime
-          try {
-            copyData(inp, out, st[ST_SIZE]);
-          } finally {
-            native.close(inp);
-          }
-        }
-        if (t.sync) check(native.fsync(out, 0));
-      } finally {
-        native.close(out);
+  /** Copies a lower object up; open handles on it are re-targeted to the copy. */
+  protected copyUp(n: UNode, skipData: boolean): void {
+    this.requireUpper();
+    if (n.upper || n.indexKey) return;
+    const l = n.links[0];
+    if (!l) throw new FsError(E.ESTALE);
+    this.ensureUpperDir(l.parent);
+    for (const k of n.links) this.listings.delete(k.parent.id);  // the name's top is now the upper
+    const lo = n.lowers[0];
+    const src = { dirfd: this.dirs.fd(lo.layer, dirName(lo.path)), name: baseName(lo.path), st: newStat() };
+    check(native.fstatat(src.dirfd, src.name, NOFOLLOW, src.st));
+    const tmp = this.tmpName();
+    buildCopy(src, {
+      workFd: this.workFd, tmp, sync: this.opts.fsync, originXattr: this.x.origin, originIno: n.ino, skipData,
+    });
+    // a lower hard link: the copy is entered in the index first, so every other name of the
+    // lower inode finds it (now and after a remount) and stays a link of the same file
+    const key = n.type === S_IFREG && src.st[ST_NLINK] > 1 && this.indexFd >= 0
+      ? `${this.layers[lo.layer].rootIno}-${src.st[ST_INO]}` : null;
+    if (key) {
+      native.setxattr(procPath(this.workFd, tmp), this.x.nlink, Buffer.from(String(src.st[ST_NLINK])), 0, 0);
+      native.setxattr(procPath(this.workFd, tmp), this.x.index, Buffer.from(key), 0, 0);
+      const lr = native.linkat(this.workFd, tmp, this.indexFd, key, 0);
+      if (lr < 0) {
+        native.unlinkat(this.workFd, tmp, 0);
+        throw new FsError(-lr);
       }
-    } else if (type === S_IFDIR) {
-      check(native.mkdirat(t.workFd, at, 0o700));
-    } else if (type === S_IFLNK) {
-      const target = native.readlinkat(src.dirfd, src.name);
-      if (typeof target === 'number') throw new FsError(-target);
-      check(native.symlinkat(target, t.workFd, at));
-    } else {
-      check(native.mknodat(t.workFd, at, type | 0o600, st[ST_RDEV]));
     }
-    // owner before mode: chown clears set-id bits
-    check(native.fchownat(t.workFd, at, st[ST_UID], st[ST_GID], AT_SYMLINK_NOFOLLOW));
-    if (type !== S_IFLNK) check(native.fchmodat(t.workFd, at, perm, AT_SYMLINK_NOFOLLOW));
-    copyXattrs(procPath(src.dirfd, src.name), procPath(t.workFd, at));
-    if (t.originXattr) {
-      native.setxattr(procPath(t.workFd, at), t.originXattr, Buffer.from(String(t.originIno)), 0, 0);
+    const pfd = this.upperDirFd(l.parent);
+    const r = keepTimes(pfd, () => native.renameat2(this.workFd, tmp, pfd, l.name, RENAME_NOREPLACE));
+    if (r < 0) {
+      native.unlinkat(this.workFd, tmp, n.type === S_IFDIR ? AT_REMOVEDIR : 0);
+      throw new FsError(-r);
     }
-    check(native.utimensat(t.workFd, at, st[ST_ATIME], st[ST_ATIME_NS], st[ST_MTIME], st[ST_MTIME_NS], AT_SYMLINK_NOFOLLOW));
-  } catch (e) {
-    native.unlinkat(t.workFd, at, type === S_IFDIR ? AT_REMOVEDIR : 0);
-    throw e;
+    n.upper = true;
+    if (key) {
+      n.indexKey = key;
+      this.byIndexKey.set(key, n);
+      const ist = newStat();
+      if (native.fstatat(this.indexFd, key, NOFOLLOW, ist) === 0) this.byUpperIno.set(ist[ST_INO], n);
+    }
+    if (n.type === S_IFREG) this.retargetHandles(n);
+    else if (n.type === S_IFDIR) this.invalAttr(n);  // now merged: nlink shows 1
   }
-}
 
-/** Keeps a directory's times across a change made in it (copy-up is not a visible change). */
-export function keepTimes<T>(dirfd: number, fn: () => T): T {
-  const st = newStat();
-  const ok = native.fstatat(dirfd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, st) === 0;
-  const r = fn();
-  // through the fd's own /proc link: it names the directory itself, nothing inside a layer
-  if (ok) native.utimensat(-100, procPath(dirfd, ''), st[ST_ATIME], st[ST_ATIME_NS], st[ST_MTIME], st[ST_MTIME_NS], 0);
-  return r;
+  /** Handles opened on the lower file now read the upper copy (the kernel got this wrong for years). */
+  protected retargetHandles(n: UNode): void {
+    const hs = native.handlesOf(n.id);
+    if (!hs.length) return;
+    const t = this.top(n);
+    for (let i = 0; i < hs.length; i += 2) {
+      const flags = (hs[i + 1] & ~(O_CREAT | O_EXCL | O_TRUNC | O_DIRECT)) | O_NOFOLLOW;
+      const fd = native.openat(t.dirfd, t.name, flags, 0);
+      if (fd >= 0 && native.retarget(hs[i], fd) < 0) native.close(fd);
+    }
+  }
+
+  /** The link count of a copied-up lower hard link; at 0 its index entry goes too. */
+  protected addNlink(n: UNode, delta: number): void {
+    const path = procPath(this.indexFd, n.indexKey!);
+    const v = native.getxattr(path, this.x.nlink, 0);
+    const cur = typeof v === 'number' ? 1 : Number(v.toString()) || 1;
+    const next = cur + delta;
+    if (next <= 0) {
+      native.unlinkat(this.indexFd, n.indexKey!, 0);
+      return;
+    }
+    native.setxattr(path, this.x.nlink, Buffer.from(String(next)), 0, 0);
+  }
 }

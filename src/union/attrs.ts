@@ -1,0 +1,106 @@
+// Attributes: setattr (owner, mode, size, times), readlink, and xattrs (the union's own never
+// shown).
+import { native } from '../sys/native';
+import { FsError, check } from '../sys/errors';
+import { AT_EMPTY_PATH, E, O_NOFOLLOW, O_WRONLY, UTIME_NOW, UTIME_OMIT } from '../sys/constants';
+import { ST_MODE } from '../sys/stat';
+import type { AttrReply, SetAttr } from '../fuse/filesystem';
+import { SETATTR } from '../fuse/ops';
+import { type UNode } from './nodes';
+import { procPath } from './whiteout';
+import { isPrivateXattr } from './xattrs';
+import { formatOverride, isOverrideXattr } from './ids';
+import { ST_GID, ST_UID } from '../sys/stat';
+import { NOFOLLOW } from './core';
+import { UnionRename } from './rename';
+
+export abstract class UnionAttrs extends UnionRename {
+  setattr(nodeid: number, s: SetAttr): AttrReply {
+    const n = this.node(nodeid);
+    const v = s.valid;
+    this.copyUp(n, (v & SETATTR.SIZE) !== 0 && s.size === 0 && !s.fh);
+    const t = this.top(n);
+    const fl = t.name ? NOFOLLOW : AT_EMPTY_PATH | NOFOLLOW;
+    const ids = this.opts.ids;
+    if (ids.p.xattrPermissions && v & (SETATTR.MODE | SETATTR.UID | SETATTR.GID)) {
+      // rootless: owner and mode live in the override xattr, as containers-storage keeps them
+      const cur = this.attrs(n);
+      const uid = v & SETATTR.UID ? s.uid : cur[ST_UID];
+      const gid = v & SETATTR.GID ? s.gid : cur[ST_GID];
+      const mode = v & SETATTR.MODE ? s.mode : cur[ST_MODE];
+      check(native.setxattr(procPath(t.dirfd, t.name), ids.overrideXattr, Buffer.from(formatOverride(uid, gid, mode)), 0, t.name ? 0 : 1));
+    } else {
+      if (v & SETATTR.MODE) check(native.fchmodat(t.dirfd, t.name, s.mode, fl));
+      if (v & (SETATTR.UID | SETATTR.GID)) {
+        check(native.fchownat(t.dirfd, t.name, v & SETATTR.UID ? ids.storeUid(s.uid) : -1, v & SETATTR.GID ? ids.storeGid(s.gid) : -1, fl));
+      }
+    }
+    if (v & SETATTR.SIZE) {
+      const hfd = s.fh ? native.handleFd(s.fh) : -1;
+      if (hfd >= 0) check(native.ftruncate(hfd, s.size));
+      else {
+        const fd = check(native.openat(t.dirfd, t.name, O_WRONLY | O_NOFOLLOW, 0));
+        const r = native.ftruncate(fd, s.size);
+        native.close(fd);
+        check(r);
+      }
+    }
+    if (v & (SETATTR.ATIME | SETATTR.MTIME)) {
+      const ans = v & SETATTR.ATIME_NOW ? UTIME_NOW : v & SETATTR.ATIME ? s.atimeNs : UTIME_OMIT;
+      const mns = v & SETATTR.MTIME_NOW ? UTIME_NOW : v & SETATTR.MTIME ? s.mtimeNs : UTIME_OMIT;
+      if (t.name) check(native.utimensat(t.dirfd, t.name, s.atime, ans, s.mtime, mns, NOFOLLOW));
+      else check(native.utimensat(-100, procPath(t.dirfd, ''), s.atime, ans, s.mtime, mns, 0));
+    }
+    return { attr: this.attrs(n) };
+  }
+
+  readlink(nodeid: number): string {
+    const t = this.top(this.node(nodeid));
+    const r = native.readlinkat(t.dirfd, t.name);
+    if (typeof r === 'number') throw new FsError(-r);
+    return r;
+  }
+
+  // ---- xattrs (the union's own are never shown) ----
+
+  protected xpath(n: UNode): { path: string; follow: number } {
+    const t = this.top(n);
+    return { path: procPath(t.dirfd, t.name), follow: t.name ? 0 : 1 };
+  }
+
+  setxattr(nodeid: number, name: string, value: Buffer, flags: number): void {
+    if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
+    if (isPrivateXattr(name) || (this.opts.ids.p.xattrPermissions && isOverrideXattr(name))) throw new FsError(E.EPERM);
+    const n = this.node(nodeid);
+    this.copyUp(n, false);
+    const { path, follow } = this.xpath(n);
+    check(native.setxattr(path, name, value, flags, follow));
+  }
+
+  getxattr(nodeid: number, name: string): Buffer {
+    if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
+    if (isPrivateXattr(name) || (this.opts.ids.p.xattrPermissions && isOverrideXattr(name))) throw new FsError(E.ENODATA);
+    const { path, follow } = this.xpath(this.node(nodeid));
+    const r = native.getxattr(path, name, follow);
+    if (typeof r === 'number') throw new FsError(-r);
+    return r;
+  }
+
+  listxattr(nodeid: number): string[] {
+    if (this.opts.noXattrs) return [];
+    const { path, follow } = this.xpath(this.node(nodeid));
+    const r = native.listxattr(path, follow);
+    if (typeof r === 'number') throw new FsError(-r);
+    const hideOverride = this.opts.ids.p.xattrPermissions !== 0;
+    return r.toString('utf8').split('\0').filter((s) => s.length > 0 && !isPrivateXattr(s) && !(hideOverride && isOverrideXattr(s)));
+  }
+
+  removexattr(nodeid: number, name: string): void {
+    if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
+    if (isPrivateXattr(name) || (this.opts.ids.p.xattrPermissions && isOverrideXattr(name))) throw new FsError(E.EPERM);
+    const n = this.node(nodeid);
+    this.copyUp(n, false);
+    const { path, follow } = this.xpath(n);
+    check(native.removexattr(path, name, follow));
+  }
+}

@@ -1,0 +1,317 @@
+// The union engine's state and what every operation family builds on: the node table, inode
+// numbers, where a node lives (its top layer), lower watches. Each family is one class of the
+// chain core -> lookup -> copyup -> create -> remove -> rename -> attrs -> Union (union.ts),
+// one file each: a reader finds "what happens on rename" in rename.ts.
+import { native } from '../sys/native';
+import { FsError, check } from '../sys/errors';
+import { AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, E, O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT, O_EXCL, O_NOFOLLOW, O_RDWR, O_WRONLY, S_IFDIR, S_IFREG } from '../sys/constants';
+import { ST_INO, ST_NLINK, newStat, type Stat } from '../sys/stat';
+import type { Notifier } from '../fuse/filesystem';
+import { ROOT_ID } from '../fuse/ops';
+import { type AtimePolicy } from '../fuse/atime';
+import { type Identity } from '../sys/identity';
+import { LayerDirs, baseName, dirName, joinPath, type Layer } from './layers';
+import { detachLink, unionPath, type UNode } from './nodes';
+import { dirOpacity, procPath, type WhiteoutFormat } from './whiteout';
+import { ORIGIN_XATTRS, xattrNames, type XattrNames } from './xattrs';
+import { LRUCache } from 'lru-cache';
+import { LowerWatcher } from './watch';
+import { Ids, OVERRIDE_XATTRS } from './ids';
+
+export interface UnionOptions {
+  /** The kernel cache time (timeout=SECS): listings are kept across opens only when it is long. */
+  timeout: number;
+  /** Watch lower dirs (inotify) and invalidate at once what changed behind the union's back. */
+  watch: boolean;
+  format: WhiteoutFormat;
+  ids: Ids;
+  redirectDir: boolean;   // rename lower dirs with a redirect (else EXDEV)
+  fsync: boolean;         // false: volatile, fsync is a no-op and copy-ups are not synced
+  writeback: boolean;
+  noXattrs: boolean;
+  staticNlink: boolean;
+  atime: AtimePolicy;
+  /** Regular files are opened with FUSE passthrough when the session has it. */
+  passthrough: boolean;
+  /** Without passthrough, serve read-only opens of lower files direct (FOPEN_DIRECT_IO): their
+   * data is then cached once, in the lower file's page cache, for every mount of that layer
+   * ('shared': every such open; 'auto': big data files only, see sharedLowerOpen). */
+  sharedLowerCache?: 'auto' | 'shared' | 'private';
+}
+
+export const FUSE_DIRECT_IO_ALLOW_MMAP = 2 ** 36, FUSE_PASSTHROUGH = 2 ** 37;
+export const FMODE_EXEC = 0x20;                 // in the open flags of an exec (open_exec)
+export const SHARED_MIN_SIZE = 64 << 20;        // page_cache=auto: files this big share one page cache
+export const hasFlag = (flags: number, bit: number): boolean => Math.floor(flags / bit) % 2 === 1;
+
+export const NOFOLLOW = AT_SYMLINK_NOFOLLOW;
+/** Makes one object at dirfd/at with the given mode; returns an fd (files), 0, or -errno. */
+export type Make = (dirfd: number, at: string, mode: number) => number;
+
+/** A directory's merged listing: for each visible name, the top layer showing it. */
+export interface Listing {
+  until: number;                   // valid until (ms): the timeout, for changes behind our back
+  names: Map<string, number>;      // name -> layer index of the top object
+  upperInos?: Map<string, [number, number]>;   // upper name -> [its st_ino, the ino shown]
+}
+export const LONG_TIMEOUT = 3600;
+export const UPPER = 0;
+
+export abstract class UnionCore {
+  readonly layers: Layer[];
+  protected readonly hasUpper: boolean;
+  protected readonly lowerStart: number;
+  protected readonly dirs: LayerDirs;
+  protected readonly workFd: number;
+  protected readonly x: XattrNames;
+  protected readonly nodes = new Map<number, UNode>();
+  protected readonly byUpperIno = new Map<number, UNode>();  // upper non-dirs with several names
+  protected readonly byIndexKey = new Map<string, UNode>();  // lower hard links, one node for all names
+  // merged listings of directories, by node: which layer shows each name (see lookupIn)
+  protected readonly listings = new LRUCache<number, Listing>({ max: 1024 });
+  protected readonly root: UNode;
+  protected nextId = ROOT_ID + 1;
+  protected tmpSeq = 0;
+  protected notifiers: Notifier[] = [];
+  protected readonly watcher: LowerWatcher | null;
+  protected directLower = false;
+
+  /** layers: the upper first when there is one (writable), then the lowers top to bottom. */
+  constructor(layers: Layer[], workFd: number, protected readonly opts: UnionOptions,
+    protected readonly id: Identity, protected readonly indexFd = -1) {
+    this.layers = layers;
+    this.hasUpper = layers.length > 0 && layers[0].writable;
+    this.lowerStart = this.hasUpper ? 1 : 0;
+    this.workFd = workFd;
+    this.dirs = new LayerDirs(layers);
+    this.x = xattrNames(opts.format.ns);
+    this.root = this.newNode(ROOT_ID, S_IFDIR);
+    this.root.nlookup = 1;
+    this.watcher = opts.watch ? new LowerWatcher((id, name) => this.lowerChanged(id, name), 32768) : null;
+    this.resolveRoot();
+    this.watchLowers(this.root);
+  }
+
+  protected watchLowers(n: UNode): void {
+    if (!this.watcher) return;
+    for (const l of n.lowers) {
+      const fd = this.dirs.tryFd(l.layer, l.path);
+      if (fd >= 0) this.watcher.add(n.id, this.lowerKey(l.layer, l.path), fd);
+    }
+  }
+
+  /** A lower dir of node id changed (name, when known): drop what the daemon and kernel cached. */
+  protected lowerChanged(id: number, name: string | null): void {
+    const n = this.nodes.get(id);
+    if (!n) return;
+    this.listings.delete(id);
+    for (const x of this.notifiers) {
+      x.invalData(id);
+      if (name) {
+        x.invalEntry(id, name);
+        const child = n.kids.get(name);
+        if (child) x.invalData(child.id);
+      }
+    }
+  }
+
+  /** INIT: lower reads are served direct only where the kernel can still mmap such files
+   * (FUSE_DIRECT_IO_ALLOW_MMAP, 7.39) and no backing file is handed over instead. */
+  init(info: { protoMinor: number; want: number; maxWrite: number }): void {
+    this.directLower = (this.opts.sharedLowerCache ?? 'private') !== 'private' && hasFlag(info.want, FUSE_DIRECT_IO_ALLOW_MMAP) &&
+      !hasFlag(info.want, FUSE_PASSTHROUGH);
+  }
+
+  attach(n: Notifier): void {
+    this.notifiers.push(n);
+  }
+
+  /** The mount ended: every fd and watch this union holds goes (the resident service lives on). */
+  close(): void {
+    this.watcher?.close();
+    this.dirs.close();
+    this.listings.clear();
+    this.nodes.clear();
+    this.byUpperIno.clear();
+    this.byIndexKey.clear();
+    this.notifiers = [];
+    for (const l of this.layers) native.close(l.fd);
+    if (this.workFd >= 0) native.close(this.workFd);
+    if (this.indexFd >= 0) native.close(this.indexFd);
+  }
+
+  protected invalAttr(n: UNode): void {
+    for (const x of this.notifiers) x.invalAttr(n.id);
+  }
+
+  // ---- nodes ----
+
+  protected newNode(id: number, type: number): UNode {
+    const n: UNode = { id, links: [], kids: new Map(), type, nlookup: 0, upper: false, upperXwh: false, lowers: [], opaque: false, ino: 0, indexKey: null, redirect: null };
+    this.nodes.set(id, n);
+    return n;
+  }
+
+  protected node(id: number): UNode {
+    const n = this.nodes.get(id);
+    if (!n) throw new FsError(E.ESTALE);
+    return n;
+  }
+
+  protected resolveRoot(): void {
+    const r = this.root;
+    const st = newStat();
+    if (this.hasUpper) {
+      r.upper = true;
+      const o = dirOpacity(this.layers[UPPER].fd, '');
+      r.opaque = o.opaque;
+      r.upperXwh = o.xwhiteouts;
+    }
+    if (!r.opaque) {
+      for (let i = this.lowerStart; i < this.layers.length; i++) {
+        const o = dirOpacity(this.layers[i].fd, '');
+        r.lowers.push({ layer: i, path: '', xwh: o.xwhiteouts });
+        if (o.opaque) break;
+      }
+    }
+    check(native.fstatat(this.layers[r.upper ? UPPER : r.lowers[0].layer].fd, '', AT_EMPTY_PATH | NOFOLLOW, st));
+    r.ino = r.lowers.length ? this.topLowerIno(r) : this.mapIno(UPPER, st[ST_INO]);
+  }
+
+  protected maybeFree(n: UNode): void {
+    if (n === this.root || n.nlookup > 0 || n.kids.size > 0) return;
+    this.nodes.delete(n.id);
+    this.watcher?.forget(n.id);
+    this.listings.delete(n.id);
+    for (const [k, v] of this.byUpperIno) if (v === n) { this.byUpperIno.delete(k); break; }
+    if (n.indexKey && this.byIndexKey.get(n.indexKey) === n) this.byIndexKey.delete(n.indexKey);
+    for (const [k, v] of this.byIndexKey) if (v === n) { this.byIndexKey.delete(k); break; }
+    const links = n.links;
+    n.links = [];
+    for (const l of links) {
+      if (l.parent.kids.get(l.name) === n) l.parent.kids.delete(l.name);
+      this.maybeFree(l.parent);
+    }
+  }
+
+  /** Removes a name from the tree (the object is gone or moved); frees what nobody holds. */
+  protected dropName(parent: UNode, name: string): UNode | undefined {
+    const child = detachLink(parent, name);
+    if (child) {
+      if (child.type === S_IFDIR && child.upper) this.dirs.forget(UPPER, joinPath(unionPath(parent), name));
+      this.maybeFree(child);
+    }
+    return child;
+  }
+
+  // ---- inode numbers ----
+
+  /** A layer's st_ino made unique in the union: layers on other filesystems move up by 2^32 steps. */
+  protected mapIno(layer: number, ino: number): number {
+    const fs = this.layers[layer].fsIndex;
+    return fs === 0 ? ino : ino + fs * 0x100000000;
+  }
+
+  protected topLowerIno(n: UNode): number {
+    const l = n.lowers[0];
+    const st = newStat();
+    const fd = this.dirs.tryFd(l.layer, dirName(l.path));
+    if (fd < 0 || native.fstatat(fd, l.path ? baseName(l.path) : '', l.path ? NOFOLLOW : AT_EMPTY_PATH | NOFOLLOW, st) < 0) return 0;
+    return this.mapIno(l.layer, st[ST_INO]);
+  }
+
+  protected originIno(dirfd: number, name: string): number {
+    for (const a of ORIGIN_XATTRS) {
+      const v = native.getxattr(procPath(dirfd, name), a, name ? 0 : 1);
+      if (typeof v !== 'number') {
+        const n = Number(v.toString('utf8'));
+        if (Number.isFinite(n) && n > 0) return n;
+      }
+    }
+    return 0;
+  }
+
+  // ---- where a node lives ----
+
+  protected upperDirFd(n: UNode): number {
+    return this.dirs.fd(UPPER, unionPath(n));
+  }
+
+  /** (dirfd, name) of the node's top object: upper if present, else its lower. */
+  protected top(n: UNode): { dirfd: number; name: string; layer: number } {
+    if (n === this.root) {
+      const layer = n.upper ? UPPER : n.lowers[0].layer;
+      return { dirfd: this.layers[layer].fd, name: '', layer };
+    }
+    if (n.indexKey) return { dirfd: this.indexFd, name: n.indexKey, layer: UPPER };
+    if (n.upper) {
+      const l = n.links[0];
+      if (!l) throw new FsError(E.ESTALE);
+      return { dirfd: this.upperDirFd(l.parent), name: l.name, layer: UPPER };
+    }
+    const lo = n.lowers[0];
+    if (!lo) throw new FsError(E.ESTALE);
+    return { dirfd: this.dirs.fd(lo.layer, dirName(lo.path)), name: baseName(lo.path), layer: lo.layer };
+  }
+
+  protected statTop(n: UNode, st: Stat): void {
+    const t = this.top(n);
+    check(native.fstatat(t.dirfd, t.name, t.name ? NOFOLLOW : AT_EMPTY_PATH | NOFOLLOW, st));
+  }
+
+  /** The attributes shown for a node. */
+  protected attrs(n: UNode, st = newStat()): Stat {
+    this.statTop(n, st);
+    this.present(n, st);
+    return st;
+  }
+
+  protected present(n: UNode, st: Stat): void {
+    if (this.opts.ids.active) this.opts.ids.present(st, this.opts.ids.p.xattrPermissions ? this.readOverride(n) : null);
+    st[ST_INO] = n.ino;
+    if (n.indexKey) {
+      const v = native.getxattr(procPath(this.indexFd, n.indexKey), this.x.nlink, 0);
+      if (typeof v !== 'number') st[ST_NLINK] = Number(v.toString()) || st[ST_NLINK];
+    }
+    if (n.type === S_IFDIR && (this.opts.staticNlink || (n.lowers.length > 0 && (n.upper || n.lowers.length > 1)))) {
+      st[ST_NLINK] = 1;  // a merged directory: the kernel's overlayfs reports 1 as well
+    }
+  }
+
+  /** Names one lower dir across unions (lowerlist.ts, watch.ts). */
+  protected lowerKey(layer: number, path: string): string {
+    return `${this.layers[layer].cacheKey}\0${path}`;
+  }
+
+  protected readOverride(n: UNode): string | null {
+    let t;
+    try {
+      t = this.top(n);
+    } catch {
+      return null;
+    }
+    for (const a of OVERRIDE_XATTRS) {
+      const v = native.getxattr(procPath(t.dirfd, t.name), a, t.name ? 0 : 1);
+      if (typeof v !== 'number') return v.toString('utf8');
+    }
+    return null;
+  }
+
+  protected openFlags(flags: number): number {
+    let f = flags & ~(O_CREAT | O_EXCL | O_DIRECT);
+    if (this.opts.writeback) {
+      if ((f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
+      f &= ~O_APPEND;
+    }
+    return f | O_NOFOLLOW;
+  }
+
+  /**
+   * Whether an open of n hands the kernel its backing file. Lower files: always (their layers
+   * are private read-only noatime mounts). Upper files: under the default relatime only, since
+   * the kernel's reads then move atime as the upper's own mount says.
+   */
+  protected passthroughFor(n: UNode): boolean {
+    return this.opts.passthrough && n.type === S_IFREG && (!n.upper || this.opts.atime.mode === 'relatime');
+  }
+}
