@@ -76,7 +76,7 @@ bench: build
 # -o OPTS` (so fstab lines work too).
 install: build
 	install -d /usr/local/bin
-	for b in layerfs layerfs-overlay; do ln -sfn "$(CURDIR)/native/build/Release/layerfs-helper" /usr/local/bin/$$b; done
+	for b in layerfs layerfs-overlay layerfs-aufs; do ln -sfn "$(CURDIR)/native/build/Release/layerfs-helper" /usr/local/bin/$$b; done
 
 # Container engines on layerfs (docker/README.md): podman for root by default;
 # SETUP_ARGS="--user NAME" for a user's rootless store, "--docker" for Docker Engine.
@@ -89,7 +89,7 @@ container-image: build
 	bash docker/image.sh $(IMAGE_TAG)
 
 uninstall:
-	rm -f /usr/local/bin/layerfs /usr/local/bin/layerfs-overlay
+	rm -f /usr/local/bin/layerfs /usr/local/bin/layerfs-overlay /usr/local/bin/layerfs-aufs
 
 clean:
 	rm -rf dist native/build

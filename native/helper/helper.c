@@ -423,6 +423,8 @@ int main(int argc, char **argv) {
     prog = "layerfs-overlay";
     return overlay_main(argc, argv);
   }
+  // aufs mode runs its own daemon (the resident service serves overlay mounts)
+  if (!strcmp(me, "layerfs-aufs")) exec_node("layerfs-aufs", argc, argv);
   if (argc >= 2 && !strcmp(argv[1], "--as-overlay")) {   // the Node CLI hands a layerfs-overlay argv over
     prog = "layerfs-overlay";
     argv[1] = argv[0];

@@ -7,6 +7,7 @@ import { DAEMON_FLAG, runMount, type Mountable } from '../mount/lifecycle';
 import { unmount } from '../mount/unmount';
 import { passthroughMount } from '../passthrough/mount';
 import { overlayCheck, overlayMount } from '../overlay/mount';
+import { aufsCheck, aufsMount } from '../aufs/mount';
 import { UsageError } from '../mount/validate';
 import { registerThin } from '../thin/cli';
 import { registerLayer } from '../layer/cli';
@@ -25,12 +26,25 @@ const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
 interface MountFlags {
   passthrough?: boolean;
+  type?: string;
   options: string[];
   foreground?: boolean;
   debug?: boolean;
 }
 
+/** -t: overlay (the default) or aufs. */
+function mountType(f: MountFlags): 'overlay' | 'aufs' {
+  const t = f.type ?? 'overlay';
+  if (t !== 'overlay' && t !== 'aufs') throw new UsageError(`unknown mount type ${t} (overlay or aufs; thin volumes: layerfs thin mount)`);
+  return t;
+}
+
 function checkMount(args: string[], f: MountFlags): void {
+  if (mountType(f) === 'aufs') {
+    if (args.length !== 1) throw new UsageError('usage: layerfs mount -t aufs -o br=/rw=rw:/ro=ro MNT');
+    aufsCheck(args[0], f.options);
+    return;
+  }
   if (f.passthrough) {
     buildMount(args, f);  // opens the tree read-only; nothing is changed
     return;
@@ -40,6 +54,7 @@ function checkMount(args: string[], f: MountFlags): void {
 }
 
 function buildMount(args: string[], f: MountFlags): Mountable {
+  if (mountType(f) === 'aufs') return aufsMount(args[0], f.options, !!f.debug);
   if (f.passthrough) {
     if (args.length !== 2) throw new UsageError('usage: layerfs mount --passthrough DIR MNT');
     return passthroughMount(args[0], args[1], f.options, !!f.debug);
@@ -57,6 +72,7 @@ async function main(argv: string[]): Promise<void> {
   program.command('mount')
     .description('mount a layerfs filesystem; returns once the mount answers')
     .argument('<args...>', 'MNT (overlay: -o lowerdir=...,upperdir=...,workdir=...), or DIR MNT with --passthrough')
+    .option('-t, --type <type>', 'overlay (default) or aufs (-o br=/rw=rw:/ro1=ro:/ro2=rr)')
     .option('--passthrough', 'mirror DIR at MNT (the binding test bed)')
     .option('-o, --options <opts>', 'mount options, comma-separated (repeatable)', collect, [])
     .option('-f, --foreground', 'serve in the foreground')
@@ -65,7 +81,7 @@ async function main(argv: string[]): Promise<void> {
     .action((args: string[], f: MountFlags) => runMount({
       daemon: isDaemon, argv: argv.slice(2), name: 'layerfs', foreground: !!(f.foreground || f.debug),
       check: () => checkMount(args, f), build: () => buildMount(args, f),
-      service: f.passthrough ? undefined : () => viaHelper('layerfs', argv.slice(2)),
+      service: f.passthrough || f.type === 'aufs' ? undefined : () => viaHelper('layerfs', argv.slice(2)),
     }));
   program.command('ps')
     .description("the resident service's mounts: mountpoint, mode, caller pid, open handles, requests, layers")

@@ -13,7 +13,7 @@ import { checkMountpoint, closeDirs, devOf, openLocal, within, type Dir, type Wa
 import { assignFsIndexes, layerFromFd, useClone, type Layer } from '../union/layers';
 import { Union, removeTree } from '../union/union';
 import { Ids } from '../union/ids';
-import type { WhiteoutFormat } from '../union/whiteout';
+import type { WhiteoutCodec, WhiteoutFormat } from '../union/whiteout';
 import { overlayConfig, type OverlayConfig } from './options';
 
 function config(optionLists: string[]): OverlayConfig {
@@ -26,7 +26,7 @@ function config(optionLists: string[]): OverlayConfig {
 }
 
 /** The dirs a mount needs opened, mountpoint first: the caller opens them (dirs.ts). */
-function wanted(cfg: OverlayConfig, mnt: string): Want[] {
+export function wanted(cfg: OverlayConfig, mnt: string): Want[] {
   return [
     { what: 'mountpoint', path: mnt, mode: 'p' },
     ...cfg.lowers.map((l): Want => ({ what: 'lowerdir', path: l, mode: 'r' })),
@@ -42,17 +42,37 @@ function sorted(cfg: OverlayConfig, d: Dir[]): Dirs {
   return { mountpoint: d[0], lowers: d.slice(1, 1 + n), upper: cfg.upper ? d[1 + n] : null, work: cfg.work ? d[d.length - 1] : null };
 }
 
+/**
+ * What a mode changes in the engine: overlay mode is the default; aufs mode writes aufs's
+ * whiteouts, keeps its work dirs inside the rw branch, limits names (mount.ts of src/aufs).
+ */
+export interface ModePolicy {
+  /** The work dir is the upper itself (its work subdirs are hidden `.wh..wh.` names). */
+  workInUpper?: boolean;
+  /** The work and index subdirs of the work dir. */
+  workName?: string;
+  indexName?: string;
+  /** Branch-level checks on the opened dirs (aufs: no branch inside another). */
+  validate?(v: { lowers: Dir[]; upper: Dir | null }): void;
+  /** Prepares the upper (its format's own entries) once every check passed. */
+  prepareUpper?(upperFd: number): void;
+  codec?(upperFd: number): WhiteoutCodec;
+  nameMax?: number;
+  reservedWh?: boolean;
+}
+
 /** Checks the opened layer dirs and the mountpoint against each other, by their fds. */
-function validate(v: Dirs, local: boolean): void {
+function validate(v: Dirs, local: boolean, policy: ModePolicy = {}): void {
   if (local) checkFuseDevice();   // otherwise the mount helper opens it (or fusermount3 does)
   checkMountpoint(v.mountpoint);
+  policy.validate?.(v);
   const { upper, work } = v;
   if (upper) {
     for (const l of v.lowers) {
       if (within(upper, l)) throw new UsageError(`upperdir ${upper.path} is inside lowerdir ${l.path}`);
       if (within(l, upper)) throw new UsageError(`lowerdir ${l.path} is inside upperdir ${upper.path}`);
     }
-    if (work) {
+    if (work && !policy.workInUpper) {
       if (within(work, upper) || within(upper, work)) throw new UsageError(`workdir ${work.path} and upperdir ${upper.path} must not contain each other`);
       if (devOf(work) !== devOf(upper)) throw new UsageError(`workdir ${work.path} is not on the upper's filesystem`);
     }
@@ -104,6 +124,11 @@ export function overlayPrepare(mnt: string, optionLists: string[]): { cfg: Overl
   return { cfg, wants: wanted(cfg, mnt) };
 }
 
+/** The checks of a build, on dirs opened here (nothing is touched). */
+export function checkOpened(cfg: OverlayConfig, dirs: Dir[], policy: ModePolicy = {}): void {
+  validate(sorted(cfg, dirs), true, policy);
+}
+
 /** Parses and checks everything a mount needs, touching nothing; prints option warnings. */
 export function overlayCheck(mnt: string, optionLists: string[]): void {
   const { cfg, wants } = overlayPrepare(mnt, optionLists);
@@ -135,9 +160,10 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
 
 /** Builds the union over dirs opened by whoever asked (this process, or the mount helper as the
  * caller): checks them first; the dir fds stay the caller's (the union reopens what it keeps). */
-export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, name: MountName, local = false): Mountable {
+export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, name: MountName, local = false,
+  policy: ModePolicy = {}): Mountable {
   const v = sorted(cfg, opened);
-  validate(v, local);
+  validate(v, local, policy);
   const id = identity();
   const layers: Layer[] = [];
   let workFd = -1;
@@ -154,13 +180,15 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
     if (v.work && writable) {
       // workdir/work, emptied at mount: leftovers of an interrupted copy-up never show
       const wfd = v.work.fd;
-      removeTree(wfd, 'work');
-      check(native.mkdirat(wfd, 'work', 0o700));
-      workFd = check(native.openat(wfd, 'work', O_PATH | O_DIRECTORY, 0));
+      const workName = policy.workName ?? 'work', indexName = policy.indexName ?? 'layerfs-index';
+      removeTree(wfd, workName);
+      check(native.mkdirat(wfd, workName, 0o700));
+      workFd = check(native.openat(wfd, workName, O_PATH | O_DIRECTORY, 0));
       // copied-up lower hard links, kept across mounts (the kernel's own index dir is 'index')
-      native.mkdirat(wfd, 'layerfs-index', 0o700);
-      indexFd = check(native.openat(wfd, 'layerfs-index', O_PATH | O_DIRECTORY, 0));
+      native.mkdirat(wfd, indexName, 0o700);
+      indexFd = check(native.openat(wfd, indexName, O_PATH | O_DIRECTORY, 0));
       format = probeFormat(workFd, id.root);
+      policy.prepareUpper?.(layers[0].fd);
     }
     union = new Union(layers, workFd, {
       timeout: cfg.timeout,
@@ -175,6 +203,9 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
       atime: cfg.atime,
       passthrough,
       sharedLowerCache: cfg.pageCache,
+      codec: policy.codec && writable ? policy.codec(layers[0].fd) : undefined,
+      nameMax: policy.nameMax,
+      reservedWh: policy.reservedWh,
     }, id, indexFd);
   } catch (e) {
     for (const fd of [...layers.map((l) => l.fd), workFd, indexFd]) if (fd >= 0) native.close(fd);

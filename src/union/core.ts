@@ -12,7 +12,7 @@ import { type AtimePolicy } from '../fuse/atime';
 import { type Identity } from '../sys/identity';
 import { LayerDirs, baseName, dirName, joinPath, type Layer } from './layers';
 import { detachLink, unionPath, type UNode } from './nodes';
-import { dirOpacity, procPath, type WhiteoutFormat } from './whiteout';
+import { WH_PREFIX, dirOpacity, overlayCodec, procPath, type WhiteoutCodec, type WhiteoutFormat } from './whiteout';
 import { ORIGIN_XATTRS, xattrNames, type XattrNames } from './xattrs';
 import { LRUCache } from 'lru-cache';
 import { LowerWatcher } from './watch';
@@ -37,6 +37,12 @@ export interface UnionOptions {
    * data is then cached once, in the lower file's page cache, for every mount of that layer
    * ('shared': every such open; 'auto': big data files only, see sharedLowerOpen). */
   sharedLowerCache?: 'auto' | 'shared' | 'private';
+  /** The layer format's whiteout writer (default: overlayfs's, from format). */
+  codec?: WhiteoutCodec;
+  /** The longest name in bytes (aufs: 242, room for the `.wh.` prefix in 255). */
+  nameMax?: number;
+  /** Names starting with `.wh.` cannot be made (aufs: EINVAL). */
+  reservedWh?: boolean;
 }
 
 export const FUSE_DIRECT_IO_ALLOW_MMAP = 2 ** 36, FUSE_PASSTHROUGH = 2 ** 37;
@@ -64,6 +70,8 @@ export abstract class UnionCore {
   protected readonly dirs: LayerDirs;
   protected readonly workFd: number;
   protected readonly x: XattrNames;
+  protected readonly codec: WhiteoutCodec;
+  readonly nameMax: number | undefined;
   protected readonly nodes = new Map<number, UNode>();
   protected readonly byUpperIno = new Map<number, UNode>();  // upper non-dirs with several names
   protected readonly byIndexKey = new Map<string, UNode>();  // lower hard links, one node for all names
@@ -85,6 +93,8 @@ export abstract class UnionCore {
     this.workFd = workFd;
     this.dirs = new LayerDirs(layers);
     this.x = xattrNames(opts.format.ns);
+    this.codec = opts.codec ?? overlayCodec(opts.format);
+    this.nameMax = opts.nameMax;
     this.root = this.newNode(ROOT_ID, S_IFDIR);
     this.root.nlookup = 1;
     this.watcher = opts.watch ? new LowerWatcher((id, name) => this.lowerChanged(id, name), 32768) : null;
@@ -313,5 +323,10 @@ export abstract class UnionCore {
    */
   protected passthroughFor(n: UNode): boolean {
     return this.opts.passthrough && n.type === S_IFREG && (!n.upper || this.opts.atime.mode === 'relatime');
+  }
+
+  /** A name about to be made: aufs reserves the `.wh.` prefix for its own entries. */
+  protected checkNewName(name: string): void {
+    if (this.opts.reservedWh && name.startsWith(WH_PREFIX)) throw new FsError(E.EINVAL);
   }
 }

@@ -34,6 +34,7 @@ export abstract class UnionCreate extends UnionCopyUp {
    * built in the work dir and swapped in atomically; a new directory there is made opaque.
    */
   protected createUpper(p: UNode, name: string, type: number, callerIn: Caller, make: Make, modeIn = -1): number {
+    this.checkNewName(name);
     this.ensureUpperDir(p);
     this.listings.delete(p.id);
     const ids = this.opts.ids;
@@ -107,7 +108,7 @@ export abstract class UnionCreate extends UnionCopyUp {
   }
 
   protected setOpaque(dirfd: number, name: string): void {
-    check(native.setxattr(procPath(dirfd, name), this.x.opaque, Buffer.from('y'), 0, 0));
+    this.codec.markOpaque(dirfd, name);
   }
 
   protected made(p: UNode, name: string): Entry {

@@ -2,10 +2,10 @@
 // still shows the name.
 import { native } from '../sys/native';
 import { FsError, check } from '../sys/errors';
-import { AT_REMOVEDIR, E, O_CREAT, O_DIRECTORY, O_NOFOLLOW, O_RDONLY, O_WRONLY, RENAME_WHITEOUT, S_IFCHR, S_IFDIR } from '../sys/constants';
+import { AT_REMOVEDIR, E, O_DIRECTORY, O_NOFOLLOW, O_RDONLY, RENAME_WHITEOUT, S_IFCHR, S_IFDIR } from '../sys/constants';
 import { ST_NLINK, newStat, type Stat } from '../sys/stat';
 import { type UNode } from './nodes';
-import { WH_PREFIX, isCharWhiteout } from './whiteout';
+import { isCharWhiteout } from './whiteout';
 import { NOFOLLOW } from './core';
 import { UnionCreate } from './create';
 
@@ -13,7 +13,7 @@ export abstract class UnionRemove extends UnionCreate {
   /** Leaves a whiteout at p/name (p is in the upper layer); `present`: an upper object is there now. */
   protected whiteout(p: UNode, name: string, present: boolean, isDir: boolean): void {
     const pfd = this.upperDirFd(p);
-    if (this.opts.format.charDevice) {
+    if (this.codec.charDevice) {
       const tmp = this.tmpName();
       if (present && !isDir && native.renameat2(pfd, name, this.workFd, tmp, RENAME_WHITEOUT) === 0) {
         native.unlinkat(this.workFd, tmp, 0);  // the old upper file (open handles keep it alive)
@@ -24,8 +24,7 @@ export abstract class UnionRemove extends UnionCreate {
       return;
     }
     if (present) this.removeUpper(pfd, name, isDir);
-    const fd = check(native.openat(pfd, WH_PREFIX + name, O_CREAT | O_WRONLY | O_NOFOLLOW, 0o600));
-    native.close(fd);
+    this.codec.fileWhiteout(pfd, name);
   }
 
   /** Removes an upper object; a directory (holding only whiteouts) through the work dir. */

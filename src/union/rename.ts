@@ -2,7 +2,7 @@
 // (redirect_dir=on) or fails with EXDEV; RENAME_EXCHANGE, NOREPLACE and WHITEOUT.
 import { native } from '../sys/native';
 import { FsError, check } from '../sys/errors';
-import { E, O_CREAT, O_NOFOLLOW, O_WRONLY, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, S_IFCHR, S_IFDIR } from '../sys/constants';
+import { E, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, S_IFCHR, S_IFDIR } from '../sys/constants';
 import { newStat } from '../sys/stat';
 import { joinPath } from './layers';
 import { attachLink, detachLink, unionPath, type UNode } from './nodes';
@@ -14,6 +14,7 @@ export abstract class UnionRename extends UnionRemove {
   rename(parent: number, name: string, newparent: number, newname: string, flags: number): void {
     // as kernel overlayfs: RENAME_WHITEOUT (or any other flag) is refused before anything else
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) throw new FsError(E.EINVAL);
+    this.checkNewName(newname);
     this.requireUpper();
     const p = this.node(parent), q = this.node(newparent);
     this.listings.delete(p.id);
@@ -60,11 +61,11 @@ export abstract class UnionRename extends UnionRemove {
         // as the kernel: swap with the whiteout; it stays at the old name only if needed there
         check(native.renameat2(pfd, name, qfd, newname, RENAME_EXCHANGE));
         if (!srcLower) check(native.unlinkat(pfd, name, 0));
-        else if (!this.opts.format.charDevice) {
+        else if (!this.codec.charDevice) {
           check(native.unlinkat(pfd, name, 0));
           this.whiteoutFile(pfd, name);
         }
-      } else if (srcLower && this.opts.format.charDevice) {
+      } else if (srcLower && this.codec.charDevice) {
         const r = native.renameat2(pfd, name, qfd, newname, RENAME_WHITEOUT);
         if (r === -E.EINVAL || r === -E.EPERM) {
           check(native.renameat2(pfd, name, qfd, newname, 0));
@@ -89,8 +90,7 @@ export abstract class UnionRename extends UnionRemove {
   }
 
   protected whiteoutFile(pfd: number, name: string): void {
-    const fd = check(native.openat(pfd, WH_PREFIX + name, O_CREAT | O_WRONLY | O_NOFOLLOW, 0o600));
-    native.close(fd);
+    this.codec.fileWhiteout(pfd, name);
   }
 
   /**

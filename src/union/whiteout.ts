@@ -5,7 +5,7 @@
 // `.wh.` files and user.overlay.opaque where mknod is not permitted (as fuse-overlayfs does).
 import { native } from '../sys/native';
 import { FsError } from '../sys/errors';
-import { AT_SYMLINK_NOFOLLOW, E, S_IFCHR, S_IFMT, S_IFREG } from '../sys/constants';
+import { AT_SYMLINK_NOFOLLOW, E, O_CREAT, O_DIRECTORY, O_NOFOLLOW, O_PATH, O_WRONLY, S_IFCHR, S_IFMT, S_IFREG } from '../sys/constants';
 import { ST_MODE, ST_RDEV, ST_SIZE, newStat, type Stat } from '../sys/stat';
 
 export const WH_PREFIX = '.wh.';
@@ -117,3 +117,60 @@ export function probe(dirfd: number, name: string, st: Stat, xwhiteouts: boolean
 }
 
 export { procPath };
+
+/**
+ * How a layer format writes what the union hides — a policy of each mode. charDevice: whiteouts
+ * are char 0/0 (made by mknod or RENAME_WHITEOUT); otherwise fileWhiteout writes `.wh.NAME`.
+ */
+export interface WhiteoutCodec {
+  readonly charDevice: boolean;
+  /** A `.wh.NAME` whiteout in dirfd. */
+  fileWhiteout(dirfd: number, name: string): void;
+  /** Dir dirfd/name hides what the layers below hold. */
+  markOpaque(dirfd: number, name: string): void;
+}
+
+function emptyFile(dirfd: number, name: string): void {
+  const fd = native.openat(dirfd, name, O_CREAT | O_WRONLY | O_NOFOLLOW, 0o600);
+  if (fd < 0) throw new FsError(-fd);
+  native.close(fd);
+}
+
+/** overlayfs: char 0/0 (or `.wh.` files where mknod is not allowed), opaque by xattr. */
+export function overlayCodec(format: WhiteoutFormat): WhiteoutCodec {
+  const opaque = `${format.ns}.overlay.opaque`;
+  return {
+    charDevice: format.charDevice,
+    fileWhiteout: (dirfd, name) => emptyFile(dirfd, WH_PREFIX + name),
+    markOpaque: (dirfd, name) => {
+      const r = native.setxattr(procPath(dirfd, name), opaque, Buffer.from('y'), 0, 0);
+      if (r < 0) throw new FsError(-r);
+    },
+  };
+}
+
+export const AUFS_BASE = '.wh..wh.aufs';
+
+/**
+ * aufs: whiteouts and `.wh..wh..opq` markers are hard links to the branch's `.wh..wh.aufs`
+ * base (aufs's link_or_create_wh: a new empty file where a link is impossible, e.g. EMLINK).
+ */
+export function aufsCodec(branchFd: number): WhiteoutCodec {
+  const linkOrCreate = (dirfd: number, name: string): void => {
+    if (native.linkat(branchFd, AUFS_BASE, dirfd, name, 0) === 0) return;
+    emptyFile(dirfd, name);
+  };
+  return {
+    charDevice: false,
+    fileWhiteout: (dirfd, name) => linkOrCreate(dirfd, WH_PREFIX + name),
+    markOpaque: (dirfd, name) => {
+      const fd = native.openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
+      if (fd < 0) throw new FsError(-fd);
+      try {
+        linkOrCreate(fd, WH_OPQ);
+      } finally {
+        native.close(fd);
+      }
+    },
+  };
+}

@@ -1,0 +1,67 @@
+// aufs mode: branches as the union engine's layers (the rw branch on top), with aufs's policy —
+// its whiteouts (hard links to `.wh..wh.aufs`), its opaque marker, its reserved `.wh.` names and
+// 242-byte names, its work dirs inside the rw branch (`.wh..wh.orph`, hidden as aufs's own), no
+// branch inside another.
+import { native } from '../sys/native';
+import { check } from '../sys/errors';
+import { E, O_CREAT, O_EXCL, O_NOFOLLOW, O_WRONLY } from '../sys/constants';
+import type { Mountable } from '../mount/lifecycle';
+import { UsageError } from '../mount/validate';
+import { closeDirs, openLocal, within, type Dir } from '../mount/dirs';
+import { checkOpened, overlayBuild, wanted, type ModePolicy } from '../overlay/mount';
+import { AUFS_BASE, aufsCodec } from '../union/whiteout';
+import { AUFS_NAME_MAX, aufsConfig, type AufsConfig } from './options';
+
+const PLNK = '.wh..wh.plnk';
+
+function branchesApart(v: { lowers: Dir[]; upper: Dir | null }): void {
+  const all = [...(v.upper ? [v.upper] : []), ...v.lowers];
+  for (let i = 0; i < all.length; i++) {
+    for (let j = 0; j < all.length; j++) {
+      if (i !== j && within(all[i], all[j])) {
+        throw new UsageError(all[i].path === all[j].path ? `branch ${all[i].path} is given twice` : `branches overlap: ${all[i].path} is inside ${all[j].path}`);
+      }
+    }
+  }
+}
+
+/** aufs's own entries in the rw branch: the whiteout base and the pseudo-link dir. */
+function prepareBranch(fd: number): void {
+  const b = native.openat(fd, AUFS_BASE, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW, 0o444);
+  if (b >= 0) native.close(b);
+  else if (b !== -E.EEXIST) check(b);
+  const r = native.mkdirat(fd, PLNK, 0o700);
+  if (r < 0 && r !== -E.EEXIST) check(r);
+}
+
+export const AUFS_POLICY: ModePolicy = {
+  workInUpper: true,
+  workName: '.wh..wh.orph',
+  indexName: '.wh..wh.layerfs-index',
+  validate: branchesApart,
+  prepareUpper: prepareBranch,
+  codec: aufsCodec,
+  nameMax: AUFS_NAME_MAX,
+  reservedWh: true,
+};
+
+function withDirs<T>(cfg: AufsConfig, mnt: string, fn: (dirs: Dir[]) => T): T {
+  const dirs = openLocal(wanted(cfg.overlay, mnt).map((w) => (w.what === 'lowerdir' || w.what === 'upperdir' ? { ...w, what: 'branch' } : w)));
+  try {
+    return fn(dirs);
+  } finally {
+    closeDirs(dirs);
+  }
+}
+
+/** Checks everything an aufs mount needs, touching nothing. */
+export function aufsCheck(mnt: string, optionLists: string[]): void {
+  const cfg = aufsConfig(optionLists);
+  withDirs(cfg, mnt, (dirs) => checkOpened(cfg.overlay, dirs, AUFS_POLICY));
+  for (const w of cfg.overlay.warnings) process.stderr.write(`layerfs: warning: ${w}\n`);
+}
+
+export function aufsMount(mnt: string, optionLists: string[], debug: boolean): Mountable {
+  const cfg = aufsConfig(optionLists);
+  return withDirs(cfg, mnt, (dirs) => overlayBuild(cfg.overlay, dirs, debug, { source: 'none', subtype: 'layerfs-aufs' }, true, AUFS_POLICY));
+}

@@ -1,0 +1,270 @@
+// aufs mode: one rw branch over ro/rr branches. A seeded random operation sequence on an aufs
+// stack and on the same stack in overlay mode (redirect_dir=off: aufs renames a dir with lower
+// parts only with dirren) gives the same results and views; what aufs writes on disk (whiteouts
+// as hard links to .wh..wh.aufs, .wh..wh..opq) is read back as a branch of another aufs stack;
+// reserved .wh. names, 242-byte names, branch syntax and overlap errors.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { HELPER, isMounted, layerfs, mountOk, requireFuse, tempDir, unmountAll } from './helpers/mount';
+import { view } from './helpers/overlay';
+
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const DIRS = ['', 'etc', 'etc/sub', 'usr', 'usr/lib', 'var', 'opq', 'new'];
+const NAMES = ['a', 'b', 'c', 'conf', 'lib.so', 'sub', 'lib', 'x', 'y'];
+
+/** Two ro branches with overlapping dirs, a file hidden by a whiteout, and a hard link. */
+function buildBranches(base: string): void {
+  const w = (rel: string, data: string): void => {
+    fs.mkdirSync(path.dirname(path.join(base, rel)), { recursive: true });
+    fs.writeFileSync(path.join(base, rel), data);
+  };
+  w('ro2/etc/a', 'a2'); w('ro2/etc/b', 'b2'); w('ro2/etc/sub/x', 'x2'); w('ro2/usr/lib/lib.so', 'so');
+  w('ro2/var/y', 'y2'); w('ro2/opq/c', 'c2');
+  w('ro1/etc/a', 'a1'); w('ro1/usr/conf', 'conf1'); w('ro1/var/x', 'x1'); w('ro1/opq/.wh..wh..opq', '');
+  w('ro1/opq/a', 'a1'); w('ro1/etc/.wh.b', '');
+  fs.linkSync(path.join(base, 'ro1/usr/conf'), path.join(base, 'ro1/usr/conf.hl'));
+}
+
+/** One op in a child process (the mounts are served by their own daemons). */
+const RUNNER = `
+const fs = require('fs'), path = require('path');
+const [root, json] = process.argv.slice(1);
+const out = [];
+for (const o of JSON.parse(json)) {
+  const p = (r) => path.join(root, r);
+  try {
+    switch (o.op) {
+      case 'write': fs.writeFileSync(p(o.a), o.data); break;
+      case 'append': fs.appendFileSync(p(o.a), o.data); break;
+      case 'unlink': fs.unlinkSync(p(o.a)); break;
+      case 'mkdir': fs.mkdirSync(p(o.a), 0o755); break;
+      case 'rmdir': fs.rmdirSync(p(o.a)); break;
+      case 'rmrf': fs.rmSync(p(o.a), { recursive: true }); break;
+      case 'rename': fs.renameSync(p(o.a), p(o.b)); break;
+      case 'chmod': fs.chmodSync(p(o.a), o.mode); break;
+      case 'symlink': fs.symlinkSync(o.b, p(o.a)); break;
+      case 'link': fs.linkSync(p(o.a), p(o.b)); break;
+      case 'truncate': fs.truncateSync(p(o.a), o.mode); break;
+      case 'read': out.push(fs.readFileSync(p(o.a), 'utf8')); continue;
+      case 'list': out.push(fs.readdirSync(p(o.a)).sort().join(',')); continue;
+    }
+    out.push('ok');
+  } catch (e) { out.push(e.code); }
+}
+process.stdout.write(JSON.stringify(out));
+`;
+
+function run(root: string, ops: unknown[]): string[] {
+  const r = spawnSync(process.execPath, ['-e', RUNNER, root, JSON.stringify(ops)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(r.stderr);
+  return JSON.parse(r.stdout);
+}
+
+function randomOps(seed: number, n: number): unknown[] {
+  const rnd = mulberry32(seed);
+  const pick = <T>(xs: T[]): T => xs[Math.floor(rnd() * xs.length)];
+  // mostly names that exist (in a branch, or made earlier in the sequence), so most ops do something
+  const known = ['etc/a', 'etc/sub/x', 'usr/lib/lib.so', 'var/y', 'var/x', 'opq/a', 'usr/conf', 'usr/conf.hl', 'etc/b'];
+  const dirs = DIRS.filter((x) => x && x !== 'new');
+  const fresh = (): string => path.join(pick(['', ...dirs]), pick(NAMES));
+  const rel = (): string => (rnd() < 0.6 ? pick(known) : fresh());
+  const ops: unknown[] = [];
+  for (let i = 0; i < n; i++) {
+    const op = pick(['write', 'write', 'write', 'append', 'append', 'unlink', 'mkdir', 'rmdir', 'rename', 'rename', 'chmod', 'symlink', 'link', 'truncate', 'read', 'list', ...(rnd() < 0.3 ? ['rmrf'] : [])]);
+    const dirOp = op === 'mkdir' || op === 'rmdir' || op === 'rmrf';
+    // whole-tree removals are rare and of small dirs, else the rest of the sequence finds nothing
+    const a = op === 'list' ? pick(DIRS) : op === 'mkdir' ? (rnd() < 0.5 ? pick(dirs) : fresh())
+      : op === 'rmrf' ? pick(['etc/sub', 'opq', 'var', 'new']) : dirOp ? pick(dirs) : op === 'write' || op === 'symlink' ? fresh() : rel();
+    const b = op === 'symlink' ? pick(['a', '../etc', '/etc/passwd']) : fresh();
+    if (op === 'write' || op === 'mkdir' || op === 'symlink') known.push(a);
+    if (op === 'rename' || op === 'link') known.push(b);
+    ops.push({ op, a, b, data: `d${i}`, mode: op === 'truncate' ? Math.floor(rnd() * 5) : pick([0o600, 0o644, 0o755]) });
+  }
+  return ops;
+}
+
+describe('aufs mode', () => {
+  let base: string;
+  const d = (n: string): string => path.join(base, n);
+
+  beforeAll(() => {
+    requireFuse();
+    base = tempDir('aufs');
+  });
+  afterAll(() => {
+    unmountAll(base);
+    fs.rmSync(base, { recursive: true, force: true });
+  });
+
+  /** Fresh copies of the ro branches and an empty rw branch under dir. */
+  function stack(dir: string): { rw: string; ro1: string; ro2: string; mnt: string } {
+    buildBranches(dir);
+    for (const n of ['rw', 'mnt', 'up', 'work']) fs.mkdirSync(path.join(dir, n), { recursive: true });
+    return { rw: path.join(dir, 'rw'), ro1: path.join(dir, 'ro1'), ro2: path.join(dir, 'ro2'), mnt: path.join(dir, 'mnt') };
+  }
+
+  test('a random operation sequence gives what overlay mode (redirect_dir=off) gives over the same branches', () => {
+    const seed = Number(process.env.LAYERFS_SEED ?? Date.now() % 100000);
+    const a = stack(d('rand-aufs')), o = stack(d('rand-ovl'));
+    mountOk(['-t', 'aufs', '-o', `br=${a.rw}=rw:${a.ro1}=ro:${a.ro2}=rr`, a.mnt]);
+    mountOk(['-o', `lowerdir=${o.ro1}:${o.ro2},upperdir=${d('rand-ovl/up')},workdir=${d('rand-ovl/work')},redirect_dir=off`, o.mnt]);
+    try {
+      let done = 0;   // ops that did something (a sequence that mostly fails tests little)
+      for (let block = 0; block < 4; block++) {
+        const ops = randomOps(seed * 10 + block, 60);
+        const got = run(a.mnt, ops);
+        expect(got, `seed ${seed} block ${block}`).toEqual(run(o.mnt, ops));
+        done += got.filter((x) => x !== 'ok' && !/^E[A-Z]+$/.test(x)).length + got.filter((x) => x === 'ok').length;
+        expect(view(a.mnt), `seed ${seed} block ${block}`).toEqual(view(o.mnt));
+      }
+      expect(done, `seed ${seed}`).toBeGreaterThan(60);
+    } finally {
+      layerfs(['umount', a.mnt]);
+      layerfs(['umount', o.mnt]);
+    }
+    // the same tree again after a remount (the on-disk format read back)
+    mountOk(['-t', 'aufs', '-o', `br=${a.rw}:${a.ro1}:${a.ro2}`, a.mnt]);
+    mountOk(['-o', `lowerdir=${o.ro1}:${o.ro2},upperdir=${d('rand-ovl/up')},workdir=${d('rand-ovl/work')},redirect_dir=off`, o.mnt]);
+    try {
+      expect(view(a.mnt), `seed ${seed}`).toEqual(view(o.mnt));
+    } finally {
+      layerfs(['umount', a.mnt]);
+      layerfs(['umount', o.mnt]);
+    }
+  });
+
+  test("aufs's on-disk format: whiteouts and opaque markers are hard links to .wh..wh.aufs; the rw branch reads back as a ro branch", () => {
+    const s = stack(d('fmt'));
+    mountOk(['-t', 'aufs', '-o', `br=${s.rw}=rw:${s.ro1}=ro+wh:${s.ro2}=ro`, s.mnt]);
+    let before: ReturnType<typeof view>;
+    try {
+      fs.unlinkSync(path.join(s.mnt, 'etc/a'));
+      fs.rmSync(path.join(s.mnt, 'var'), { recursive: true });
+      fs.mkdirSync(path.join(s.mnt, 'var'));
+      fs.writeFileSync(path.join(s.mnt, 'var/new'), 'n');
+      before = view(s.mnt);
+      expect(fs.readdirSync(path.join(s.mnt, 'var'))).toEqual(['new']);
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+    const base = fs.statSync(path.join(s.rw, '.wh..wh.aufs'));
+    expect(base.isFile()).toBe(true);
+    for (const wh of ['etc/.wh.a', '.wh.var', 'var/.wh..wh..opq'].filter((w) => fs.existsSync(path.join(s.rw, w)))) {
+      expect(fs.statSync(path.join(s.rw, wh)).ino, wh).toBe(base.ino);
+    }
+    expect(fs.existsSync(path.join(s.rw, 'etc/.wh.a'))).toBe(true);
+    expect(fs.existsSync(path.join(s.rw, 'var/.wh..wh..opq'))).toBe(true);
+    expect(fs.existsSync(path.join(s.rw, '.wh..wh.plnk'))).toBe(true);
+    // the rw branch, now read-only below a fresh rw branch: the same tree
+    const rw2 = d('fmt/rw2');
+    fs.mkdirSync(rw2);
+    mountOk(['-t', 'aufs', '-o', `br=${rw2}=rw:${s.rw}=ro+wh:${s.ro1}=ro+wh:${s.ro2}=ro`, s.mnt]);
+    try {
+      expect(view(s.mnt)).toEqual(before!);
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+  });
+
+  test('reserved .wh. names are EINVAL, names are at most 242 bytes, a dir with lower parts is not renamed (EXDEV)', () => {
+    const s = stack(d('names'));
+    mountOk(['-t', 'aufs', '-o', `br=${s.rw}:${s.ro1}:${s.ro2}`, s.mnt]);
+    try {
+      const m = (r: string): string => path.join(s.mnt, r);
+      expect(() => fs.writeFileSync(m('.wh.x'), '')).toThrow(/EINVAL/);
+      expect(() => fs.mkdirSync(m('.wh..wh.y'))).toThrow(/EINVAL/);
+      fs.writeFileSync(m('plain'), 'p');
+      expect(() => fs.renameSync(m('plain'), m('.wh.plain'))).toThrow(/EINVAL/);
+      expect(() => fs.linkSync(m('plain'), m('.wh.l'))).toThrow(/EINVAL/);
+      expect(() => fs.symlinkSync('plain', m('.wh.s'))).toThrow(/EINVAL/);
+      fs.writeFileSync(m('n'.repeat(242)), '');
+      expect(() => fs.writeFileSync(m('n'.repeat(243)), '')).toThrow(/ENAMETOOLONG/);
+      expect(() => fs.statSync(m('n'.repeat(243)))).toThrow(/ENAMETOOLONG/);
+      expect(() => fs.renameSync(m('etc'), m('etc2'))).toThrow(/EXDEV/);
+      expect(fs.readdirSync(s.mnt)).not.toContain('.wh..wh.aufs');
+      expect(fs.readFileSync('/proc/self/mounts', 'utf8')).toContain(`none ${s.mnt} fuse.layerfs-aufs `);
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+  });
+
+  test('mount -t fuse.layerfs-aufs none MNT -o br=… and its fstab line (the program put in /usr/local/bin, put back after)', () => {
+    const s = stack(d('fstab'));
+    const slot = '/usr/local/bin/layerfs-aufs';
+    const saved = d('fstab/saved');
+    const had = fs.existsSync(slot);
+    if (had) fs.renameSync(slot, saved);
+    try {
+      fs.symlinkSync(HELPER, slot);
+      const opts = `br=${s.rw}=rw:${s.ro1}=ro:${s.ro2}=rr`;
+      for (const args of [['-t', 'fuse.layerfs-aufs', 'none', s.mnt, '-o', opts], ['-T', d('fstab/fstab'), s.mnt]]) {
+        fs.writeFileSync(d('fstab/fstab'), `none ${s.mnt} fuse.layerfs-aufs ${opts},noauto 0 0\n`);
+        const r = spawnSync('mount', args, { encoding: 'utf8' });
+        expect(r.status, r.stderr).toBe(0);
+        try {
+          expect(fs.readFileSync(path.join(s.mnt, 'etc/a'), 'utf8')).toBe('a1');
+          expect(fs.readFileSync('/proc/self/mounts', 'utf8')).toContain(`none ${s.mnt} fuse.layerfs-aufs `);
+        } finally {
+          expect(spawnSync('umount', [s.mnt]).status).toBe(0);
+        }
+      }
+    } finally {
+      fs.rmSync(slot, { force: true });
+      if (had) fs.renameSync(saved, slot);
+    }
+  });
+
+  test('read-only: no rw branch', () => {
+    const s = stack(d('ro'));
+    mountOk(['-t', 'aufs', '-o', `br=${s.ro1}=ro:${s.ro2}=rr`, s.mnt]);
+    try {
+      expect(fs.readFileSync(path.join(s.mnt, 'etc/a'), 'utf8')).toBe('a1');
+      expect(fs.existsSync(path.join(s.mnt, 'etc/b'))).toBe(false);
+      expect(() => fs.writeFileSync(path.join(s.mnt, 'z'), 'z')).toThrow(/EROFS/);
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+  });
+
+  describe('bad input: one line, non-zero, nothing mounted or written', () => {
+    let s: { rw: string; ro1: string; ro2: string; mnt: string };
+    beforeAll(() => {
+      s = stack(d('bad'));
+      fs.mkdirSync(path.join(s.rw, 'inner'));
+    });
+    const cases: [string, () => string[], RegExp][] = [
+      ['no branches', () => ['-o', 'udba=reval'], /no branches given/],
+      ['a bad permission', () => ['-o', `br=${s.rw}=rwx:${s.ro1}`], /bad branch permission 'rwx'/],
+      ['a bad attribute', () => ['-o', `br=${s.rw}:${s.ro1}=ro+bogus`], /bad branch attribute 'bogus'/],
+      ['a relative branch', () => ['-o', 'br=rel/dir'], /must be absolute/],
+      ['a missing branch dir', () => ['-o', `br=${s.rw}:${d('bad/nope')}`], /branch .*nope does not exist/],
+      ['overlapping branches', () => ['-o', `br=${s.rw}:${path.join(s.rw, 'inner')}=ro`], /branches overlap: .*inner is inside/],
+      ['a branch twice', () => ['-o', `br=${s.rw}:${s.ro1}:${s.ro1}`], /is given twice/],
+      ['a second rw branch', () => ['-o', `br=${s.rw}=rw:${s.ro1}=rw`], /only the first branch may be writable/],
+      ['a policy name typo', () => ['-o', `br=${s.rw}:${s.ro1},create=tdpp`], /bad value for option create: tdpp/],
+      ['an option not built yet', () => ['-o', `br=${s.rw}:${s.ro1},shwh`], /option shwh is not supported yet/],
+      ['a mount type typo', () => ['-t', 'aufss', '-o', `br=${s.rw}`], /unknown mount type aufss/],
+    ];
+    test.each(cases)('%s', (_name, args, re) => {
+      const before = fs.readdirSync(s.rw).sort();
+      const a = args();
+      const r = layerfs(['mount', ...(a[0] === '-t' ? [] : ['-t', 'aufs']), ...a, s.mnt]);
+      expect(r.status).toBe(1);
+      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(re)]);
+      expect(isMounted(s.mnt)).toBe(false);
+      expect(fs.readdirSync(s.rw).sort()).toEqual(before);
+    });
+  });
+});
