@@ -226,6 +226,37 @@ describe('aufs mode', () => {
     }
   });
 
+  test('introspection: the branch holding a path (user.aufs.branch, .branches) and `layerfs aufs MNT`', () => {
+    const s = stack(d('intro'));
+    mountOk(['-t', 'aufs', '-o', `br=${s.rw}=rw:${s.ro1}=ro+wh:${s.ro2}=rr`, s.mnt]);
+    try {
+      const x = (rel: string, name: string): string => {
+        const r = spawnSync('getfattr', ['--only-values', '-n', name, path.join(s.mnt, rel)], { encoding: 'utf8' });
+        expect(r.status, r.stderr).toBe(0);
+        return r.stdout;
+      };
+      expect(x('etc/a', 'user.aufs.branch')).toBe(s.ro1);
+      expect(x('etc/sub/x', 'user.aufs.branch')).toBe(s.ro2);
+      expect(x('etc', 'user.aufs.branches').split('\n')).toEqual([s.ro1, s.ro2]);
+      fs.appendFileSync(path.join(s.mnt, 'etc/sub/x'), '+');   // copied up: now the rw branch holds it
+      expect(x('etc/sub/x', 'user.aufs.branch')).toBe(s.rw);
+      // never listed, so copies of the tree do not carry them
+      expect(spawnSync('getfattr', ['-d', '-m', '-', path.join(s.mnt, 'etc/a')], { encoding: 'utf8' }).stdout).not.toMatch(/aufs/);
+      const r = layerfs(['aufs', s.mnt, '--json']);
+      expect(r.status, r.stderr).toBe(0);
+      const rows = JSON.parse(r.stdout) as { index: number; path: string; perm: string; attrs: string[]; freeBytes: number }[];
+      expect(rows.map((b) => [b.index, b.path, b.perm, b.attrs])).toEqual([[0, s.rw, 'rw', []], [1, s.ro1, 'ro', ['wh']], [2, s.ro2, 'rr', []]]);
+      expect(rows[0].freeBytes).toBeGreaterThan(0);
+      const cols = layerfs(['aufs', s.mnt]).stdout.split('\n')[1].split('\t');
+      expect([cols[0], cols[1], cols[4]]).toEqual(['0', 'rw', s.rw]);
+      const bad = layerfs(['aufs', base]);
+      expect(bad.status).toBe(1);
+      expect(bad.stderr.trim()).toMatch(/is not an aufs-mode layerfs mount$/);
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+  });
+
   test('read-only: no rw branch', () => {
     const s = stack(d('ro'));
     mountOk(['-t', 'aufs', '-o', `br=${s.ro1}=ro:${s.ro2}=rr`, s.mnt]);

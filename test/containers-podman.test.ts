@@ -144,7 +144,8 @@ describe.each(['root', 'rootless'] as Who[])('podman %s on layerfs', (who) => {
   });
 
   // Image-layer formats, with `podman export` of a container on the kernel's store as the oracle:
-  // the image's layers taken from its archive and mounted by layerfs as lowers, and a changed
+  // the image's layers taken from its archive and mounted by layerfs as lowers (overlay and aufs
+  // mode), and a changed
   // container's upper turned into a layer by `layerfs layer pack` and mounted back.
   test('podman export is what layerfs shows of the image\'s layers as lowers, and of a packed container upper', () => {
     const work = path.join(base, `export-${who}`);
@@ -188,6 +189,17 @@ describe.each(['root', 'rootless'] as Who[])('podman %s on layerfs', (who) => {
       expect(tree(mnt)).toEqual(want);
     } finally {
       layerfs(['umount', mnt]);
+    }
+    // the same layers as aufs branches (Docker's aufs driver layout): read-only, and under a rw one
+    const rw = path.join(work, 'aufs-rw');
+    fs.mkdirSync(rw);
+    for (const br of [[...layers].reverse().map((l) => `${l}=ro+wh`), [`${rw}=rw`, ...[...layers].reverse().map((l) => `${l}=ro+wh`)]]) {
+      mountOk(['-t', 'aufs', '-o', `br=${br.join(':')}`, mnt]);
+      try {
+        expect(tree(mnt)).toEqual(want);
+      } finally {
+        layerfs(['umount', mnt]);
+      }
     }
     // a changed container on the layerfs store: its upper packed (with its lowers for what it
     // renamed), unpacked again and stacked on the image's layers by the kernel's overlayfs

@@ -61,7 +61,12 @@ export function aufsCheck(mnt: string, optionLists: string[]): void {
   for (const w of cfg.overlay.warnings) process.stderr.write(`layerfs: warning: ${w}\n`);
 }
 
+/** The xattr names that tell which branch holds a path (and the branch table, on the root). */
+export const INTROSPECT_PREFIX = 'user.aufs.';
+
 export function aufsMount(mnt: string, optionLists: string[], debug: boolean): Mountable {
   const cfg = aufsConfig(optionLists);
-  return withDirs(cfg, mnt, (dirs) => overlayBuild(cfg.overlay, dirs, debug, { source: 'none', subtype: 'layerfs-aufs' }, true, AUFS_POLICY));
+  const table = cfg.branches.map((b) => ({ path: b.path, perm: b.perm, attrs: [...(b.wh ? ['wh'] : []), ...(b.nolwh ? ['nolwh'] : [])] }));
+  return withDirs(cfg, mnt, (dirs) => overlayBuild(cfg.overlay, dirs, debug, { source: 'none', subtype: 'layerfs-aufs' }, true,
+    { ...AUFS_POLICY, introspect: { prefix: INTROSPECT_PREFIX, table } }));
 }

@@ -11,6 +11,7 @@ import { aufsCheck, aufsMount } from '../aufs/mount';
 import { UsageError } from '../mount/validate';
 import { registerThin } from '../thin/cli';
 import { registerLayer } from '../layer/cli';
+import { registerAufs } from '../aufs/cli';
 import { viaHelper } from '../service/client';
 import { runService } from '../service/server';
 
@@ -96,6 +97,7 @@ async function main(argv: string[]): Promise<void> {
     daemon: isDaemon, argv: argv.slice(2), name: 'layerfs', foreground: !!(f.foreground || f.debug), check, build,
   }));
   registerLayer(program, fail);
+  registerAufs(program, fail);
   program.command('umount')
     .alias('unmount')
     .description('unmount a layerfs mount (also one whose daemon died)')

@@ -11,7 +11,7 @@ import { parseOptions } from '../mount/options';
 import { checkFuseDevice, UsageError } from '../mount/validate';
 import { checkMountpoint, closeDirs, devOf, openLocal, within, type Dir, type Want } from '../mount/dirs';
 import { assignFsIndexes, layerFromFd, useClone, type Layer } from '../union/layers';
-import { Union, removeTree } from '../union/union';
+import { Union, removeTree, type UnionOptions } from '../union/union';
 import { Ids } from '../union/ids';
 import type { WhiteoutCodec, WhiteoutFormat } from '../union/whiteout';
 import { overlayConfig, type OverlayConfig } from './options';
@@ -59,6 +59,7 @@ export interface ModePolicy {
   codec?(upperFd: number): WhiteoutCodec;
   nameMax?: number;
   reservedWh?: boolean;
+  introspect?: UnionOptions['introspect'];
 }
 
 /** Checks the opened layer dirs and the mountpoint against each other, by their fds. */
@@ -206,6 +207,7 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
       codec: policy.codec && writable ? policy.codec(layers[0].fd) : undefined,
       nameMax: policy.nameMax,
       reservedWh: policy.reservedWh,
+      introspect: policy.introspect,
     }, id, indexFd);
   } catch (e) {
     for (const fd of [...layers.map((l) => l.fd), workFd, indexFd]) if (fd >= 0) native.close(fd);

@@ -7,6 +7,7 @@ import { ST_MODE } from '../sys/stat';
 import type { AttrReply, SetAttr } from '../fuse/filesystem';
 import { SETATTR } from '../fuse/ops';
 import { type UNode } from './nodes';
+import { ROOT_ID } from '../fuse/ops';
 import { procPath } from './whiteout';
 import { isPrivateXattr } from './xattrs';
 import { formatOverride, isOverrideXattr } from './ids';
@@ -77,7 +78,21 @@ export abstract class UnionAttrs extends UnionRename {
     check(native.setxattr(path, name, value, flags, follow));
   }
 
+  /** aufs's introspection xattrs; null for any other name. */
+  protected introspection(n: UNode, name: string): Buffer | null {
+    const q = this.opts.introspect;
+    if (!q || !name.startsWith(q.prefix)) return null;
+    const key = name.slice(q.prefix.length);
+    const held = [...(n.upper ? [0] : []), ...n.lowers.map((l) => l.layer)];
+    if (key === 'branch') return Buffer.from(this.layers[held[0] ?? 0].path);
+    if (key === 'branches') return Buffer.from(held.map((i) => this.layers[i].path).join('\n'));
+    if (key === 'si' && n.id === ROOT_ID) return Buffer.from(JSON.stringify(q.table));
+    return null;
+  }
+
   getxattr(nodeid: number, name: string): Buffer {
+    const shown = this.introspection(this.node(nodeid), name);
+    if (shown) return shown;
     if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
     if (isPrivateXattr(name) || (this.opts.ids.p.xattrPermissions && isOverrideXattr(name))) throw new FsError(E.ENODATA);
     const { path, follow } = this.xpath(this.node(nodeid));

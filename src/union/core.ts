@@ -43,6 +43,9 @@ export interface UnionOptions {
   nameMax?: number;
   /** Names starting with `.wh.` cannot be made (aufs: EINVAL). */
   reservedWh?: boolean;
+  /** aufs: which branch holds a path, as xattrs PREFIX.branch / PREFIX.branches, and the
+   * branch table (PREFIX.si on the root) — read with getxattr, never listed. */
+  introspect?: { prefix: string; table: { path: string; perm: string; attrs: string[] }[] };
 }
 
 export const FUSE_DIRECT_IO_ALLOW_MMAP = 2 ** 36, FUSE_PASSTHROUGH = 2 ** 37;
