@@ -64,8 +64,9 @@ test: build
 	node scripts/test-summary.js .test-results.json .test-results-off.json .test-results-uring.json; \
 	[ $$rc = 0 ] && [ $$rc2 = 0 ] && [ $$rc3 = 0 ]
 
-# the containers suite's Debian image comes from debootstrap (the engines are in DEB_PKGS)
-BENCH_DEBS := debootstrap
+# the containers suite's Debian image comes from debootstrap (the engines are in DEB_PKGS); the
+# aufs suite compares with mergerfs and unionfs-fuse
+BENCH_DEBS := debootstrap mergerfs unionfs-fuse
 bench: build
 	@$(MAKE) --no-print-directory debs DEB_PKGS="$(BENCH_DEBS)"
 	node dist/bench/run.js $(BENCH_ARGS)

@@ -9,6 +9,7 @@ import { overlaySuite, overlayWorkloads, TARGETS_TEXT as OV_TARGETS, URING_WORKL
 import { snapLatency, thinSuite, TARGETS_TEXT as TH_TARGETS } from './thin';
 import { serviceSuite, serviceTable } from './service';
 import { containersSuite, containersTable } from './containers';
+import { aufsSuite } from './aufs';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(name);
@@ -19,7 +20,7 @@ async function main(): Promise<void> {
   if (process.geteuid?.() !== 0) throw new Error('the benchmark drops caches and mounts kernel overlayfs: run it as root');
   const rounds = Number(arg('--rounds', '3'));
   const base = arg('--dir', '/var/tmp/layerfs-bench');
-  const suites = arg('--suite', 'service,containers,passthrough,overlay,overlay-tmpfs,uring,pagecache,thin').split(',');
+  const suites = arg('--suite', 'service,containers,passthrough,overlay,aufs,overlay-tmpfs,uring,pagecache,thin').split(',');
   const out: SuiteResult[] = [];
   const md: string[] = [`# layerfs benchmark ${new Date().toISOString()}`, '', `rounds: ${rounds}, medians; cost = time ratio (or inverse rate ratio): < 1 is faster.`, ''];
   if (suites.includes('service')) {
@@ -45,6 +46,14 @@ async function main(): Promise<void> {
       table(r, 'layerfs', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(base, 'overlay')), OV_TARGETS), '',
       'layerfs passthrough=off:', '', table(r, 'layerfs passthrough=off', ['kernel overlayfs', 'fuse-overlayfs'], overlayWorkloads(path.join(base, 'overlay'))), '',
       'fuse-overlayfs cost vs kernel overlayfs:', '', table(r, 'fuse-overlayfs', ['kernel overlayfs'], overlayWorkloads(path.join(base, 'overlay'))), '');
+  }
+  if (suites.includes('aufs')) {
+    const r = aufsSuite(path.join(base, 'aufs'), rounds);
+    out.push(r);
+    md.push('## aufs mode (1 rw + 3 ro branches): vs overlay mode, mergerfs and unionfs-fuse over the same branches', '',
+      table(r, 'layerfs aufs', ['layerfs overlay', 'mergerfs', 'unionfs-fuse'], overlayWorkloads(path.join(base, 'overlay')).filter((w) => r.results[w.name]),
+        { 'find cold': 'within 10% of overlay mode; faster than mergerfs and unionfs-fuse' }), '',
+      `aufs mode, find cold: ${r.find100.branches4.toFixed(3)} s with 4 branches, ${r.find100.branches100.toFixed(3)} s with 100 (${(r.find100.branches100 / r.find100.branches4).toFixed(2)}×; target ≤ 1.5×)`, '');
   }
   if (suites.includes('overlay-tmpfs') || suites.includes('uring')) {
     // the same suite with every layer on tmpfs: no device latency hides the protocol's cost

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { HELPER, isMounted, layerfs, mountOk, requireFuse, tempDir, unmountAll } from './helpers/mount';
 import { view } from './helpers/overlay';
+import { ensureUser, runAs } from './helpers/users';
 
 function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
@@ -252,6 +253,90 @@ describe('aufs mode', () => {
       const bad = layerfs(['aufs', base]);
       expect(bad.status).toBe(1);
       expect(bad.stderr.trim()).toMatch(/is not an aufs-mode layerfs mount$/);
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+  });
+
+  test('branches changed while mounted: add, del, mod — the kernel never shows a removed branch\'s objects; del is EBUSY while they are used, naming who', () => {
+    const s = stack(d('verbs'));
+    const ro3 = d('verbs/ro3');
+    fs.mkdirSync(d('ro-extra'), { recursive: true });
+    fs.mkdirSync(path.join(ro3, 'etc'), { recursive: true });
+    fs.writeFileSync(path.join(ro3, 'etc/a'), 'a3');
+    fs.writeFileSync(path.join(ro3, 'only3'), 'three');
+    mountOk(['-t', 'aufs', '-o', `br=${s.rw}=rw:${s.ro1}=ro:${s.ro2}=rr`, s.mnt]);
+    const m = (r: string): string => path.join(s.mnt, r);
+    const aufs = (...verbs: string[]): ReturnType<typeof layerfs> => layerfs(['aufs', s.mnt, ...verbs]);
+    const perms = (): string[] => (JSON.parse(aufs('--json').stdout) as { path: string; perm: string }[]).map((b) => `${b.path}=${b.perm}`);
+    try {
+      expect(fs.readFileSync(m('etc/a'), 'utf8')).toBe('a1');
+      expect(fs.readFileSync(m('etc/sub/x'), 'utf8')).toBe('x2');
+      // a new branch between the rw one and ro1: its etc/a now shows, at once
+      let r = aufs(`add:1:${ro3}`);
+      expect(r.status, r.stderr).toBe(0);
+      expect(fs.readFileSync(m('etc/a'), 'utf8')).toBe('a3');
+      expect(fs.readFileSync(m('only3'), 'utf8')).toBe('three');
+      expect(perms()).toEqual([`${s.rw}=rw`, `${ro3}=ro`, `${s.ro1}=ro`, `${s.ro2}=rr`]);
+      // del while a file of it is open, and while a process has its cwd in a dir only it holds
+      const holder = spawnSync('sh', ['-c', `exec 3<${m('only3')}; sleep 30 >/dev/null 2>&1 & echo $!; exec 3<&-`], { encoding: 'utf8' });
+      const pid = Number(holder.stdout.trim());
+      try {
+        r = aufs(`del:${ro3}`);
+        expect(r.status).toBe(1);
+        expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(new RegExp(`branch .*ro3 is busy: pid ${pid} \\(sleep\\) has only3 open`))]);
+      } finally {
+        process.kill(pid, 'SIGKILL');
+      }
+      fs.mkdirSync(path.join(ro3, 'deep'));
+      const cwdHolder = spawnSync('sh', ['-c', `cd ${m('deep')} && (sleep 30 >/dev/null 2>&1 & echo $!)`], { encoding: 'utf8' });
+      const cpid = Number(cwdHolder.stdout.trim());
+      try {
+        r = aufs(`del:${ro3}`);
+        expect(r.status).toBe(1);
+        expect(r.stderr).toMatch(new RegExp(`pid ${cpid} \\(sleep\\) has its cwd in deep`));
+      } finally {
+        process.kill(cpid, 'SIGKILL');
+      }
+      spawnSync('sleep', ['0.2']);
+      const before = fs.statSync(m('only3'));   // the kernel has it cached
+      expect(before.size).toBe(5);
+      r = aufs(`del:${ro3}`);
+      expect(r.status, r.stderr).toBe(0);
+      expect(() => fs.statSync(m('only3'))).toThrow(/ENOENT/);
+      expect(fs.readdirSync(s.mnt)).not.toContain('only3');
+      expect(fs.readFileSync(m('etc/a'), 'utf8')).toBe('a1');
+      // mod: ro -> rr; append at the bottom
+      r = aufs(`mod:${s.ro1}=rr`, `append:${ro3}=ro`);
+      expect(r.status, r.stderr).toBe(0);
+      expect(perms()).toEqual([`${s.rw}=rw`, `${s.ro1}=rr`, `${s.ro2}=rr`, `${ro3}=ro`]);
+      expect(fs.readFileSync(m('etc/a'), 'utf8')).toBe('a1');   // ro3 is below: its etc/a hidden
+      expect(fs.readFileSync(m('only3'), 'utf8')).toBe('three');
+      // refused: one line each, the branches unchanged
+      for (const [verb, re] of [
+        [`del:${s.rw}`, /the writable branch cannot be deleted/],
+        [`add:1:${ro3}`, /already a branch/],
+        [`add:0:${d('ro-extra')}`, /above the writable one/],
+        [`append:${d('verbs/new')}`, /does not exist/],
+        [`prepend:${d('ro-extra')}`, /above the writable one/],
+        [`append:${path.join(s.rw, '.wh..wh.plnk')}`, /branches overlap/],
+        [`add:1:${d('verbs')}`, /branches overlap/],
+        [`append:${s.ro1}=rw`, /second writable branch/],
+        [`del:${d('verbs/none')}`, /is not a branch/],
+        ['frob:1', /unknown verb 'frob:1'/],
+      ] as [string, RegExp][]) {
+        const before2 = perms();
+        r = aufs(verb);
+        expect(r.status, verb).toBe(1);
+        expect(r.stderr.trim().split('\n'), verb).toEqual([expect.stringMatching(re)]);
+        expect(perms(), verb).toEqual(before2);
+      }
+      // only root or the mount's owner changes branches
+      const uid = ensureUser();
+      fs.chmodSync(base, 0o755);
+      const u = runAs(uid, [process.execPath, path.resolve(__dirname, '../dist/src/cli/layerfs.js'), 'aufs', s.mnt, `del:${ro3}`]);
+      expect(u.status).toBe(1);
+      expect(perms()).toContain(`${ro3}=ro`);
     } finally {
       layerfs(['umount', s.mnt]);
     }

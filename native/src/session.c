@@ -818,7 +818,7 @@ struct note { struct note *next; int kind, sid; uint64_t a, b; off_t off, len; c
 static pthread_mutex_t n_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t n_cond = PTHREAD_COND_INITIALIZER;
 static struct note *n_head, *n_tail;
-static int n_started;
+static int n_started, n_busy;   // n_busy: a note is being written
 
 static void *notify_main(void *arg) {
   (void)arg;
@@ -828,6 +828,7 @@ static void *notify_main(void *arg) {
     struct note *n = n_head;
     n_head = n->next;
     if (!n_head) n_tail = NULL;
+    n_busy = 1;
     pthread_mutex_unlock(&n_lock);
     struct conn *c = &sessions[n->sid].conn;
     if (sessions[n->sid].running) {
@@ -837,8 +838,22 @@ static void *notify_main(void *arg) {
     }
     free(n->name);
     free(n);
+    pthread_mutex_lock(&n_lock);
+    n_busy = 0;
+    pthread_mutex_unlock(&n_lock);
   }
   return NULL;
+}
+
+// notifyPending(): notes queued or being written (a caller waits for the kernel to have them)
+static napi_value js_notify_pending(napi_env env, napi_callback_info info) {
+  (void)info;
+  pthread_mutex_lock(&n_lock);
+  int pending = n_head != NULL || n_busy;
+  pthread_mutex_unlock(&n_lock);
+  napi_value v;
+  napi_get_boolean(env, pending, &v);
+  return v;
 }
 
 static void notify_push(struct note *n) {
@@ -1417,5 +1432,6 @@ napi_value session_init_exports(napi_env env, napi_value exports) {
   export_fn(env, exports, "notifyInvalAttr", js_notify_attr);
   export_fn(env, exports, "notifyInvalInode", js_notify_inode);
   export_fn(env, exports, "notifyDelete", js_notify_delete);
+  export_fn(env, exports, "notifyPending", js_notify_pending);
   return exports;
 }

@@ -11,6 +11,8 @@ import { closeDirs, openLocal, within, type Dir } from '../mount/dirs';
 import { checkOpened, overlayBuild, wanted, type ModePolicy } from '../overlay/mount';
 import { AUFS_BASE, aufsCodec } from '../union/whiteout';
 import { AUFS_NAME_MAX, aufsConfig, type AufsConfig } from './options';
+import { applyVerb } from './control';
+import type { Union } from '../union/union';
 
 const PLNK = '.wh..wh.plnk';
 
@@ -67,6 +69,9 @@ export const INTROSPECT_PREFIX = 'user.aufs.';
 export function aufsMount(mnt: string, optionLists: string[], debug: boolean): Mountable {
   const cfg = aufsConfig(optionLists);
   const table = cfg.branches.map((b) => ({ path: b.path, perm: b.perm, attrs: [...(b.wh ? ['wh'] : []), ...(b.nolwh ? ['nolwh'] : [])] }));
-  return withDirs(cfg, mnt, (dirs) => overlayBuild(cfg.overlay, dirs, debug, { source: 'none', subtype: 'layerfs-aufs' }, true,
-    { ...AUFS_POLICY, introspect: { prefix: INTROSPECT_PREFIX, table } }));
+  const introspect: NonNullable<ModePolicy['introspect']> = { prefix: INTROSPECT_PREFIX, table };
+  const m = withDirs(cfg, mnt, (dirs) => overlayBuild(cfg.overlay, dirs, debug, { source: 'none', subtype: 'layerfs-aufs' }, true,
+    { ...AUFS_POLICY, introspect }));
+  introspect.control = (verb) => applyVerb(m.fs as Union, table, m.mountpoint, verb);
+  return m;
 }

@@ -17,7 +17,7 @@ const CREATE = /^(tdp|top-down-parent|rr|round-robin|mfs|most-free-space|tdmfs|p
 const CPUP = /^(tdp|top-down-parent|bup|bottom-up-parent|bu|bottom-up)$/;
 
 /** One branch spec: path[=perm[+attr...]]. */
-function branch(spec: string, index: number): Branch {
+export function branch(spec: string, index: number): Branch {
   const eq = spec.lastIndexOf('=');
   const path = eq < 0 ? spec : spec.slice(0, eq);
   if (!path) throw new UsageError(`bad branch '${spec}': no path`);

@@ -70,6 +70,8 @@ export interface Native {
   notifyInvalAttr(sid: number, nodeid: number): number;
   notifyInvalInode(sid: number, ino: number, off: number, len: number): void;
   notifyDelete(sid: number, parent: number, child: number, name: string): void;
+  /** Notifications queued or being written to the kernel. */
+  notifyPending(): boolean;
   // syscalls
   openat(dirfd: number, path: string, flags: number, mode: number): number;
   openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): number;

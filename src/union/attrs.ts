@@ -7,6 +7,7 @@ import { ST_MODE } from '../sys/stat';
 import type { AttrReply, SetAttr } from '../fuse/filesystem';
 import { SETATTR } from '../fuse/ops';
 import { type UNode } from './nodes';
+import type { Caller } from '../fuse/filesystem';
 import { ROOT_ID } from '../fuse/ops';
 import { procPath } from './whiteout';
 import { isPrivateXattr } from './xattrs';
@@ -69,7 +70,8 @@ export abstract class UnionAttrs extends UnionRename {
     return { path: procPath(t.dirfd, t.name), follow: t.name ? 0 : 1 };
   }
 
-  setxattr(nodeid: number, name: string, value: Buffer, flags: number): void {
+  setxattr(nodeid: number, name: string, value: Buffer, flags: number, caller?: Caller): void {
+    if (caller && this.control(nodeid, name, value, caller)) return;
     if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
     if (isPrivateXattr(name) || (this.opts.ids.p.xattrPermissions && isOverrideXattr(name))) throw new FsError(E.EPERM);
     const n = this.node(nodeid);
@@ -87,7 +89,28 @@ export abstract class UnionAttrs extends UnionRename {
     if (key === 'branch') return Buffer.from(this.layers[held[0] ?? 0].path);
     if (key === 'branches') return Buffer.from(held.map((i) => this.layers[i].path).join('\n'));
     if (key === 'si' && n.id === ROOT_ID) return Buffer.from(JSON.stringify(q.table));
+    if (key === 'error' && n.id === ROOT_ID) return Buffer.from(this.ctlError);
+    // the kernel has every invalidation the last verb sent (they go out asynchronously)
+    if (key === 'settled' && n.id === ROOT_ID) return Buffer.from(native.notifyPending() ? '0' : '1');
     return null;
+  }
+
+  private ctlError = '';
+
+  /** A branch verb (aufs): only from root or the mount's owner. */
+  protected control(nodeid: number, name: string, value: Buffer, caller: Caller): boolean {
+    const q = this.opts.introspect;
+    if (!q || name !== `${q.prefix}ctl`) return false;
+    if (nodeid !== ROOT_ID || !q.control) throw new FsError(E.EINVAL);
+    if (caller.uid !== 0 && caller.uid !== process.geteuid?.()) throw new FsError(E.EPERM);
+    try {
+      q.control(value.toString('utf8'));
+      this.ctlError = '';
+    } catch (e) {
+      this.ctlError = (e as Error).message || String(e);
+      throw e instanceof FsError ? e : new FsError(E.EIO, this.ctlError);
+    }
+    return true;
   }
 
   getxattr(nodeid: number, name: string): Buffer {

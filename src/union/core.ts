@@ -10,7 +10,7 @@ import type { Notifier } from '../fuse/filesystem';
 import { ROOT_ID } from '../fuse/ops';
 import { type AtimePolicy } from '../fuse/atime';
 import { type Identity } from '../sys/identity';
-import { LayerDirs, baseName, dirName, joinPath, type Layer } from './layers';
+import { LayerDirs, assignFsIndexes, baseName, dirName, joinPath, type Layer } from './layers';
 import { detachLink, unionPath, type UNode } from './nodes';
 import { WH_PREFIX, dirOpacity, overlayCodec, procPath, type WhiteoutCodec, type WhiteoutFormat } from './whiteout';
 import { ORIGIN_XATTRS, xattrNames, type XattrNames } from './xattrs';
@@ -45,7 +45,12 @@ export interface UnionOptions {
   reservedWh?: boolean;
   /** aufs: which branch holds a path, as xattrs PREFIX.branch / PREFIX.branches, and the
    * branch table (PREFIX.si on the root) — read with getxattr, never listed. */
-  introspect?: { prefix: string; table: { path: string; perm: string; attrs: string[] }[] };
+  introspect?: {
+    prefix: string;
+    table: { path: string; perm: string; attrs: string[] }[];
+    /** PREFIX.ctl set on the root: a branch verb (src/aufs/control.ts); throws FsError with a message. */
+    control?: (verb: string) => void;
+  };
 }
 
 export const FUSE_DIRECT_IO_ALLOW_MMAP = 2 ** 36, FUSE_PASSTHROUGH = 2 ** 37;
@@ -332,4 +337,56 @@ export abstract class UnionCore {
   protected checkNewName(name: string): void {
     if (this.opts.reservedWh && name.startsWith(WH_PREFIX)) throw new FsError(E.EINVAL);
   }
+
+  /** The node a union path names, among those the kernel knows (no lookup is made). */
+  nodeAt(rel: string): UNode | undefined {
+    let n: UNode | undefined = this.root;
+    for (const c of rel.split('/').filter(Boolean)) n = n?.kids.get(c);
+    return n;
+  }
+
+  /** Index of the layer showing n. */
+  topLayer(n: UNode): number {
+    return n.upper ? UPPER : (n.lowers[0]?.layer ?? UPPER);
+  }
+
+  /**
+   * The lower layers changed while mounted (aufs's branch verbs): every name the kernel knows is
+   * looked up again, parents first (a node keeps its id where its name still shows the same
+   * object), and the kernel is told to drop every cached name, attribute and page.
+   */
+  relayer(lowers: Layer[], added: Layer[] = []): void {
+    this.layers.splice(this.lowerStart, this.layers.length - this.lowerStart, ...lowers);
+    this.layers.forEach((l, i) => { l.index = i; });
+    assignFsIndexes(this.layers);
+    this.listings.clear();
+    const names: [number, string][] = [];
+    const queue: UNode[] = [this.root];
+    this.root.lowers = [];
+    this.watcher?.forget(this.root.id);
+    this.resolveRoot();
+    this.watchLowers(this.root);
+    while (queue.length) {
+      const p = queue.shift()!;
+      // names an added layer brings may sit in the kernel as negative entries: drop those too
+      for (const l of added) {
+        const fd = this.dirs.tryFd(l.index, unionPath(p));
+        const list = fd >= 0 ? native.readdir(fd) : -1;
+        if (typeof list !== 'number') for (const n of list.names) if (n !== '.' && n !== '..' && !p.kids.has(n)) names.push([p.id, n]);
+      }
+      for (const [name, kid] of [...p.kids]) {
+        names.push([p.id, name]);
+        this.watcher?.forget(kid.id);
+        const e = this.entry(p, name);
+        if (e && e.node.type === S_IFDIR) queue.push(e.node);
+      }
+    }
+    for (const x of this.notifiers) {
+      for (const [parent, name] of names) x.invalEntry(parent, name);
+      for (const id of this.nodes.keys()) x.invalData(id);
+    }
+  }
+
+  /** entry(): lookup and merge (lookup.ts) re-resolves a name. */
+  protected abstract entry(p: UNode, name: string): { node: UNode; st: Stat } | null;
 }
