@@ -342,6 +342,40 @@ describe('aufs mode', () => {
     }
   });
 
+  test('udba=notify (the default): a change made directly in a branch shows at once; diropq=a; sum', () => {
+    const s = stack(d('udba'));
+    const tmp = d('udba/tmpfs');
+    fs.mkdirSync(tmp);
+    expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', tmp]).status).toBe(0);
+    try {
+      mountOk(['-t', 'aufs', '-o', `br=${s.rw}=rw:${s.ro1}=ro:${tmp}=ro:${s.ro2}=rr,udba=notify,diropq=a,sum`, s.mnt]);
+      try {
+        const m = (r: string): string => path.join(s.mnt, r);
+        expect(fs.readdirSync(m('etc')).sort()).toEqual(['a', 'sub']);
+        fs.writeFileSync(path.join(s.ro1, 'etc/direct'), 'made in the branch');
+        expect(fs.readdirSync(m('etc')).sort()).toEqual(['a', 'direct', 'sub']);
+        expect(fs.readFileSync(m('etc/direct'), 'utf8')).toBe('made in the branch');
+        // diropq=a: every new dir is opaque, even where no branch below has its name
+        fs.mkdirSync(m('fresh'));
+        expect(fs.existsSync(path.join(s.rw, 'fresh/.wh..wh..opq'))).toBe(true);
+        // sum: the blocks of both filesystems (the branches' disk and the 64 MiB tmpfs)
+        const all = fs.statfsSync(s.mnt), disk = fs.statfsSync(s.rw), t = fs.statfsSync(tmp);
+        expect(all.blocks * all.bsize).toBe(disk.blocks * disk.bsize + Math.floor(t.blocks * t.bsize / disk.bsize) * disk.bsize);
+      } finally {
+        layerfs(['umount', s.mnt]);
+      }
+      // without sum: the first branch's filesystem alone
+      mountOk(['-t', 'aufs', '-o', `br=${s.rw}=rw:${tmp}=ro,nosum,udba=none`, s.mnt]);
+      try {
+        expect(fs.statfsSync(s.mnt).blocks).toBe(fs.statfsSync(s.rw).blocks);
+      } finally {
+        layerfs(['umount', s.mnt]);
+      }
+    } finally {
+      spawnSync('umount', [tmp]);
+    }
+  });
+
   test('read-only: no rw branch', () => {
     const s = stack(d('ro'));
     mountOk(['-t', 'aufs', '-o', `br=${s.ro1}=ro:${s.ro2}=rr`, s.mnt]);

@@ -71,7 +71,7 @@ export function aufsMount(mnt: string, optionLists: string[], debug: boolean): M
   const table = cfg.branches.map((b) => ({ path: b.path, perm: b.perm, attrs: [...(b.wh ? ['wh'] : []), ...(b.nolwh ? ['nolwh'] : [])] }));
   const introspect: NonNullable<ModePolicy['introspect']> = { prefix: INTROSPECT_PREFIX, table };
   const m = withDirs(cfg, mnt, (dirs) => overlayBuild(cfg.overlay, dirs, debug, { source: 'none', subtype: 'layerfs-aufs' }, true,
-    { ...AUFS_POLICY, introspect }));
+    { ...AUFS_POLICY, introspect, alwaysOpaque: cfg.alwaysOpaque, statfsSum: cfg.statfsSum }));
   introspect.control = (verb) => applyVerb(m.fs as Union, table, m.mountpoint, verb);
   return m;
 }

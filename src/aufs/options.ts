@@ -53,12 +53,13 @@ export function splitBranches(lists: string[]): { branches: Branch[]; rest: stri
   return { branches, rest };
 }
 
-export interface AufsConfig { branches: Branch[]; overlay: OverlayConfig }
+export interface AufsConfig { branches: Branch[]; overlay: OverlayConfig; alwaysOpaque: boolean; statfsSum: boolean }
 
 /** Branches + options -> the union's configuration (the rw branch as upper, its work dir inside it). */
 export function aufsConfig(lists: string[]): AufsConfig {
   const { branches, rest } = splitBranches(lists);
   const o: OptionMap = parseOptions([rest.join(',')].filter(Boolean));
+  let alwaysOpaque = false, statfsSum = false;
   for (const [k, v] of [...o]) {
     switch (k) {
       case 'create':
@@ -72,9 +73,13 @@ export function aufsConfig(lists: string[]): AufsConfig {
         o.set('watch', v === 'none' ? '0' : '1');   // changes made in a branch: the inotify watcher
         break;
       case 'diropq':
-        if (v !== 'w' && v !== 'whiteouted') throw new UsageError(`diropq=${String(v)} is not supported (diropq=w: an opaque marker where a lower dir would show)`);
+        if (v === 'a' || v === 'always') alwaysOpaque = true;
+        else if (v !== 'w' && v !== 'whiteouted') throw new UsageError(`bad value for option diropq: ${String(v)} (w or a)`);
         break;
-      case 'dirren': case 'shwh': case 'sum':
+      case 'sum':
+        statfsSum = true;
+        break;
+      case 'dirren': case 'shwh':
         throw new UsageError(`option ${k} is not supported yet in aufs mode`);
       case 'xino': case 'noxino': case 'trunc_xino': case 'notrunc_xino': case 'xino_auto': case 'plink': case 'noplink':
       case 'nosum': case 'nodirren': case 'noshwh': case 'dirperm1': case 'nodirperm1': case 'warn_perm': case 'nowarn_perm':
@@ -96,5 +101,5 @@ export function aufsConfig(lists: string[]): AufsConfig {
   o.set('redirect_dir', 'off');
   const overlay = overlayConfig(o);
   if (rw && lowers.length === 0) overlay.lowers = [];   // a single rw branch
-  return { branches, overlay };
+  return { branches, overlay, alwaysOpaque, statfsSum };
 }

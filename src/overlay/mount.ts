@@ -60,6 +60,8 @@ export interface ModePolicy {
   nameMax?: number;
   reservedWh?: boolean;
   introspect?: UnionOptions['introspect'];
+  alwaysOpaque?: boolean;
+  statfsSum?: boolean;
 }
 
 /** Checks the opened layer dirs and the mountpoint against each other, by their fds. */
@@ -208,6 +210,8 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
       nameMax: policy.nameMax,
       reservedWh: policy.reservedWh,
       introspect: policy.introspect,
+      alwaysOpaque: policy.alwaysOpaque,
+      statfsSum: policy.statfsSum,
     }, id, indexFd);
   } catch (e) {
     for (const fd of [...layers.map((l) => l.fd), workFd, indexFd]) if (fd >= 0) native.close(fd);

@@ -43,6 +43,10 @@ export interface UnionOptions {
   nameMax?: number;
   /** Names starting with `.wh.` cannot be made (aufs: EINVAL). */
   reservedWh?: boolean;
+  /** Every new directory gets an opaque marker (aufs diropq=a), not only where a lower one shows. */
+  alwaysOpaque?: boolean;
+  /** statfs sums every distinct filesystem among the layers (aufs sum). */
+  statfsSum?: boolean;
   /** aufs: which branch holds a path, as xattrs PREFIX.branch / PREFIX.branches, and the
    * branch table (PREFIX.si on the root) — read with getxattr, never listed. */
   introspect?: {

@@ -59,7 +59,7 @@ export abstract class UnionCreate extends UnionCopyUp {
     // as the kernel: a new dir over a whiteout must hide what is below; in a merged parent it is
     // made opaque too (the kernel's optimisation, kept so the upper looks the same)
     const merged = p.upper && p.lowers.length > 0 && !p.opaque;
-    const opaqueNeeded = type === S_IFDIR && (overChar || overWh || merged || this.lowerHas(p, name));
+    const opaqueNeeded = type === S_IFDIR && (overChar || overWh || merged || !!this.opts.alwaysOpaque || this.lowerHas(p, name));
     if (!overChar) {
       const r = asCaller(this.id, caller, () => make(pfd, name));
       if (r < 0) throw new FsError(-r);

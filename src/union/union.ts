@@ -105,6 +105,18 @@ export class Union extends UnionAttrs implements Filesystem {
   statfs(): Float64Array {
     const out = new Float64Array(STATFS_LEN);
     check(native.fstatvfs(this.layers[0].fd, out));
+    if (this.opts.statfsSum) {
+      // aufs's sum: every distinct filesystem among the layers, counted in the first one's blocks
+      const seen = new Set([this.layers[0].dev]);
+      const st = new Float64Array(STATFS_LEN);
+      for (const l of this.layers) {
+        if (seen.has(l.dev) || native.fstatvfs(l.fd, st) < 0) continue;
+        seen.add(l.dev);
+        const scale = st[1] / out[1];
+        for (const i of [2, 3, 4]) out[i] += Math.floor(st[i] * scale);
+        for (const i of [5, 6, 7]) out[i] += st[i];
+      }
+    }
     return out;
   }
 }
