@@ -376,6 +376,30 @@ describe('aufs mode', () => {
     }
   });
 
+  test('hard links of a ro branch stay linked across copy-up and a remount (aufs plink)', () => {
+    const s = stack(d('plink'));
+    const m = (r: string): string => path.join(s.mnt, r);
+    mountOk(['-t', 'aufs', '-o', `br=${s.rw}=rw:${s.ro1}=ro:${s.ro2}=ro,plink`, s.mnt]);
+    try {
+      expect(fs.statSync(m('usr/conf')).ino).toBe(fs.statSync(m('usr/conf.hl')).ino);
+      fs.appendFileSync(m('usr/conf'), '+more');
+      expect(fs.readFileSync(m('usr/conf.hl'), 'utf8')).toBe('conf1+more');
+      expect(fs.statSync(m('usr/conf.hl')).nlink).toBe(2);
+      expect(fs.readFileSync(path.join(s.ro1, 'usr/conf'), 'utf8')).toBe('conf1');   // the branch untouched
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+    mountOk(['-t', 'aufs', '-o', `br=${s.rw}=rw:${s.ro1}=ro:${s.ro2}=ro`, s.mnt]);
+    try {
+      expect(fs.readFileSync(m('usr/conf.hl'), 'utf8')).toBe('conf1+more');
+      fs.appendFileSync(m('usr/conf.hl'), '!');
+      expect(fs.readFileSync(m('usr/conf'), 'utf8')).toBe('conf1+more!');
+      expect(fs.statSync(m('usr/conf')).ino).toBe(fs.statSync(m('usr/conf.hl')).ino);
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+  });
+
   test('read-only: no rw branch', () => {
     const s = stack(d('ro'));
     mountOk(['-t', 'aufs', '-o', `br=${s.ro1}=ro:${s.ro2}=rr`, s.mnt]);
