@@ -365,7 +365,8 @@ static int service_off(void) {
   return v && (!strcmp(v, "off") || !strcmp(v, "0") || !strcmp(v, "no"));
 }
 
-// layerfs-overlay [-f] [-d] -o OPTS [SOURCE] MNT, or SOURCE MNT -o OPTS (mount.fuse3's order)
+// layerfs-overlay [-f] [-d] -o OPTS [SOURCE] MNT, or SOURCE MNT -o OPTS (mount.fuse3's order);
+// layerfs-aufs takes the same forms (prog says which)
 static int overlay_main(int argc, char **argv) {
   static char *opts[MAX_FIELDS], *pos[8];
   int nopts = 0, npos = 0, fg = 0;
@@ -376,7 +377,7 @@ static int overlay_main(int argc, char **argv) {
       if (i + 1 >= argc) die("-o needs a value");
       if (nopts < MAX_FIELDS) opts[nopts++] = argv[++i];
     } else if (!strncmp(a, "-o", 2)) { if (nopts < MAX_FIELDS) opts[nopts++] = (char *)a + 2; }
-    else if (!strcmp(a, "-V") || !strcmp(a, "--version")) {   // engines ask before every mount: no Node for it
+    else if ((!strcmp(a, "-V") || !strcmp(a, "--version")) && !strcmp(prog, "layerfs-overlay")) {   // engines ask before every mount: no Node for it
       printf("layerfs-overlay: fuse-overlayfs-compatible layerfs %s\n", LAYERFS_VERSION);
       return 0;
     } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) fg = 1;
@@ -384,8 +385,8 @@ static int overlay_main(int argc, char **argv) {
     else if (npos < 8) pos[npos++] = (char *)a;
     else npos++;
   }
-  if (fg || service_off() || npos < 1 || npos > 2) exec_node("layerfs-overlay", argc, argv);
-  return service_mount(npos == 2 ? pos[0] : "layerfs-overlay", pos[npos - 1], opts, nopts);
+  if (fg || service_off() || npos < 1 || npos > 2) exec_node(prog, argc, argv);
+  return service_mount(npos == 2 ? pos[0] : !strcmp(prog, "layerfs-aufs") ? "none" : prog, pos[npos - 1], opts, nopts);
 }
 
 // layerfs mount [-o OPTS]... MNT goes to the service; layerfs ps asks it; the rest is Node's
@@ -405,12 +406,14 @@ static int layerfs_main(int argc, char **argv) {
       if (nopts < MAX_FIELDS) opts[nopts++] = argv[++i];
     } else if (!strncmp(a, "--options=", 10)) { if (nopts < MAX_FIELDS) opts[nopts++] = (char *)a + 10; }
     else if (!strncmp(a, "-o", 2) && a[2]) { if (nopts < MAX_FIELDS) opts[nopts++] = (char *)a + 2; }
-    else if (a[0] == '-' && a[1]) exec_node("layerfs", argc, argv);   // -f, -d, --passthrough, -h ...
+    else if ((!strcmp(a, "-t") || !strcmp(a, "--type")) && i + 1 < argc && (!strcmp(argv[i + 1], "aufs") || !strcmp(argv[i + 1], "overlay"))) {
+      if (!strcmp(argv[++i], "aufs")) prog = "layerfs-aufs";   // served by the service too, as aufs
+    } else if (a[0] == '-' && a[1]) exec_node("layerfs", argc, argv);   // -f, -d, --passthrough, -h ...
     else if (npos < 8) pos[npos++] = (char *)a;
     else npos++;
   }
   if (npos != 1) exec_node("layerfs", argc, argv);   // its usage line
-  return service_mount("layerfs", pos[0], opts, nopts);
+  return service_mount(!strcmp(prog, "layerfs-aufs") ? "none" : "layerfs", pos[0], opts, nopts);
 }
 
 int main(int argc, char **argv) {
@@ -423,8 +426,10 @@ int main(int argc, char **argv) {
     prog = "layerfs-overlay";
     return overlay_main(argc, argv);
   }
-  // aufs mode runs its own daemon (the resident service serves overlay mounts)
-  if (!strcmp(me, "layerfs-aufs")) exec_node("layerfs-aufs", argc, argv);
+  if (!strcmp(me, "layerfs-aufs")) {   // mount(8)'s form for aufs mode
+    prog = "layerfs-aufs";
+    return overlay_main(argc, argv);
+  }
   if (argc >= 2 && !strcmp(argv[1], "--as-overlay")) {   // the Node CLI hands a layerfs-overlay argv over
     prog = "layerfs-overlay";
     argv[1] = argv[0];

@@ -7,7 +7,7 @@ import { check } from '../sys/errors';
 import { E, O_CREAT, O_EXCL, O_NOFOLLOW, O_WRONLY } from '../sys/constants';
 import type { Mountable } from '../mount/lifecycle';
 import { UsageError } from '../mount/validate';
-import { closeDirs, openLocal, within, type Dir } from '../mount/dirs';
+import { closeDirs, openLocal, within, type Dir, type Want } from '../mount/dirs';
 import { checkOpened, overlayBuild, wanted, type ModePolicy } from '../overlay/mount';
 import { AUFS_BASE, aufsCodec } from '../union/whiteout';
 import { AUFS_NAME_MAX, aufsConfig, type AufsConfig } from './options';
@@ -47,10 +47,36 @@ export const AUFS_POLICY: ModePolicy = {
   reservedWh: true,
 };
 
-function withDirs<T>(cfg: AufsConfig, mnt: string, fn: (dirs: Dir[]) => T): T {
-  const dirs = openLocal(wanted(cfg.overlay, mnt).map((w) => (w.what === 'lowerdir' || w.what === 'upperdir' ? { ...w, what: 'branch' } : w)));
+/** The dirs an aufs mount needs opened (branches, mountpoint): named "branch" in messages. */
+export function aufsPrepare(mnt: string, optionLists: string[]): { cfg: AufsConfig; wants: Want[] } {
+  const cfg = aufsConfig(optionLists);
+  const wants = wanted(cfg.overlay, mnt).map((w) => (w.what === 'lowerdir' || w.what === 'upperdir' ? { ...w, what: 'branch' } : w));
+  return { cfg, wants };
+}
+
+/** The xattr names that tell which branch holds a path (and the branch table, on the root). */
+export const INTROSPECT_PREFIX = 'user.aufs.';
+
+/** Builds the union over dirs opened by whoever asked (this process, or the helper for the service). */
+export function aufsBuild(cfg: AufsConfig, dirs: Dir[], debug: boolean, source: string, local: boolean): Mountable {
+  const table = cfg.branches.map((b) => ({ path: b.path, perm: b.perm, attrs: [...(b.wh ? ['wh'] : []), ...(b.nolwh ? ['nolwh'] : [])] }));
+  // the opener's view of each branch path (the helper resolves them as the caller)
+  // (opened in the overlay order: the lowers, then the rw branch)
+  const opened = dirs.filter((d) => d.what === 'branch');
+  const ordered = cfg.branches[0].perm === 'rw' ? [...opened.slice(-1), ...opened.slice(0, -1)] : opened;
+  if (ordered.length === table.length) ordered.forEach((d, i) => { table[i].path = d.path; });
+  const introspect: NonNullable<ModePolicy['introspect']> = { prefix: INTROSPECT_PREFIX, table };
+  const m = overlayBuild(cfg.overlay, dirs, debug, { source, subtype: 'layerfs-aufs' }, local,
+    { ...AUFS_POLICY, introspect, alwaysOpaque: cfg.alwaysOpaque, statfsSum: cfg.statfsSum });
+  introspect.control = (verb) => applyVerb(m.fs as Union, table, m.mountpoint, verb);
+  return m;
+}
+
+function withDirs<T>(mnt: string, optionLists: string[], fn: (cfg: AufsConfig, dirs: Dir[]) => T): T {
+  const { cfg, wants } = aufsPrepare(mnt, optionLists);
+  const dirs = openLocal(wants);
   try {
-    return fn(dirs);
+    return fn(cfg, dirs);
   } finally {
     closeDirs(dirs);
   }
@@ -58,20 +84,13 @@ function withDirs<T>(cfg: AufsConfig, mnt: string, fn: (dirs: Dir[]) => T): T {
 
 /** Checks everything an aufs mount needs, touching nothing. */
 export function aufsCheck(mnt: string, optionLists: string[]): void {
-  const cfg = aufsConfig(optionLists);
-  withDirs(cfg, mnt, (dirs) => checkOpened(cfg.overlay, dirs, AUFS_POLICY));
-  for (const w of cfg.overlay.warnings) process.stderr.write(`layerfs: warning: ${w}\n`);
+  const warnings = withDirs(mnt, optionLists, (cfg, dirs) => {
+    checkOpened(cfg.overlay, dirs, AUFS_POLICY);
+    return cfg.overlay.warnings;
+  });
+  for (const w of warnings) process.stderr.write(`layerfs: warning: ${w}\n`);
 }
 
-/** The xattr names that tell which branch holds a path (and the branch table, on the root). */
-export const INTROSPECT_PREFIX = 'user.aufs.';
-
-export function aufsMount(mnt: string, optionLists: string[], debug: boolean): Mountable {
-  const cfg = aufsConfig(optionLists);
-  const table = cfg.branches.map((b) => ({ path: b.path, perm: b.perm, attrs: [...(b.wh ? ['wh'] : []), ...(b.nolwh ? ['nolwh'] : [])] }));
-  const introspect: NonNullable<ModePolicy['introspect']> = { prefix: INTROSPECT_PREFIX, table };
-  const m = withDirs(cfg, mnt, (dirs) => overlayBuild(cfg.overlay, dirs, debug, { source: 'none', subtype: 'layerfs-aufs' }, true,
-    { ...AUFS_POLICY, introspect, alwaysOpaque: cfg.alwaysOpaque, statfsSum: cfg.statfsSum }));
-  introspect.control = (verb) => applyVerb(m.fs as Union, table, m.mountpoint, verb);
-  return m;
+export function aufsMount(mnt: string, optionLists: string[], debug: boolean, source = 'none'): Mountable {
+  return withDirs(mnt, optionLists, (cfg, dirs) => aufsBuild(cfg, dirs, debug, source, true));
 }

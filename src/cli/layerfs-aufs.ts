@@ -4,6 +4,7 @@
 // `layerfs mount -t aufs -o OPTS MNT`. It exits 0 only once the mount answers.
 import { DAEMON_FLAG, runMount } from '../mount/lifecycle';
 import { aufsCheck, aufsMount } from '../aufs/mount';
+import { viaHelper } from '../service/client';
 
 function fail(msg: string): never {
   process.stderr.write(`layerfs-aufs: ${msg}\n`);
@@ -36,8 +37,9 @@ async function main(): Promise<void> {
   const mnt = positional[positional.length - 1];
   await runMount({
     daemon, argv, name: 'layerfs-aufs', foreground: foreground || debug,
+    service: () => viaHelper('layerfs-aufs', argv),
     check: () => aufsCheck(mnt, options),
-    build: () => aufsMount(mnt, options, debug),
+    build: () => aufsMount(mnt, options, debug, positional.length === 2 ? positional[0] : 'none'),
   });
 }
 

@@ -82,7 +82,7 @@ async function main(argv: string[]): Promise<void> {
     .action((args: string[], f: MountFlags) => runMount({
       daemon: isDaemon, argv: argv.slice(2), name: 'layerfs', foreground: !!(f.foreground || f.debug),
       check: () => checkMount(args, f), build: () => buildMount(args, f),
-      service: f.passthrough || f.type === 'aufs' ? undefined : () => viaHelper('layerfs', argv.slice(2)),
+      service: f.passthrough ? undefined : () => viaHelper('layerfs', argv.slice(2)),
     }));
   program.command('ps')
     .description("the resident service's mounts: mountpoint, mode, caller pid, open handles, requests, layers")

@@ -13,7 +13,7 @@ export function serviceWanted(): boolean {
 }
 
 /** Runs the helper as PROG with args (its stdio is ours) and exits with its status. */
-export function viaHelper(prog: 'layerfs' | 'layerfs-overlay', args: string[]): never {
+export function viaHelper(prog: 'layerfs' | 'layerfs-overlay' | 'layerfs-aufs', args: string[]): never {
   if (!fs.existsSync(HELPER)) {
     process.stderr.write(`${prog}: ${HELPER} is missing: run 'make build'\n`);
     process.exit(1);

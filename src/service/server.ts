@@ -11,6 +11,8 @@ import { withEnv } from '../mount/env';
 import { closeDirs, dirError, type Dir, type Want } from '../mount/dirs';
 import type { Mountable } from '../mount/lifecycle';
 import { overlayBuild, overlayPrepare } from '../overlay/mount';
+import { aufsBuild, aufsPrepare } from '../aufs/mount';
+import type { AufsConfig } from '../aufs/options';
 import type { OverlayConfig } from '../overlay/options';
 import { MountTable } from './table';
 import { FsError, errnoName } from '../sys/errors';
@@ -23,6 +25,7 @@ interface Conversation {
   step: 'opened' | 'fuse' | 'ready';   // what the helper is to send next ('ready': served)
   pid: number;
   prog: string;
+  aufs?: AufsConfig;    // an aufs-mode mount (prog layerfs-aufs)
   source: string;
   vars: NodeJS.ProcessEnv;
   cfg?: OverlayConfig;
@@ -126,8 +129,11 @@ export class Service {
       }
       const conv: Conversation = { step: 'opened', pid: parentOf(pid), prog: f[1], source: f[2], vars };
       this.convs.set(conn, conv);
-      const { cfg, wants } = withEnv(vars, () => overlayPrepare(f[3], opts));
+      // layerfs-aufs: aufs mode (its branches are the union's layers, its policy aufs's)
+      const aufs = f[1] === 'layerfs-aufs' ? withEnv(vars, () => aufsPrepare(f[3], opts)) : null;
+      const { cfg, wants } = aufs ? { cfg: aufs.cfg.overlay, wants: aufs.wants } : withEnv(vars, () => overlayPrepare(f[3], opts));
       conv.cfg = cfg;
+      conv.aufs = aufs?.cfg;
       conv.wants = wants;
       // the helper prints the option warnings on the caller's stderr
       this.reply(conn, ['open', String(cfg.warnings.length), ...cfg.warnings, ...wants.flatMap((w) => [w.mode, w.path])]);
@@ -167,7 +173,8 @@ export class Service {
         if (k >= fds.length) throw new Error('the helper passed too few fds');
         dirs.push({ what: w.what, path: f[2 + 2 * i] || w.path, fd: fds[k++] });
       }
-      c.built = withEnv(c.vars, () => overlayBuild(c.cfg!, dirs, false, { source: c.source, subtype: c.prog }));
+      c.built = withEnv(c.vars, () => (c.aufs ? aufsBuild(c.aufs, dirs, false, c.source, false)
+        : overlayBuild(c.cfg!, dirs, false, { source: c.source, subtype: c.prog })));
     } finally {
       closeDirs(dirs);
       for (let i = k; i < fds.length; i++) native.close(fds[i]);
@@ -182,7 +189,7 @@ export class Service {
     c.session = s;
     c.step = 'ready';
     m.onSession?.(s);
-    const entry = this.table.add(s, { mode: 'overlay', prog: c.prog, source: c.source, pid: c.pid, cfg: c.cfg! });
+    const entry = this.table.add(s, { mode: c.aufs ? 'aufs' : 'overlay', prog: c.prog, source: c.source, pid: c.pid, cfg: c.cfg! });
     s.ready.then(() => {
       this.reply(conn, ['ok']);
       native.serviceClose(conn);
