@@ -196,6 +196,9 @@ describe('aufs mode', () => {
       expect(() => fs.renameSync(m('etc'), m('etc2'))).toThrow(/EXDEV/);
       expect(fs.readdirSync(s.mnt)).not.toContain('.wh..wh.aufs');
       expect(fs.readFileSync('/proc/self/mounts', 'utf8')).toContain(`none ${s.mnt} fuse.layerfs-aufs `);
+      // served by the resident service, as overlay mounts are
+      const ps = spawnSync(HELPER, ['ps', '--json'], { encoding: 'utf8' });
+      expect((JSON.parse(ps.stdout) as { mounts: { mountpoint: string; mode: string }[] }).mounts).toContainEqual(expect.objectContaining({ mountpoint: s.mnt, mode: 'aufs' }));
     } finally {
       layerfs(['umount', s.mnt]);
     }
