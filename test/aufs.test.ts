@@ -379,13 +379,17 @@ describe('aufs mode', () => {
     }
   });
 
-  test('hard links of a ro branch stay linked across copy-up and a remount (aufs plink)', () => {
+  test('hard links of a ro branch stay linked across copy-up and a remount (aufs plink); inode numbers stay (xino)', () => {
     const s = stack(d('plink'));
     const m = (r: string): string => path.join(s.mnt, r);
     mountOk(['-t', 'aufs', '-o', `br=${s.rw}=rw:${s.ro1}=ro:${s.ro2}=ro,plink`, s.mnt]);
     try {
       expect(fs.statSync(m('usr/conf')).ino).toBe(fs.statSync(m('usr/conf.hl')).ino);
+      const ino = fs.statSync(m('usr/conf')).ino, other = fs.statSync(m('etc/a')).ino;
       fs.appendFileSync(m('usr/conf'), '+more');
+      fs.appendFileSync(m('etc/a'), '+');
+      // xino: inode numbers stay across copy-up
+      expect([fs.statSync(m('usr/conf')).ino, fs.statSync(m('etc/a')).ino]).toEqual([ino, other]);
       expect(fs.readFileSync(m('usr/conf.hl'), 'utf8')).toBe('conf1+more');
       expect(fs.statSync(m('usr/conf.hl')).nlink).toBe(2);
       expect(fs.readFileSync(path.join(s.ro1, 'usr/conf'), 'utf8')).toBe('conf1');   // the branch untouched
