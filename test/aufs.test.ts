@@ -9,18 +9,9 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { HELPER, isMounted, layerfs, mountOk, requireFuse, tempDir, unmountAll } from './helpers/mount';
 import { view } from './helpers/overlay';
+import { mulberry32 } from './helpers/random';
 import { ensureUser, runAs } from './helpers/users';
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const DIRS = ['', 'etc', 'etc/sub', 'usr', 'usr/lib', 'var', 'opq', 'new'];
 const NAMES = ['a', 'b', 'c', 'conf', 'lib.so', 'sub', 'lib', 'x', 'y'];

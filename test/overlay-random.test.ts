@@ -12,17 +12,8 @@ import { RENAME_EXCHANGE, RENAME_NOREPLACE } from '../src/sys/constants';
 import { requireFuse, tempDir, unmountAll } from './helpers/mount';
 import { buildLowers, mountSide, prepareSide, unmountSide, upperView, view } from './helpers/overlay';
 import { ensureUser } from './helpers/users';
+import { mulberry32 } from './helpers/random';
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const LONG = 'L'.repeat(255), TOO_LONG = 'L'.repeat(256);
 // Not 'xw' (a dir with kernel xattr whiteouts in a lower layer): the kernel lists it empty once

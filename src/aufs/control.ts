@@ -11,9 +11,7 @@ import { openLayer, type Layer } from '../union/layers';
 import type { Union } from '../union/union';
 import { within } from '../mount/dirs';
 import { native } from '../sys/native';
-import { branch } from './options';
-
-export interface BranchRow { path: string; perm: string; attrs: string[] }
+import { branch, branchRow, type BranchRow } from './options';
 
 /** A verb refused: errno for the setxattr, the message for user.aufs.error. */
 const refuse = (errno: number, text: string): never => {
@@ -89,7 +87,7 @@ export function applyVerb(u: Union, table: BranchRow[], mnt: string, verb: strin
     const i = indexOf(table, arg.slice(0, eq));
     const b = branch(`${table[i].path}=${arg.slice(eq + 1)}`, i);
     if ((b.perm === 'rw') !== (table[i].perm === 'rw')) refuse(E.EINVAL, 'changing which branch is writable is not supported yet in aufs mode');
-    table[i] = { path: table[i].path, perm: b.perm, attrs: [...(b.wh ? ['wh'] : []), ...(b.nolwh ? ['nolwh'] : [])] };
+    table[i] = branchRow(b, table[i].path);
     return;
   }
   let index: number, spec: string;
@@ -127,5 +125,5 @@ export function applyVerb(u: Union, table: BranchRow[], mnt: string, verb: strin
   const ls = lowers();
   ls.splice(index - (hasRw ? 1 : 0), 0, layer);
   u.relayer(ls, [layer]);
-  table.splice(index, 0, { path: layer.path, perm: b.perm, attrs: [...(b.wh ? ['wh'] : []), ...(b.nolwh ? ['nolwh'] : [])] });
+  table.splice(index, 0, branchRow(b, layer.path));
 }

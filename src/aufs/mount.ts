@@ -10,7 +10,7 @@ import { UsageError } from '../mount/validate';
 import { closeDirs, openLocal, within, type Dir, type Want } from '../mount/dirs';
 import { checkOpened, overlayBuild, wanted, type ModePolicy } from '../overlay/mount';
 import { AUFS_BASE, aufsCodec } from '../union/whiteout';
-import { AUFS_NAME_MAX, aufsConfig, type AufsConfig } from './options';
+import { AUFS_NAME_MAX, aufsConfig, branchRow, type AufsConfig } from './options';
 import { applyVerb } from './control';
 import type { Union } from '../union/union';
 
@@ -59,7 +59,7 @@ export const INTROSPECT_PREFIX = 'user.aufs.';
 
 /** Builds the union over dirs opened by whoever asked (this process, or the helper for the service). */
 export function aufsBuild(cfg: AufsConfig, dirs: Dir[], debug: boolean, source: string, local: boolean): Mountable {
-  const table = cfg.branches.map((b) => ({ path: b.path, perm: b.perm, attrs: [...(b.wh ? ['wh'] : []), ...(b.nolwh ? ['nolwh'] : [])] }));
+  const table = cfg.branches.map((b) => branchRow(b));
   // the opener's view of each branch path (the helper resolves them as the caller)
   // (opened in the overlay order: the lowers, then the rw branch)
   const opened = dirs.filter((d) => d.what === 'branch');

@@ -10,6 +10,13 @@ import { overlayConfig, type OverlayConfig } from '../overlay/options';
 export type Perm = 'rw' | 'ro' | 'rr';
 export interface Branch { path: string; perm: Perm; wh: boolean; nolwh: boolean }
 
+/** A branch as the introspection table shows it (`layerfs aufs MNT`). */
+export interface BranchRow { path: string; perm: string; attrs: string[] }
+
+export function branchRow(b: Branch, path = b.path): BranchRow {
+  return { path, perm: b.perm, attrs: [...(b.wh ? ['wh'] : []), ...(b.nolwh ? ['nolwh'] : [])] };
+}
+
 export const MAX_BRANCHES = 127;
 export const AUFS_NAME_MAX = 242;
 

@@ -1,8 +1,7 @@
 #!/usr/bin/env node
 // `layerfs`: mount, umount (and later thin, diff, doctor).
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Command } from 'commander';
+import { VERSION } from './mount-argv';
 import { DAEMON_FLAG, runMount, type Mountable } from '../mount/lifecycle';
 import { unmount } from '../mount/unmount';
 import { passthroughMount } from '../passthrough/mount';
@@ -14,9 +13,6 @@ import { registerLayer } from '../layer/cli';
 import { registerAufs } from '../aufs/cli';
 import { viaHelper } from '../service/client';
 import { runService } from '../service/server';
-
-// dist/src/cli -> the package's own package.json
-const VERSION = (JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../package.json'), 'utf8')) as { version: string }).version;
 
 function fail(msg: string): never {
   process.stderr.write(`layerfs: ${msg}\n`);

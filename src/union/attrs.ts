@@ -13,7 +13,7 @@ import { procPath } from './whiteout';
 import { isPrivateXattr } from './xattrs';
 import { formatOverride, isOverrideXattr } from './ids';
 import { ST_GID, ST_UID } from '../sys/stat';
-import { NOFOLLOW } from './core';
+import { NOFOLLOW, UPPER } from './core';
 import { UnionRename } from './rename';
 
 export abstract class UnionAttrs extends UnionRename {
@@ -70,8 +70,8 @@ export abstract class UnionAttrs extends UnionRename {
     return { path: procPath(t.dirfd, t.name), follow: t.name ? 0 : 1 };
   }
 
-  setxattr(nodeid: number, name: string, value: Buffer, flags: number, caller?: Caller): void {
-    if (caller && this.control(nodeid, name, value, caller)) return;
+  setxattr(nodeid: number, name: string, value: Buffer, flags: number, caller: Caller): void {
+    if (this.control(nodeid, name, value, caller)) return;
     if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
     if (isPrivateXattr(name) || (this.opts.ids.p.xattrPermissions && isOverrideXattr(name))) throw new FsError(E.EPERM);
     const n = this.node(nodeid);
@@ -85,9 +85,8 @@ export abstract class UnionAttrs extends UnionRename {
     const q = this.opts.introspect;
     if (!q || !name.startsWith(q.prefix)) return null;
     const key = name.slice(q.prefix.length);
-    const held = [...(n.upper ? [0] : []), ...n.lowers.map((l) => l.layer)];
-    if (key === 'branch') return Buffer.from(this.layers[held[0] ?? 0].path);
-    if (key === 'branches') return Buffer.from(held.map((i) => this.layers[i].path).join('\n'));
+    if (key === 'branch') return Buffer.from(this.layers[this.topLayer(n)].path);
+    if (key === 'branches') return Buffer.from([...(n.upper ? [UPPER] : []), ...n.lowers.map((l) => l.layer)].map((i) => this.layers[i].path).join('\n'));
     if (key === 'si' && n.id === ROOT_ID) return Buffer.from(JSON.stringify(q.table));
     if (key === 'error' && n.id === ROOT_ID) return Buffer.from(this.ctlError);
     // the kernel has every invalidation the last verb sent (they go out asynchronously)
