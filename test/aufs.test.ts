@@ -9,12 +9,16 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { HELPER, isMounted, layerfs, mountOk, requireFuse, tempDir, unmountAll } from './helpers/mount';
 import { view } from './helpers/overlay';
-import { mulberry32 } from './helpers/random';
+import { randomOps, run, type OpSpace } from './helpers/union-ops';
 import { ensureUser, runAs } from './helpers/users';
 
 
-const DIRS = ['', 'etc', 'etc/sub', 'usr', 'usr/lib', 'var', 'opq', 'new'];
-const NAMES = ['a', 'b', 'c', 'conf', 'lib.so', 'sub', 'lib', 'x', 'y'];
+const SPACE: OpSpace = {
+  known: ['etc/a', 'etc/sub/x', 'usr/lib/lib.so', 'var/y', 'var/x', 'opq/a', 'usr/conf', 'usr/conf.hl', 'etc/b'],
+  dirs: ['', 'etc', 'etc/sub', 'usr', 'usr/lib', 'var', 'opq'],
+  names: ['a', 'b', 'c', 'conf', 'lib.so', 'sub', 'lib', 'x', 'y'],
+  rmrf: ['etc/sub', 'opq', 'var', 'new'],
+};
 
 /** Two ro branches with overlapping dirs, a file hidden by a whiteout, and a hard link. */
 function buildBranches(base: string): void {
@@ -27,65 +31,6 @@ function buildBranches(base: string): void {
   w('ro1/etc/a', 'a1'); w('ro1/usr/conf', 'conf1'); w('ro1/var/x', 'x1'); w('ro1/opq/.wh..wh..opq', '');
   w('ro1/opq/a', 'a1'); w('ro1/etc/.wh.b', '');
   fs.linkSync(path.join(base, 'ro1/usr/conf'), path.join(base, 'ro1/usr/conf.hl'));
-}
-
-/** One op in a child process (the mounts are served by their own daemons). */
-const RUNNER = `
-const fs = require('fs'), path = require('path');
-const [root, json] = process.argv.slice(1);
-const out = [];
-for (const o of JSON.parse(json)) {
-  const p = (r) => path.join(root, r);
-  try {
-    switch (o.op) {
-      case 'write': fs.writeFileSync(p(o.a), o.data); break;
-      case 'append': fs.appendFileSync(p(o.a), o.data); break;
-      case 'unlink': fs.unlinkSync(p(o.a)); break;
-      case 'mkdir': fs.mkdirSync(p(o.a), 0o755); break;
-      case 'rmdir': fs.rmdirSync(p(o.a)); break;
-      case 'rmrf': fs.rmSync(p(o.a), { recursive: true }); break;
-      case 'rename': fs.renameSync(p(o.a), p(o.b)); break;
-      case 'chmod': fs.chmodSync(p(o.a), o.mode); break;
-      case 'symlink': fs.symlinkSync(o.b, p(o.a)); break;
-      case 'link': fs.linkSync(p(o.a), p(o.b)); break;
-      case 'truncate': fs.truncateSync(p(o.a), o.mode); break;
-      case 'read': out.push(fs.readFileSync(p(o.a), 'utf8')); continue;
-      case 'list': out.push(fs.readdirSync(p(o.a)).sort().join(',')); continue;
-    }
-    out.push('ok');
-  } catch (e) { out.push(e.code); }
-}
-process.stdout.write(JSON.stringify(out));
-`;
-
-function run(root: string, ops: unknown[]): string[] {
-  const r = spawnSync(process.execPath, ['-e', RUNNER, root, JSON.stringify(ops)], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(r.stderr);
-  return JSON.parse(r.stdout);
-}
-
-function randomOps(seed: number, n: number): unknown[] {
-  const rnd = mulberry32(seed);
-  const pick = <T>(xs: T[]): T => xs[Math.floor(rnd() * xs.length)];
-  // mostly names that exist (in a branch, or made earlier in the sequence), so most ops do something
-  const known = ['etc/a', 'etc/sub/x', 'usr/lib/lib.so', 'var/y', 'var/x', 'opq/a', 'usr/conf', 'usr/conf.hl', 'etc/b'];
-  const dirs = DIRS.filter((x) => x && x !== 'new');
-  const fresh = (): string => path.join(pick(['', ...dirs]), pick(NAMES));
-  const rel = (): string => (rnd() < 0.6 ? pick(known) : fresh());
-  const ops: unknown[] = [];
-  for (let i = 0; i < n; i++) {
-    const op = pick(['write', 'write', 'write', 'append', 'append', 'unlink', 'mkdir', 'rmdir', 'rename', 'rename', 'chmod', 'symlink', 'link', 'truncate', 'read', 'list', ...(rnd() < 0.3 ? ['rmrf'] : [])]);
-    const dirOp = op === 'mkdir' || op === 'rmdir' || op === 'rmrf';
-    // whole-tree removals are rare and of small dirs, else the rest of the sequence finds nothing
-    const a = op === 'list' ? pick(DIRS) : op === 'mkdir' ? (rnd() < 0.5 ? pick(dirs) : fresh())
-      : op === 'rmrf' ? pick(['etc/sub', 'opq', 'var', 'new']) : dirOp ? pick(dirs) : op === 'write' || op === 'symlink' ? fresh() : rel();
-    // link targets resolve beside the link: a sequence must never write outside the mount
-    const b = op === 'symlink' ? pick(['a', 'conf', 'sub']) : fresh();
-    if (op === 'write' || op === 'mkdir' || op === 'symlink') known.push(a);
-    if (op === 'rename' || op === 'link') known.push(b);
-    ops.push({ op, a, b, data: `d${i}`, mode: op === 'truncate' ? Math.floor(rnd() * 5) : pick([0o600, 0o644, 0o755]) });
-  }
-  return ops;
 }
 
 describe('aufs mode', () => {
@@ -118,7 +63,7 @@ describe('aufs mode', () => {
     try {
       let done = 0;   // ops that did something (a sequence that mostly fails tests little)
       for (let block = 0; block < 4; block++) {
-        const ops = randomOps(seed * 10 + block, 60);
+        const ops = randomOps(seed * 10 + block, 60, SPACE);
         const got = run(a.mnt, ops);
         expect(got, `seed ${seed} block ${block}`).toEqual(run(o.mnt, ops));
         done += got.filter((x) => x !== 'ok' && !/^E[A-Z]+$/.test(x)).length + got.filter((x) => x === 'ok').length;
@@ -312,14 +257,14 @@ describe('aufs mode', () => {
       expect(fs.readFileSync(m('only3'), 'utf8')).toBe('three');
       // refused: one line each, the branches unchanged
       for (const [verb, re] of [
-        [`del:${s.rw}`, /the writable branch cannot be deleted/],
+        [`del:${s.rw}`, /last writable branch: it cannot be deleted/],
         [`add:1:${ro3}`, /already a branch/],
-        [`add:0:${d('ro-extra')}`, /above the writable one/],
+        [`add:0:${d('ro-extra')}`, /above the first writable one/],
         [`append:${d('verbs/new')}`, /does not exist/],
-        [`prepend:${d('ro-extra')}`, /above the writable one/],
+        [`prepend:${d('ro-extra')}`, /above the first writable one/],
         [`append:${path.join(s.rw, '.wh..wh.plnk')}`, /branches overlap/],
         [`add:1:${d('verbs')}`, /branches overlap/],
-        [`append:${s.ro1}=rw`, /second writable branch/],
+        [`mod:${s.rw}=ro`, /last writable branch: it stays rw/],
         [`del:${d('verbs/none')}`, /is not a branch/],
         ['frob:1', /unknown verb 'frob:1'/],
       ] as [string, RegExp][]) {
@@ -428,7 +373,7 @@ describe('aufs mode', () => {
       ['a missing branch dir', () => ['-o', `br=${s.rw}:${d('bad/nope')}`], /branch .*nope does not exist/],
       ['overlapping branches', () => ['-o', `br=${s.rw}:${path.join(s.rw, 'inner')}=ro`], /branches overlap: .*inner is inside/],
       ['a branch twice', () => ['-o', `br=${s.rw}:${s.ro1}:${s.ro1}`], /is given twice/],
-      ['a second rw branch', () => ['-o', `br=${s.rw}=rw:${s.ro1}=rw`], /only the first branch may be writable/],
+      ['a create policy without its LOW', () => ['-o', `br=${s.rw}=rw:${s.ro1}=rw,create=mfsrr`], /bad value for option create: mfsrr/],
       ['a policy name typo', () => ['-o', `br=${s.rw}:${s.ro1},create=tdpp`], /bad value for option create: tdpp/],
       ['an option not built yet', () => ['-o', `br=${s.rw}:${s.ro1},shwh`], /option shwh is not supported yet/],
       ['a mount type typo', () => ['-t', 'aufss', '-o', `br=${s.rw}`], /unknown mount type aufss/],

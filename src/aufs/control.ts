@@ -7,7 +7,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FsError } from '../sys/errors';
 import { E } from '../sys/constants';
-import { openLayer, type Layer } from '../union/layers';
+import { openLayer, setWritable, type Layer } from '../union/layers';
+import { freshWork } from '../overlay/mount';
+import { AUFS_POLICY, prepareBranch } from './mount';
 import type { Union } from '../union/union';
 import { within } from '../mount/dirs';
 import { native } from '../sys/native';
@@ -62,22 +64,39 @@ function holders(u: Union, mnt: string, idx: number): string[] {
   return out;
 }
 
+/** A branch the union now writes in place: its work dir and aufs's own entries are made. */
+function makeWritable(l: Layer): void {
+  setWritable(l, true);
+  prepareBranch(l.fd);
+  l.workFd = freshWork(l.fd, AUFS_POLICY.workName!);
+}
+
+function makeReadOnly(l: Layer): void {
+  setWritable(l, false);
+  if (l.workFd >= 0) native.close(l.workFd);
+  l.workFd = -1;
+}
+
 /** Applies one verb to the union and the branch table (the introspection's, shared). */
 export function applyVerb(u: Union, table: BranchRow[], mnt: string, verb: string): void {
   const m = /^(add|ins|append|prepend|del|mod):(.*)$/.exec(verb.trim());
   if (!m) refuse(E.EINVAL, `unknown verb '${verb}' (add:INDEX:BRANCH, ins:INDEX:BRANCH, append:BRANCH, prepend:BRANCH, del:BRANCH, mod:BRANCH=PERM)`);
   const [, op, arg] = m!;
+  // a first rw branch holds the union's work and index dirs: it stays first and writable
   const hasRw = table[0]?.perm === 'rw';
   const lowers = (): Layer[] => u.layers.slice(hasRw ? 1 : 0);
+  const lastWritable = (i: number): boolean => u.layers[i].writable && u.layers.filter((l) => l.writable).length === 1;
   if (op === 'del') {
     const i = indexOf(table, arg);
-    if (table[i].perm === 'rw') refuse(E.EINVAL, 'the writable branch cannot be deleted in this version of aufs mode');
+    if (lastWritable(i)) refuse(E.EINVAL, `${table[i].path} is the last writable branch: it cannot be deleted`);
+    if (i === 0 && hasRw) refuse(E.EINVAL, 'the first writable branch cannot be deleted (it holds the work and index dirs)');
     if (table.length === 1) refuse(E.EINVAL, 'the last branch cannot be deleted');
     const busy = holders(u, mnt, i);
     if (busy.length) refuse(E.EBUSY, `branch ${table[i].path} is busy: ${busy.slice(0, 5).join('; ')}${busy.length > 5 ? ` (and ${busy.length - 5} more)` : ''}`);
     const gone = u.layers[i];
     u.relayer(lowers().filter((l) => l !== gone));
     native.close(gone.fd);
+    if (gone.workFd >= 0) native.close(gone.workFd);
     table.splice(i, 1);
     return;
   }
@@ -85,8 +104,21 @@ export function applyVerb(u: Union, table: BranchRow[], mnt: string, verb: strin
     const eq = arg.lastIndexOf('=');
     if (eq < 0) refuse(E.EINVAL, `mod needs BRANCH=PERM: ${arg}`);
     const i = indexOf(table, arg.slice(0, eq));
-    const b = branch(`${table[i].path}=${arg.slice(eq + 1)}`, i);
-    if ((b.perm === 'rw') !== (table[i].perm === 'rw')) refuse(E.EINVAL, 'changing which branch is writable is not supported yet in aufs mode');
+    let b;
+    try {
+      b = branch(`${table[i].path}=${arg.slice(eq + 1)}`, i);
+    } catch (e) {
+      return refuse(E.EINVAL, (e as Error).message);
+    }
+    const l = u.layers[i];
+    if ((b.perm === 'rw') !== l.writable) {
+      if (!l.writable && !u.layers.some((x) => x.writable)) refuse(E.EROFS, 'this mount has no writable branch: it was mounted read-only');
+      if (l.writable && lastWritable(i)) refuse(E.EINVAL, `${table[i].path} is the last writable branch: it stays rw`);
+      if (i === 0) refuse(E.EINVAL, "the first branch's permission cannot change while mounted");
+      if (b.perm === 'rw') makeWritable(l);
+      else makeReadOnly(l);
+      u.relayer(lowers());
+    }
     table[i] = branchRow(b, table[i].path);
     return;
   }
@@ -105,8 +137,8 @@ export function applyVerb(u: Union, table: BranchRow[], mnt: string, verb: strin
   } catch (e) {
     return refuse(E.EINVAL, (e as Error).message);
   }
-  if (b.perm === 'rw') refuse(E.EINVAL, 'a second writable branch is not supported yet in aufs mode');
-  if (index === 0 && hasRw) refuse(E.EINVAL, 'a branch above the writable one is not supported yet in aufs mode');
+  if (index === 0 && hasRw) refuse(E.EINVAL, 'a branch above the first writable one is not supported in aufs mode');
+  if (b.perm === 'rw' && !u.layers.some((x) => x.writable)) refuse(E.EROFS, 'this mount has no writable branch: it was mounted read-only');
   let layer: Layer;
   try {
     layer = openLayer(index, path.resolve(b.path), false);
@@ -122,6 +154,7 @@ export function applyVerb(u: Union, table: BranchRow[], mnt: string, verb: strin
       refuse(E.EINVAL, same ? `${b.path} is already a branch` : `branches overlap: ${within(a, o) ? `${b.path} is inside ${l.path}` : `${l.path} is inside ${b.path}`}`);
     }
   }
+  if (b.perm === 'rw') makeWritable(layer);
   const ls = lowers();
   ls.splice(index - (hasRw ? 1 : 0), 0, layer);
   u.relayer(ls, [layer]);

@@ -12,6 +12,7 @@ import { checkOpened, overlayBuild, wanted, type ModePolicy } from '../overlay/m
 import { AUFS_BASE, aufsCodec } from '../union/whiteout';
 import { AUFS_NAME_MAX, aufsConfig, branchRow, type AufsConfig } from './options';
 import { applyVerb } from './control';
+import { aufsPlacement } from './placement';
 import type { Union } from '../union/union';
 
 const PLNK = '.wh..wh.plnk';
@@ -28,7 +29,7 @@ function branchesApart(v: { lowers: Dir[]; upper: Dir | null }): void {
 }
 
 /** aufs's own entries in the rw branch: the whiteout base and the pseudo-link dir. */
-function prepareBranch(fd: number): void {
+export function prepareBranch(fd: number): void {
   const b = native.openat(fd, AUFS_BASE, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW, 0o444);
   if (b >= 0) native.close(b);
   else if (b !== -E.EEXIST) check(b);
@@ -67,7 +68,8 @@ export function aufsBuild(cfg: AufsConfig, dirs: Dir[], debug: boolean, source: 
   if (ordered.length === table.length) ordered.forEach((d, i) => { table[i].path = d.path; });
   const introspect: NonNullable<ModePolicy['introspect']> = { prefix: INTROSPECT_PREFIX, table };
   const m = overlayBuild(cfg.overlay, dirs, debug, { source, subtype: 'layerfs-aufs' }, local,
-    { ...AUFS_POLICY, introspect, alwaysOpaque: cfg.alwaysOpaque, statfsSum: cfg.statfsSum });
+    { ...AUFS_POLICY, introspect, alwaysOpaque: cfg.alwaysOpaque, statfsSum: cfg.statfsSum, writableLowers: cfg.rwLowers,
+      placement: (layers) => aufsPlacement(layers, cfg.create, cfg.cpup) });
   introspect.control = (verb) => applyVerb(m.fs as Union, table, m.mountpoint, verb);
   return m;
 }

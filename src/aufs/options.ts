@@ -1,11 +1,11 @@
 // aufs mount options: branches (`br=`, `br:`, `dirs=`: path[=perm[+attr]] joined by ':'), and
-// the aufs options, with the aufs manual's names. This version serves one writable branch, the
-// first (Docker's aufs layout: one rw diff over ro layers): with it every create and copy-up
-// policy picks the same branch, so their names are checked and accepted; options whose
-// behaviour is not built are refused in one line rather than ignored.
+// the aufs options, with the aufs manual's names: any branches rw (create= and cpup= choose
+// among them, placement.ts); options whose behaviour is not built are refused in one line
+// rather than ignored.
 import { parseOptions, splitOptions, type OptionMap } from '../mount/options';
 import { UsageError } from '../mount/validate';
 import { overlayConfig, type OverlayConfig } from '../overlay/options';
+import { parseCpup, parseCreate, type CpupKind, type CreatePolicy } from './placement';
 
 export type Perm = 'rw' | 'ro' | 'rr';
 export interface Branch { path: string; perm: Perm; wh: boolean; nolwh: boolean }
@@ -20,8 +20,6 @@ export function branchRow(b: Branch, path = b.path): BranchRow {
 export const MAX_BRANCHES = 127;
 export const AUFS_NAME_MAX = 242;
 
-const CREATE = /^(tdp|top-down-parent|rr|round-robin|mfs|most-free-space|tdmfs|pmfs|mfsrr|pmfsrr)(:\d+(:\d+)?)?$/;
-const CPUP = /^(tdp|top-down-parent|bup|bottom-up-parent|bu|bottom-up)$/;
 
 /** One branch spec: path[=perm[+attr...]]. */
 export function branch(spec: string, index: number): Branch {
@@ -52,29 +50,40 @@ export function splitBranches(lists: string[]): { branches: Branch[]; rest: stri
   }
   if (!specs || specs.length === 0) throw new UsageError('no branches given (-o br=/rw=rw:/ro=ro)');
   if (specs.length > MAX_BRANCHES) throw new UsageError(`too many branches: ${specs.length} (at most ${MAX_BRANCHES})`);
-  const branches = specs.map(branch);
-  const rw = branches.map((b, i) => (b.perm === 'rw' ? i : -1)).filter((i) => i >= 0);
-  if (rw.length > 1 || (rw.length === 1 && rw[0] !== 0)) {
-    throw new UsageError('only the first branch may be writable (rw) in this version of aufs mode');
-  }
-  return { branches, rest };
+  return { branches: specs.map(branch), rest };
 }
 
-export interface AufsConfig { branches: Branch[]; overlay: OverlayConfig; alwaysOpaque: boolean; statfsSum: boolean }
+export interface AufsConfig {
+  branches: Branch[];
+  overlay: OverlayConfig;
+  alwaysOpaque: boolean;
+  statfsSum: boolean;
+  create: CreatePolicy;
+  cpup: CpupKind;
+  /** Per branch below the first: writable (an rw branch the union writes in place). */
+  rwLowers: boolean[];
+}
 
 /** Branches + options -> the union's configuration (the rw branch as upper, its work dir inside it). */
 export function aufsConfig(lists: string[]): AufsConfig {
   const { branches, rest } = splitBranches(lists);
   const o: OptionMap = parseOptions([rest.join(',')].filter(Boolean));
   let alwaysOpaque = false, statfsSum = false;
+  let create: CreatePolicy = { kind: 'tdp', low: 0, secs: 30 }, cpup: CpupKind = 'tdp';
   for (const [k, v] of [...o]) {
     switch (k) {
-      case 'create':
-        if (typeof v !== 'string' || !CREATE.test(v)) throw new UsageError(`bad value for option create: ${String(v)} (tdp, rr, mfs[:SECS], tdmfs:LOW[:SECS], pmfs[:SECS], mfsrr:LOW, pmfsrr:LOW)`);
+      case 'create': {
+        const c = typeof v === 'string' ? parseCreate(v) : null;
+        if (!c) throw new UsageError(`bad value for option create: ${String(v)} (tdp, rr, mfs[:SECS], tdmfs:LOW[:SECS], pmfs[:SECS], mfsrr:LOW[:SECS], pmfsrr:LOW[:SECS])`);
+        create = c;
         break;
-      case 'cpup':
-        if (typeof v !== 'string' || !CPUP.test(v)) throw new UsageError(`bad value for option cpup: ${String(v)} (tdp, bup, bu)`);
+      }
+      case 'cpup': {
+        const c = typeof v === 'string' ? parseCpup(v) : null;
+        if (!c) throw new UsageError(`bad value for option cpup: ${String(v)} (tdp, bup, bu)`);
+        cpup = c;
         break;
+      }
       case 'udba':
         if (v !== 'none' && v !== 'reval' && v !== 'notify') throw new UsageError(`bad value for option udba: ${String(v)} (none, reval, notify)`);
         o.set('watch', v === 'none' ? '0' : '1');   // changes made in a branch: the inotify watcher
@@ -108,5 +117,5 @@ export function aufsConfig(lists: string[]): AufsConfig {
   o.set('redirect_dir', 'off');
   const overlay = overlayConfig(o);
   if (rw && lowers.length === 0) overlay.lowers = [];   // a single rw branch
-  return { branches, overlay, alwaysOpaque, statfsSum };
+  return { branches, overlay, alwaysOpaque, statfsSum, create, cpup, rwLowers: lowers.map((b) => b.perm === 'rw') };
 }

@@ -12,6 +12,7 @@ import { checkFuseDevice, UsageError } from '../mount/validate';
 import { checkMountpoint, closeDirs, devOf, openLocal, within, type Dir, type Want } from '../mount/dirs';
 import { assignFsIndexes, layerFromFd, useClone, type Layer } from '../union/layers';
 import { Union, removeTree, type UnionOptions } from '../union/union';
+import type { Placement } from '../union/core';
 import { Ids } from '../union/ids';
 import type { WhiteoutCodec, WhiteoutFormat } from '../union/whiteout';
 import { overlayConfig, type OverlayConfig } from './options';
@@ -62,6 +63,18 @@ export interface ModePolicy {
   introspect?: UnionOptions['introspect'];
   alwaysOpaque?: boolean;
   statfsSum?: boolean;
+  /** Per lowerdir: written in place (aufs rw branches below the first), its work dir inside it. */
+  writableLowers?: boolean[];
+  /** Where new objects and copy-ups go among the writable layers (default: the upper). */
+  placement?(layers: Layer[]): Placement;
+}
+
+/** A writable layer's work dir, `name` inside `dirFd`, emptied at mount: leftovers of an
+ * interrupted copy-up never show. */
+export function freshWork(dirFd: number, name: string): number {
+  removeTree(dirFd, name);
+  check(native.mkdirat(dirFd, name, 0o700));
+  return check(native.openat(dirFd, name, O_PATH | O_DIRECTORY, 0));
 }
 
 /** Checks the opened layer dirs and the mountpoint against each other, by their fds. */
@@ -176,22 +189,27 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
   // a resident service outlives a failed build: what it opened is closed again
   try {
     if (v.upper) layers.push(layerFromFd(0, v.upper.path, v.upper.fd, writable));
-    for (const l of v.lowers) layers.push(layerFromFd(layers.length, l.path, l.fd, false));
+    v.lowers.forEach((l, i) => layers.push(layerFromFd(layers.length, l.path, l.fd, !cfg.ro && !!policy.writableLowers?.[i])));
     assignFsIndexes(layers);
     passthrough = cfg.passthrough > 0 && privateLowerMounts(layers, cfg.passthrough === 2);
     let format: WhiteoutFormat = { charDevice: id.root, ns: id.root ? 'trusted' : 'user' };
+    const workName = policy.workName ?? 'work';
     if (v.work && writable) {
-      // workdir/work, emptied at mount: leftovers of an interrupted copy-up never show
+      // workdir/work
       const wfd = v.work.fd;
-      const workName = policy.workName ?? 'work', indexName = policy.indexName ?? 'layerfs-index';
-      removeTree(wfd, workName);
-      check(native.mkdirat(wfd, workName, 0o700));
-      workFd = check(native.openat(wfd, workName, O_PATH | O_DIRECTORY, 0));
+      workFd = freshWork(wfd, workName);
       // copied-up lower hard links, kept across mounts (the kernel's own index dir is 'index')
+      const indexName = policy.indexName ?? 'layerfs-index';
       native.mkdirat(wfd, indexName, 0o700);
       indexFd = check(native.openat(wfd, indexName, O_PATH | O_DIRECTORY, 0));
       format = probeFormat(workFd, id.root);
       policy.prepareUpper?.(layers[0].fd);
+    }
+    for (const l of layers.slice(v.upper ? 1 : 0)) {
+      if (!l.writable) continue;
+      l.workFd = freshWork(l.fd, workName);
+      if (workFd < 0 && l === layers.find((x) => x.writable)) format = probeFormat(l.workFd, id.root);
+      policy.prepareUpper?.(l.fd);
     }
     union = new Union(layers, workFd, {
       timeout: cfg.timeout,
@@ -206,21 +224,22 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
       atime: cfg.atime,
       passthrough,
       sharedLowerCache: cfg.pageCache,
-      codec: policy.codec && writable ? policy.codec(layers[0].fd) : undefined,
+      codecFor: policy.codec,
       nameMax: policy.nameMax,
       reservedWh: policy.reservedWh,
       introspect: policy.introspect,
       alwaysOpaque: policy.alwaysOpaque,
       statfsSum: policy.statfsSum,
+      placement: policy.placement?.(layers),
     }, id, indexFd);
   } catch (e) {
-    for (const fd of [...layers.map((l) => l.fd), workFd, indexFd]) if (fd >= 0) native.close(fd);
+    for (const fd of [...layers.flatMap((l) => [l.fd, l.workFd]), workFd, indexFd]) if (fd >= 0) native.close(fd);
     throw e;
   }
   const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');
   const mountOptions = [`fsname=${fsname}`, `subtype=${name.subtype}`, 'default_permissions'];
   if (id.root) mountOptions.push('allow_other');
-  if (!writable) mountOptions.push('ro');
+  if (!layers.some((l) => l.writable)) mountOptions.push('ro');
   mountOptions.push(...cfg.kernelOptions);
   return {
     fs: union,

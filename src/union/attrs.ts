@@ -13,7 +13,7 @@ import { procPath } from './whiteout';
 import { isPrivateXattr } from './xattrs';
 import { formatOverride, isOverrideXattr } from './ids';
 import { ST_GID, ST_UID } from '../sys/stat';
-import { NOFOLLOW, UPPER } from './core';
+import { NOFOLLOW } from './core';
 import { UnionRename } from './rename';
 
 export abstract class UnionAttrs extends UnionRename {
@@ -86,7 +86,7 @@ export abstract class UnionAttrs extends UnionRename {
     if (!q || !name.startsWith(q.prefix)) return null;
     const key = name.slice(q.prefix.length);
     if (key === 'branch') return Buffer.from(this.layers[this.topLayer(n)].path);
-    if (key === 'branches') return Buffer.from([...(n.upper ? [UPPER] : []), ...n.lowers.map((l) => l.layer)].map((i) => this.layers[i].path).join('\n'));
+    if (key === 'branches') return Buffer.from(this.dirLayers(n).map((i) => this.layers[i].path).join('\n'));
     if (key === 'si' && n.id === ROOT_ID) return Buffer.from(JSON.stringify(q.table));
     if (key === 'error' && n.id === ROOT_ID) return Buffer.from(this.ctlError);
     // the kernel has every invalidation the last verb sent (they go out asynchronously)

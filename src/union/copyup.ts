@@ -1,14 +1,14 @@
-// Copy-up: a lower object brought to the upper layer (parents first, atomically through the
-// work dir) before it is changed; open handles follow it.
+// Copy-up: a lower object brought to a writable layer (parents first, atomically through that
+// layer's work dir) before it is changed; open handles follow it. Which writable layer: the
+// mode's Placement (overlay: its upper), kept where the parent's merge reaches.
 import { native } from '../sys/native';
 import { FsError, check } from '../sys/errors';
 import { AT_REMOVEDIR, E, O_CREAT, O_DIRECT, O_EXCL, O_NOFOLLOW, O_TRUNC, RENAME_NOREPLACE, S_IFDIR, S_IFREG } from '../sys/constants';
 import { ST_INO, ST_NLINK, newStat } from '../sys/stat';
-import { baseName, dirName } from './layers';
-import { type UNode } from './nodes';
+import { unionPath, type UNode } from './nodes';
 import { procPath } from './whiteout';
 import { buildCopy, keepTimes } from './copybuild';
-import { NOFOLLOW } from './core';
+import { NOFOLLOW, UPPER } from './core';
 import { UnionLookup } from './lookup';
 
 export abstract class UnionCopyUp extends UnionLookup {
@@ -20,48 +20,97 @@ export abstract class UnionCopyUp extends UnionLookup {
     if (!this.hasUpper) throw new FsError(E.EROFS);
   }
 
-  /** Makes sure a directory node exists in the upper layer (copying up its parents first). */
+  /** Makes sure a directory node exists in the first writable layer (copying up its parents first). */
   protected ensureUpperDir(n: UNode): void {
+    this.ensureDirOn(n, this.placement.create([], true));
+  }
+
+  /** Makes sure directory node n exists in writable layer t: copied up (or, below its top, down)
+   * there, its parents first. */
+  protected ensureDirOn(n: UNode, t: number): void {
     this.requireUpper();
-    if (n.upper) return;
-    this.copyUp(n, false);
+    if (t < 0 || !this.layers[t]?.writable) throw new FsError(E.EROFS);
+    if (n === this.root || (n.upper && n.wl === t) || n.lowers.some((l) => l.layer === t)) return;
+    const l = n.links[0];
+    if (!l) throw new FsError(E.ESTALE);
+    this.ensureDirOn(l.parent, t);
+    this.copyTo(n, t, false);
+  }
+
+  /** Where a copy-up of n goes: the mode's choice among the writable layers above n's top. */
+  protected placeCopy(n: UNode): number {
+    const from = this.topLayer(n);
+    const l = n.links[0];
+    let t = this.placement.copyUp(l ? this.dirLayers(l.parent) : [], from);
+    if (t < 0 || t >= from || !this.layers[t].writable) t = this.writableAtOrAbove(from - 1);
+    if (t < 0) throw new FsError(E.EROFS);
+    return t;
   }
 
   /** Copies a lower object up; open handles on it are re-targeted to the copy. */
   protected copyUp(n: UNode, skipData: boolean): void {
     this.requireUpper();
     if (n.upper || n.indexKey) return;
+    this.copyUpTo(n, this.placeCopy(n), skipData);
+  }
+
+  /** Copies n's top object to writable layer t above it (its parents there first). */
+  protected copyUpTo(n: UNode, t: number, skipData: boolean): void {
+    if (n.upper && n.wl === t) return;
     const l = n.links[0];
     if (!l) throw new FsError(E.ESTALE);
-    this.ensureUpperDir(l.parent);
-    for (const k of n.links) this.listings.delete(k.parent.id);  // the name's top is now the upper
-    const lo = n.lowers[0];
-    const src = { dirfd: this.dirs.fd(lo.layer, dirName(lo.path)), name: baseName(lo.path), st: newStat() };
+    this.ensureDirOn(l.parent, t);
+    this.copyTo(n, t, skipData);
+  }
+
+  /** Copies n's top object into layer t (its parent is there); t above the top: n's top moves
+   * there; t below it (a dir an aufs policy wants a new object in): one more layer merges. */
+  private copyTo(n: UNode, t: number, skipData: boolean): void {
+    const l = n.links[0]!;
+    for (const k of n.links) this.listings.delete(k.parent.id);  // the name's top is now the copy
+    const top = this.top(n);
+    const src = { dirfd: top.dirfd, name: top.name, st: newStat() };
     check(native.fstatat(src.dirfd, src.name, NOFOLLOW, src.st));
+    // (aufs) a file of a writable layer moves up: a copy would split its hard links
+    const moving = n.upper && n.type !== S_IFDIR;
+    if (moving && src.st[ST_NLINK] > 1) throw new FsError(E.EXDEV);
     const tmp = this.tmpName();
+    const workFd = this.work(t);
     buildCopy(src, {
-      workFd: this.workFd, tmp, sync: this.opts.fsync, originXattr: this.x.origin, originIno: n.ino, skipData,
+      workFd, tmp, sync: this.opts.fsync, originXattr: this.x.origin, originIno: n.ino, skipData,
     });
     // a lower hard link: the copy is entered in the index first, so every other name of the
     // lower inode finds it (now and after a remount) and stays a link of the same file
-    const key = n.type === S_IFREG && src.st[ST_NLINK] > 1 && this.indexFd >= 0
-      ? `${this.layers[lo.layer].rootIno}-${src.st[ST_INO]}` : null;
+    const key = n.type === S_IFREG && !n.upper && t === UPPER && src.st[ST_NLINK] > 1 && this.indexFd >= 0
+      ? `${this.layers[top.layer].rootIno}-${src.st[ST_INO]}` : null;
     if (key) {
-      native.setxattr(procPath(this.workFd, tmp), this.x.nlink, Buffer.from(String(src.st[ST_NLINK])), 0, 0);
-      native.setxattr(procPath(this.workFd, tmp), this.x.index, Buffer.from(key), 0, 0);
-      const lr = native.linkat(this.workFd, tmp, this.indexFd, key, 0);
+      native.setxattr(procPath(workFd, tmp), this.x.nlink, Buffer.from(String(src.st[ST_NLINK])), 0, 0);
+      native.setxattr(procPath(workFd, tmp), this.x.index, Buffer.from(key), 0, 0);
+      const lr = native.linkat(workFd, tmp, this.indexFd, key, 0);
       if (lr < 0) {
-        native.unlinkat(this.workFd, tmp, 0);
+        native.unlinkat(workFd, tmp, 0);
         throw new FsError(-lr);
       }
     }
-    const pfd = this.upperDirFd(l.parent);
-    const r = keepTimes(pfd, () => native.renameat2(this.workFd, tmp, pfd, l.name, RENAME_NOREPLACE));
+    const pfd = this.dirOn(l.parent, t);
+    const r = keepTimes(pfd, () => native.renameat2(workFd, tmp, pfd, l.name, RENAME_NOREPLACE));
     if (r < 0) {
-      native.unlinkat(this.workFd, tmp, n.type === S_IFDIR ? AT_REMOVEDIR : 0);
+      native.unlinkat(workFd, tmp, n.type === S_IFDIR ? AT_REMOVEDIR : 0);
       throw new FsError(-r);
     }
+    if (t > top.layer) {
+      // below the top: one more dir of the merge, in layer order
+      const at = n.lowers.findIndex((x) => x.layer > t);
+      n.lowers.splice(at < 0 ? n.lowers.length : at, 0, { layer: t, path: unionPath(n), xwh: false });
+      return;
+    }
+    // a dir stays merged below its copy; a file of a writable layer is not left there hidden
+    if (moving) native.unlinkat(top.dirfd, top.name, 0);
+    else if (n.upper) n.lowers.unshift({ layer: n.wl, path: unionPath(n), xwh: n.upperXwh });
     n.upper = true;
+    n.wl = t;
+    n.upperXwh = false;
+    n.opaque = false;   // (an opaque dir moved up: the copy merges with it, and it ends the merge)
     if (key) {
       n.indexKey = key;
       this.byIndexKey.set(key, n);

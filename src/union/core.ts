@@ -37,8 +37,10 @@ export interface UnionOptions {
    * data is then cached once, in the lower file's page cache, for every mount of that layer
    * ('shared': every such open; 'auto': big data files only, see sharedLowerOpen). */
   sharedLowerCache?: 'auto' | 'shared' | 'private';
-  /** The layer format's whiteout writer (default: overlayfs's, from format). */
-  codec?: WhiteoutCodec;
+  /** The layer format's whiteout writer for a writable layer (default: overlayfs's, from format). */
+  codecFor?: (layerFd: number) => WhiteoutCodec;
+  /** Where new objects and copy-ups go when several layers are writable (aufs create=/cpup=). */
+  placement?: Placement;
   /** The longest name in bytes (aufs: 242, room for the `.wh.` prefix in 255). */
   nameMax?: number;
   /** Names starting with `.wh.` cannot be made (aufs: EINVAL). */
@@ -75,14 +77,32 @@ export interface Listing {
 export const LONG_TIMEOUT = 3600;
 export const UPPER = 0;
 
+/**
+ * Where new objects and copy-ups go among the writable layers: a policy of each mode (overlay:
+ * its one upper; aufs: create= and cpup=, src/aufs/placement.ts). The engine then applies what
+ * every policy must respect (a layer the parent's merge reaches, below no whiteout of the name).
+ */
+export interface Placement {
+  /** A new object under a dir present on layers `has` (top first): the layer to make it on. */
+  create(has: number[], isDir: boolean): number;
+  /** A copy-up of an object on layer `from`, its parent present on `has`: the layer to copy to. */
+  copyUp(has: number[], from: number): number;
+}
+
+/** One upper: everything goes to the first writable layer. */
+export const topWritable = (layers: Layer[]): Placement => {
+  const first = (): number => layers.findIndex((l) => l.writable);
+  return { create: first, copyUp: first };
+};
+
 export abstract class UnionCore {
   readonly layers: Layer[];
   protected readonly hasUpper: boolean;
   protected readonly lowerStart: number;
   protected readonly dirs: LayerDirs;
-  protected readonly workFd: number;
   protected readonly x: XattrNames;
-  protected readonly codec: WhiteoutCodec;
+  private readonly codecs = new WeakMap<Layer, WhiteoutCodec>();
+  protected readonly placement: Placement;
   readonly nameMax: number | undefined;
   protected readonly nodes = new Map<number, UNode>();
   protected readonly byUpperIno = new Map<number, UNode>();  // upper non-dirs with several names
@@ -100,12 +120,12 @@ export abstract class UnionCore {
   constructor(layers: Layer[], workFd: number, protected readonly opts: UnionOptions,
     protected readonly id: Identity, protected readonly indexFd = -1) {
     this.layers = layers;
-    this.hasUpper = layers.length > 0 && layers[0].writable;
-    this.lowerStart = this.hasUpper ? 1 : 0;
-    this.workFd = workFd;
+    this.hasUpper = layers.some((l) => l.writable);
+    this.lowerStart = layers.length > 0 && layers[0].writable ? 1 : 0;
+    if (this.lowerStart) layers[0].workFd = workFd;
     this.dirs = new LayerDirs(layers);
     this.x = xattrNames(opts.format.ns);
-    this.codec = opts.codec ?? overlayCodec(opts.format);
+    this.placement = opts.placement ?? topWritable(layers);
     this.nameMax = opts.nameMax;
     this.root = this.newNode(ROOT_ID, S_IFDIR);
     this.root.nlookup = 1;
@@ -117,6 +137,8 @@ export abstract class UnionCore {
   protected watchLowers(n: UNode): void {
     if (!this.watcher) return;
     for (const l of n.lowers) {
+      // a writable layer below the top changes through the union, which drops what it cached
+      if (this.layers[l.layer].writable) continue;
       const fd = this.dirs.tryFd(l.layer, l.path);
       if (fd >= 0) this.watcher.add(n.id, this.lowerKey(l.layer, l.path), fd);
     }
@@ -157,8 +179,10 @@ export abstract class UnionCore {
     this.byUpperIno.clear();
     this.byIndexKey.clear();
     this.notifiers = [];
-    for (const l of this.layers) native.close(l.fd);
-    if (this.workFd >= 0) native.close(this.workFd);
+    for (const l of this.layers) {
+      native.close(l.fd);
+      if (l.workFd >= 0) native.close(l.workFd);
+    }
     if (this.indexFd >= 0) native.close(this.indexFd);
   }
 
@@ -169,7 +193,7 @@ export abstract class UnionCore {
   // ---- nodes ----
 
   protected newNode(id: number, type: number): UNode {
-    const n: UNode = { id, links: [], kids: new Map(), type, nlookup: 0, upper: false, upperXwh: false, lowers: [], opaque: false, ino: 0, indexKey: null, redirect: null };
+    const n: UNode = { id, links: [], kids: new Map(), type, nlookup: 0, upper: false, wl: 0, upperXwh: false, lowers: [], opaque: false, ino: 0, indexKey: null, redirect: null };
     this.nodes.set(id, n);
     return n;
   }
@@ -183,21 +207,19 @@ export abstract class UnionCore {
   protected resolveRoot(): void {
     const r = this.root;
     const st = newStat();
-    if (this.hasUpper) {
-      r.upper = true;
-      const o = dirOpacity(this.layers[UPPER].fd, '');
-      r.opaque = o.opaque;
-      r.upperXwh = o.xwhiteouts;
+    r.upper = this.lowerStart === 1;
+    r.wl = 0;
+    r.opaque = false;
+    for (let i = 0; i < this.layers.length; i++) {
+      const o = dirOpacity(this.layers[i].fd, '');
+      if (i === 0 && r.upper) {
+        r.opaque = o.opaque;
+        r.upperXwh = o.xwhiteouts;
+      } else r.lowers.push({ layer: i, path: '', xwh: o.xwhiteouts });
+      if (o.opaque) break;
     }
-    if (!r.opaque) {
-      for (let i = this.lowerStart; i < this.layers.length; i++) {
-        const o = dirOpacity(this.layers[i].fd, '');
-        r.lowers.push({ layer: i, path: '', xwh: o.xwhiteouts });
-        if (o.opaque) break;
-      }
-    }
-    check(native.fstatat(this.layers[r.upper ? UPPER : r.lowers[0].layer].fd, '', AT_EMPTY_PATH | NOFOLLOW, st));
-    r.ino = r.lowers.length ? this.topLowerIno(r) : this.mapIno(UPPER, st[ST_INO]);
+    check(native.fstatat(this.layers[this.topLayer(r)].fd, '', AT_EMPTY_PATH | NOFOLLOW, st));
+    r.ino = r.lowers.length ? this.topLowerIno(r) : this.mapIno(r.wl, st[ST_INO]);
   }
 
   protected maybeFree(n: UNode): void {
@@ -220,10 +242,15 @@ export abstract class UnionCore {
   protected dropName(parent: UNode, name: string): UNode | undefined {
     const child = detachLink(parent, name);
     if (child) {
-      if (child.type === S_IFDIR && child.upper) this.dirs.forget(UPPER, joinPath(unionPath(parent), name));
+      if (child.type === S_IFDIR) this.forgetDir(child, joinPath(unionPath(parent), name));
       this.maybeFree(child);
     }
     return child;
+  }
+
+  /** A dir's path moved or went: the cached fds of it in the writable layers holding it go. */
+  protected forgetDir(n: UNode, path: string): void {
+    for (const l of this.dirLayers(n)) if (this.layers[l]?.writable) this.dirs.forget(l, path);
   }
 
   // ---- inode numbers ----
@@ -256,20 +283,54 @@ export abstract class UnionCore {
   // ---- where a node lives ----
 
   protected upperDirFd(n: UNode): number {
-    return this.dirs.fd(UPPER, unionPath(n));
+    return this.dirs.fd(n.wl, unionPath(n));
+  }
+
+  /** Dir n in layer t (it must be there: ensureDirOn). */
+  protected dirOn(n: UNode, t: number): number {
+    return this.dirs.fd(t, unionPath(n));
+  }
+
+  protected work(t: number): number {
+    const fd = this.layers[t].workFd;
+    if (fd < 0) throw new FsError(E.EROFS);
+    return fd;
+  }
+
+  protected codec(t: number): WhiteoutCodec {
+    const l = this.layers[t];
+    let c = this.codecs.get(l);
+    if (!c) this.codecs.set(l, (c = this.opts.codecFor?.(l.fd) ?? overlayCodec(this.opts.format)));
+    return c;
+  }
+
+  /** The layers holding dir n, top first. */
+  protected dirLayers(n: UNode): number[] {
+    return n.upper ? [n.wl, ...n.lowers.map((l) => l.layer)] : n.lowers.map((l) => l.layer);
+  }
+
+  /** The deepest layer dir n's merge reaches: an object made deeper would not show. */
+  protected reach(n: UNode): number {
+    return n.lowers.length ? n.lowers[n.lowers.length - 1].layer : n.wl;
+  }
+
+  /** The nearest writable layer at or above layer u (-1: none). */
+  protected writableAtOrAbove(u: number): number {
+    for (let i = Math.min(u, this.layers.length - 1); i >= 0; i--) if (this.layers[i].writable) return i;
+    return -1;
   }
 
   /** (dirfd, name) of the node's top object: upper if present, else its lower. */
   protected top(n: UNode): { dirfd: number; name: string; layer: number } {
     if (n === this.root) {
-      const layer = n.upper ? UPPER : n.lowers[0].layer;
+      const layer = this.topLayer(n);
       return { dirfd: this.layers[layer].fd, name: '', layer };
     }
     if (n.indexKey) return { dirfd: this.indexFd, name: n.indexKey, layer: UPPER };
     if (n.upper) {
       const l = n.links[0];
       if (!l) throw new FsError(E.ESTALE);
-      return { dirfd: this.upperDirFd(l.parent), name: l.name, layer: UPPER };
+      return { dirfd: this.dirOn(l.parent, n.wl), name: l.name, layer: n.wl };
     }
     const lo = n.lowers[0];
     if (!lo) throw new FsError(E.ESTALE);
@@ -351,7 +412,7 @@ export abstract class UnionCore {
 
   /** Index of the layer showing n. */
   topLayer(n: UNode): number {
-    return n.upper ? UPPER : (n.lowers[0]?.layer ?? UPPER);
+    return n.upper ? n.wl : (n.lowers[0]?.layer ?? n.wl);
   }
 
   /**

@@ -16,6 +16,8 @@ export interface Layer {
   dev: number;
   fsIndex: number;      // distinct st_dev number among the layers (0 = the first layer's fs)
   writable: boolean;
+  /** A writable layer's work dir (O_PATH; -1 for read-only layers): atomic builds happen there. */
+  workFd: number;
   rootIno: number;      // names the layer in index keys (stable across mounts)
   /** Names the layer's directories in the fd cache every union of the process shares: a lower
    * seen through the same mount kind is one entry for all mounts; an upper is its union's own. */
@@ -32,7 +34,7 @@ export function openLayer(index: number, dir: string, writable: boolean): Layer 
   const fd = check(native.openat(AT_FDCWD, dir, O_PATH | O_DIRECTORY, 0));
   const st = newStat();
   check(native.fstatat(fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, st));
-  return { index, path: dir, fd, dev: st[ST_DEV], fsIndex: 0, writable, rootIno: st[ST_INO], cacheKey: layerKey(writable, st[ST_DEV], st[ST_INO], false) };
+  return { index, path: dir, fd, dev: st[ST_DEV], fsIndex: 0, writable, workFd: -1, rootIno: st[ST_INO], cacheKey: layerKey(writable, st[ST_DEV], st[ST_INO], false) };
 }
 
 /** A layer from a directory fd opened elsewhere (by the mount helper, as the caller): reopened
@@ -41,7 +43,7 @@ export function layerFromFd(index: number, dir: string, dirFd: number, writable:
   const fd = check(native.openat(dirFd, '.', O_PATH | O_DIRECTORY, 0));
   const st = newStat();
   check(native.fstatat(fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, st));
-  return { index, path: dir, fd, dev: st[ST_DEV], fsIndex: 0, writable, rootIno: st[ST_INO], cacheKey: layerKey(writable, st[ST_DEV], st[ST_INO], false) };
+  return { index, path: dir, fd, dev: st[ST_DEV], fsIndex: 0, writable, workFd: -1, rootIno: st[ST_INO], cacheKey: layerKey(writable, st[ST_DEV], st[ST_INO], false) };
 }
 
 /** The layer is now reached through a private read-only clone of its mount (passthrough). */
@@ -49,6 +51,13 @@ export function useClone(l: Layer, cloneFd: number): void {
   native.close(l.fd);
   l.fd = cloneFd;
   l.cacheKey = layerKey(l.writable, l.dev, l.rootIno, true);
+}
+
+/** The layer is now written in place (aufs mod:BRANCH=rw), or no longer: its fd cache entries
+ * become its union's own, or shared again. */
+export function setWritable(l: Layer, writable: boolean): void {
+  l.writable = writable;
+  l.cacheKey = layerKey(writable, l.dev, l.rootIno, false);
 }
 
 export function assignFsIndexes(layers: Layer[]): void {

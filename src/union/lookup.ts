@@ -13,7 +13,7 @@ import { statByHandle } from '../sys/handles';
 import { UnionCore, NOFOLLOW, UPPER } from './core';
 
 export abstract class UnionLookup extends UnionCore {
-  protected lookupIn(p: UNode, name: string): { st: Stat; upper: boolean; lowers: LowerRef[]; type: number; opaque: boolean; upperXwh: boolean; ino: number; upperRedirect: string | null } | null {
+  protected lookupIn(p: UNode, name: string): { st: Stat; upper: boolean; wl: number; lowers: LowerRef[]; type: number; opaque: boolean; upperXwh: boolean; ino: number; upperRedirect: string | null } | null {
     if (isHiddenName(name)) return null;
     // a fresh merged listing of p says where name is: absent (no syscall at all), or the top
     // layer that shows it, so the layers above are not probed (whiteouts were applied by merge)
@@ -22,10 +22,10 @@ export abstract class UnionLookup extends UnionCore {
     if (li && li.until > Date.now()) {
       const layer = li.names.get(name);
       if (layer === undefined) return null;
-      if (layer !== UPPER) startLayer = layer;
+      if (!p.upper || layer !== p.wl) startLayer = layer;
     }
     const st = newStat();
-    let found = false, upper = false, type = 0, opaque = false, upperXwh = false, ino = 0;
+    let found = false, upper = false, type = 0, opaque = false, upperXwh = false, ino = 0, wl = p.wl;
     let redirect: string | null = null, upperRedirect: string | null = null;
     const lowers: LowerRef[] = [];
     if (p.upper && startLayer < 0) {
@@ -37,17 +37,17 @@ export abstract class UnionLookup extends UnionCore {
         type = st[ST_MODE] & S_IFMT;
         // the listing already read the origin of this inode (a READDIRPLUS looks up every name)
         const known = li?.upperInos?.get(name);
-        ino = known && known[0] === st[ST_INO] ? known[1] : this.originIno(ufd, name) || this.mapIno(UPPER, st[ST_INO]);
-        if (type !== S_IFDIR) return { st, upper, lowers, type, opaque, upperXwh, ino, upperRedirect };
+        ino = known && known[0] === st[ST_INO] ? known[1] : this.originIno(ufd, name) || this.mapIno(p.wl, st[ST_INO]);
+        if (type !== S_IFDIR) return { st, upper, wl, lowers, type, opaque, upperXwh, ino, upperRedirect };
         const o = dirOpacity(ufd, name);
         opaque = o.opaque;
         upperXwh = o.xwhiteouts;
         // below an opaque dir nothing merges (no lowers), but the dir is opaque only by its own xattr
-        if (opaque || p.opaque) return { st, upper, lowers, type, opaque, upperXwh, ino, upperRedirect };
+        if (opaque || p.opaque) return { st, upper, wl, lowers, type, opaque, upperXwh, ino, upperRedirect };
         redirect = upperRedirect = this.readRedirect(ufd, name);
       }
     }
-    if (p.opaque) return found ? { st, upper, lowers, type, opaque, upperXwh, ino, upperRedirect } : null;
+    if (p.opaque) return found ? { st, upper, wl, lowers, type, opaque, upperXwh, ino, upperRedirect } : null;
     const lst = newStat();
     // the layers to search: the parent's lower dirs; after an absolute redirect (in the upper or
     // in a lower) the root's, from the layer below the one that redirected (the kernel's poe = roe)
@@ -77,6 +77,20 @@ export abstract class UnionLookup extends UnionCore {
         continue;
       }
       const t = lst[ST_MODE] & S_IFMT;
+      if (!found && redirect === null && this.layers[ref.layer].writable) {
+        // (aufs) the top object is in a writable branch below the parent's top: changed in place
+        found = upper = true;
+        wl = ref.layer;
+        type = t;
+        st.set(lst);
+        ino = this.originIno(pfd, base) || this.mapIno(ref.layer, lst[ST_INO]);
+        if (t !== S_IFDIR) break;
+        const o = dirOpacity(pfd, base);
+        opaque = o.opaque;
+        upperXwh = o.xwhiteouts;
+        if (opaque) break;
+        continue;
+      }
       if (!found) {
         found = true;
         type = t;
@@ -103,7 +117,7 @@ export abstract class UnionLookup extends UnionCore {
       }
     }
     if (!found) return null;
-    return { st, upper, lowers, type, opaque, upperXwh, ino, upperRedirect };
+    return { st, upper, wl, lowers, type, opaque, upperXwh, ino, upperRedirect };
   }
 
   protected readRedirect(dirfd: number, name: string): string | null {
@@ -178,15 +192,16 @@ export abstract class UnionLookup extends UnionCore {
     if ((r.upper || indexed) && r.type !== S_IFDIR && r.st[ST_NLINK] > 1) this.byUpperIno.set(realIno, n);
     if (hkey) this.byIndexKey.set(hkey, n);
     if (indexed) n.indexKey = hkey;
-    if (!n.indexKey && r.upper && r.type === S_IFREG && r.st[ST_NLINK] > 1 && this.indexFd >= 0) {
+    if (!n.indexKey && r.upper && r.wl === UPPER && r.type === S_IFREG && r.st[ST_NLINK] > 1 && this.indexFd >= 0) {
       // an upper link of a copied-up lower hard link (e.g. after a remount): its inode says so
-      const v = native.getxattr(procPath(this.upperDirFd(p), name), this.x.index, 0);
+      const v = native.getxattr(procPath(this.dirOn(p, r.wl), name), this.x.index, 0);
       if (typeof v !== 'number') {
         n.indexKey = v.toString();
         this.byIndexKey.set(n.indexKey, n);
       }
     }
     n.upper = r.upper || n.upper && n.indexKey !== null;
+    if (r.upper) n.wl = r.wl;
     n.lowers = r.lowers.length || !n.indexKey ? r.lowers : n.lowers;
     n.opaque = r.opaque;
     n.upperXwh = r.upperXwh;
@@ -252,9 +267,9 @@ export abstract class UnionLookup extends UnionCore {
   protected merge(n: UNode, emit: (name: string, ino: number, type: number, layer: number, raw: number) => void, namesOnly = false): void {
     const seen = new Set<string>();
     if (n.upper) {
-      const fd = this.dirs.tryFd(UPPER, unionPath(n));
+      const fd = this.dirs.tryFd(n.wl, unionPath(n));
       if (fd >= 0) visibleEntries(fd, n.upperXwh, seen, (name, type, raw) =>
-        emit(name, namesOnly ? 0 : this.originIno(fd, name) || this.mapIno(UPPER, raw), type, UPPER, namesOnly ? 0 : raw));
+        emit(name, namesOnly ? 0 : this.originIno(fd, name) || this.mapIno(n.wl, raw), type, n.wl, namesOnly ? 0 : raw));
     }
     if (n.opaque) return;
     const sources: LowerSource[] = [];

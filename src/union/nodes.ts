@@ -1,6 +1,7 @@
 // Union nodes: one per object the kernel knows. A node's upper location mirrors the union tree
-// (the upper layer always has the union's layout), so it is derived from its first link; its
-// lower locations are stored at lookup time (lowers never change under the union).
+// (a writable layer always has the union's layout), so it is derived from its first link and
+// its layer; its lower locations are stored at lookup time (lowers never change under the union;
+// an aufs rw branch below the top object is one of them, and changes only through the union).
 import { joinPath } from './layers';
 
 export interface LowerRef {
@@ -20,7 +21,8 @@ export interface UNode {
   kids: Map<string, UNode>;   // known children; they keep this node alive
   type: number;               // S_IFMT bits
   nlookup: number;
-  upper: boolean;             // present in the upper layer at the union path
+  upper: boolean;             // the top object is in a writable layer (wl), at the union path
+  wl: number;                 // that layer (overlay: always 0; aufs: any rw branch)
   upperXwh: boolean;          // (dirs) the upper dir holds xattr whiteouts
   lowers: LowerRef[];         // non-dir: the lower object (if any); dir: lower dirs merged, top first
   opaque: boolean;            // (dirs) nothing below the upper dir shows

@@ -1,5 +1,6 @@
-// Rename: within the upper after copy-up; a directory with lower parts moves with a redirect
-// (redirect_dir=on) or fails with EXDEV; RENAME_EXCHANGE, NOREPLACE and WHITEOUT.
+// Rename: within one writable layer after copy-up (overlay: the upper; aufs: the source's rw
+// branch, or one above it where the new name would not show there); a directory with lower
+// parts moves with a redirect (redirect_dir=on) or fails with EXDEV; RENAME_EXCHANGE, NOREPLACE.
 import { native } from '../sys/native';
 import { FsError, check } from '../sys/errors';
 import { E, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, S_IFCHR, S_IFDIR } from '../sys/constants';
@@ -32,27 +33,32 @@ export abstract class UnionRename extends UnionRemove {
       if (d.type === S_IFDIR && this.listNames(d).length > 0) throw new FsError(E.ENOTEMPTY);
     }
     const last = d && !(flags & RENAME_EXCHANGE) ? this.lastAttrs(d) : () => {};
-    this.prepareMove(s, p === q);
-    if (d && flags & RENAME_EXCHANGE) this.prepareMove(d, p === q);
-    this.upperName(p, name, s);
-    if (d && flags & RENAME_EXCHANGE) this.upperName(q, newname, d);
+    const t = this.renameLayer(s, q, newname, d, (flags & RENAME_EXCHANGE) !== 0);
+    this.prepareMove(s, p === q, t);
+    if (d && flags & RENAME_EXCHANGE) this.prepareMove(d, p === q, t);
+    if (t === UPPER) {
+      this.upperName(p, name, s);
+      if (d && flags & RENAME_EXCHANGE) this.upperName(q, newname, d);
+    }
     if (d && d !== s && !(flags & RENAME_EXCHANGE) && d.indexKey) this.addNlink(d, -1);
-    this.ensureUpperDir(q);
-    this.ensureUpperDir(p);
-    const pfd = this.upperDirFd(p), qfd = this.upperDirFd(q);
+    // (aufs) a replaced object of a lower writable layer goes, not left there hidden
+    if (d && !(flags & RENAME_EXCHANGE) && d.upper && d.wl > t) this.removeUpper(d.wl, this.dirOn(q, d.wl), newname, d.type === S_IFDIR);
+    this.ensureDirOn(q, t);
+    this.ensureDirOn(p, t);
+    const pfd = this.dirOn(p, t), qfd = this.dirOn(q, t);
     const oldPath = joinPath(unionPath(p), name), newPath = joinPath(unionPath(q), newname);
     if (flags & RENAME_EXCHANGE) {
       check(native.renameat2(pfd, name, qfd, newname, RENAME_EXCHANGE));
     } else {
       // the name left behind needs a whiteout when a lower layer still has it
-      const srcLower = this.lowerHas(p, name);
-      if (d && d.type === S_IFDIR && d.upper) {
+      const srcLower = this.lowerHas(p, name, t);
+      if (d && d.type === S_IFDIR && d.upper && d.wl === t) {
         // replacing a (union-empty) directory: clear whiteouts left inside the upper one
-        this.removeUpper(qfd, newname, true);
+        this.removeUpper(t, qfd, newname, true);
       }
       // as the kernel: a pure upper dir moved into a merged dir is made opaque there
-      if (s.type === S_IFDIR && s.lowers.length === 0 && !s.opaque && q.upper && q.lowers.length > 0 && !q.opaque) {
-        this.setOpaque(pfd, name);
+      if (s.type === S_IFDIR && s.lowers.length === 0 && !s.opaque && q.lowers.some((l) => l.layer > t) && !q.opaque) {
+        this.setOpaque(t, pfd, name);
         s.opaque = true;
       }
       const wst = newStat();
@@ -61,11 +67,11 @@ export abstract class UnionRename extends UnionRemove {
         // as the kernel: swap with the whiteout; it stays at the old name only if needed there
         check(native.renameat2(pfd, name, qfd, newname, RENAME_EXCHANGE));
         if (!srcLower) check(native.unlinkat(pfd, name, 0));
-        else if (!this.codec.charDevice) {
+        else if (!this.codec(t).charDevice) {
           check(native.unlinkat(pfd, name, 0));
-          this.whiteoutFile(pfd, name);
+          this.codec(t).fileWhiteout(pfd, name);
         }
-      } else if (srcLower && this.codec.charDevice) {
+      } else if (srcLower && this.codec(t).charDevice) {
         const r = native.renameat2(pfd, name, qfd, newname, RENAME_WHITEOUT);
         if (r === -E.EINVAL || r === -E.EPERM) {
           check(native.renameat2(pfd, name, qfd, newname, 0));
@@ -73,13 +79,13 @@ export abstract class UnionRename extends UnionRemove {
         } else check(r);
       } else {
         check(native.renameat2(pfd, name, qfd, newname, 0));
-        if (srcLower) this.whiteoutFile(pfd, name);
+        if (srcLower) this.codec(t).fileWhiteout(pfd, name);
       }
       // a .wh. whiteout (aufs/OCI format) of the new name no longer applies
       native.unlinkat(qfd, WH_PREFIX + newname, 0);
     }
-    if (s.type === S_IFDIR) this.dirs.forget(UPPER, oldPath);
-    if (d?.type === S_IFDIR) this.dirs.forget(UPPER, newPath);
+    if (s.type === S_IFDIR) this.dirs.forget(t, oldPath);
+    if (d?.type === S_IFDIR) this.dirs.forget(t, newPath);
     last();
     // the tree follows
     detachLink(p, name);
@@ -89,8 +95,17 @@ export abstract class UnionRename extends UnionRemove {
     else if (gone) this.maybeFree(gone);
   }
 
-  protected whiteoutFile(pfd: number, name: string): void {
-    this.codec.fileWhiteout(pfd, name);
+  /**
+   * The writable layer a rename works in: the source's own (or where its copy-up goes), moved
+   * up to the destination's layer when that is higher (exchange: both objects end there), and
+   * to where the new name shows (placeNew). Overlay: always the upper.
+   */
+  protected renameLayer(s: UNode, q: UNode, newname: string, d: UNode | undefined, exchange: boolean): number {
+    let t = s.indexKey ? UPPER : this.removalLayer(s);
+    if (d) t = Math.min(t, d.indexKey ? UPPER : exchange ? this.removalLayer(d) : this.writableAtOrAbove(this.topLayer(d)));
+    if (!d) t = Math.min(t, this.placeNew(q, newname, s.type === S_IFDIR, t));
+    if (t < 0) throw new FsError(E.EROFS);
+    return t;
   }
 
   /**
@@ -99,18 +114,19 @@ export abstract class UnionRename extends UnionRemove {
    * absolute union path in which every ancestor with a redirect of its own stands for it; one
    * it has already is kept when it still applies.
    */
-  protected prepareMove(n: UNode, samedir: boolean): void {
+  protected prepareMove(n: UNode, samedir: boolean, t: number): void {
     if (n.type !== S_IFDIR) {
-      this.copyUp(n, false);
+      if (!n.indexKey) this.copyUpTo(n, t, false);
       return;
     }
-    if (n.lowers.length === 0) return;
+    // a dir lives in one writable layer, or moves with a redirect (overlay redirect_dir=on)
+    if (n.lowers.length === 0 && n.upper && n.wl === t) return;
     if (!this.opts.redirectDir) throw new FsError(E.EXDEV);
-    this.ensureUpperDir(n);
+    this.ensureDirOn(n, t);
     if (n.redirect !== null && (samedir || n.redirect.startsWith('/'))) return;
     const l = n.links[0];
     const redirect = samedir ? l.name : absoluteRedirect(n);
-    check(native.setxattr(procPath(this.upperDirFd(l.parent), l.name), this.x.redirect, Buffer.from(redirect), 0, 0));
+    check(native.setxattr(procPath(this.dirOn(l.parent, t), l.name), this.x.redirect, Buffer.from(redirect), 0, 0));
     n.redirect = redirect;
   }
 }

@@ -10,7 +10,7 @@ import { ST_MODE, ST_SIZE, STATFS_LEN, newStat } from '../sys/stat';
 import type { DirOpened, Filesystem, Opened } from '../fuse/filesystem';
 import { openNoatime, touchAtime, wantsAtime } from '../fuse/atime';
 import { type UNode } from './nodes';
-import { FMODE_EXEC, SHARED_MIN_SIZE, LONG_TIMEOUT, UPPER } from './core';
+import { FMODE_EXEC, SHARED_MIN_SIZE, LONG_TIMEOUT } from './core';
 import { UnionAttrs } from './attrs';
 export { removeTree } from './remove';
 export type { UnionOptions } from './core';
@@ -87,7 +87,7 @@ export class Union extends UnionAttrs implements Filesystem {
       inos.push(ino);
       types.push(type);
       where.set(name, layer);
-      if (layer === UPPER) upperInos.set(name, [raw, ino]);
+      if (n.upper && layer === n.wl) upperInos.set(name, [raw, ino]);
     });
     this.listings.set(n.id, { until: Date.now() + this.opts.timeout * 1000, names: where, upperInos });
     return { names, inos: Float64Array.from(inos), types: Uint8Array.from(types) };
