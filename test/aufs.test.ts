@@ -193,6 +193,22 @@ describe('aufs mode', () => {
       expect(rows[0].freeBytes).toBeGreaterThan(0);
       const cols = layerfs(['aufs', s.mnt]).stdout.split('\n')[1].split('\t');
       expect([cols[0], cols[1], cols[4]]).toEqual(['0', 'rw', s.rw]);
+      // the control file (mergerfs's .mergerfs): the root's table and verbs, never listed
+      const ctl = path.join(s.mnt, '.layerfs');
+      expect(fs.readdirSync(s.mnt)).not.toContain('.layerfs');
+      expect(fs.statSync(ctl).mode & 0o7777).toBe(0o600);
+      expect(JSON.parse(x('.layerfs', 'user.aufs.si')).map((b: { path: string }) => b.path)).toEqual([s.rw, s.ro1, s.ro2]);
+      expect(() => fs.readFileSync(ctl)).toThrow(/EPERM/);
+      expect(() => fs.unlinkSync(ctl)).toThrow(/ENOENT|EPERM/);
+      const extra = d('intro/extra');
+      fs.mkdirSync(extra, { recursive: true });
+      fs.writeFileSync(path.join(extra, 'only-extra'), 'e');
+      let set = spawnSync('setfattr', ['-n', 'user.aufs.ctl', '-v', `append:${extra}`, ctl], { encoding: 'utf8' });
+      expect(set.status, set.stderr).toBe(0);
+      expect(fs.readFileSync(path.join(s.mnt, 'only-extra'), 'utf8')).toBe('e');
+      set = spawnSync('setfattr', ['-n', 'user.aufs.ctl', '-v', 'frob:1', ctl], { encoding: 'utf8' });
+      expect(set.status).not.toBe(0);
+      expect(x('.layerfs', 'user.aufs.error')).toMatch(/unknown verb 'frob:1'/);
       const bad = layerfs(['aufs', base]);
       expect(bad.status).toBe(1);
       expect(bad.stderr.trim()).toMatch(/is not an aufs-mode layerfs mount$/);

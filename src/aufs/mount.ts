@@ -57,6 +57,8 @@ export function aufsPrepare(mnt: string, optionLists: string[]): { cfg: AufsConf
 
 /** The xattr names that tell which branch holds a path (and the branch table, on the root). */
 export const INTROSPECT_PREFIX = 'user.aufs.';
+/** The control file in the mount's root (its xattrs are the root's: si, ctl, error, settled). */
+export const CONTROL_FILE = '.layerfs';
 
 /** Builds the union over dirs opened by whoever asked (this process, or the helper for the service). */
 export function aufsBuild(cfg: AufsConfig, dirs: Dir[], debug: boolean, source: string, local: boolean): Mountable {
@@ -66,7 +68,7 @@ export function aufsBuild(cfg: AufsConfig, dirs: Dir[], debug: boolean, source: 
   const opened = dirs.filter((d) => d.what === 'branch');
   const ordered = cfg.branches[0].perm === 'rw' ? [...opened.slice(-1), ...opened.slice(0, -1)] : opened;
   if (ordered.length === table.length) ordered.forEach((d, i) => { table[i].path = d.path; });
-  const introspect: NonNullable<ModePolicy['introspect']> = { prefix: INTROSPECT_PREFIX, table };
+  const introspect: NonNullable<ModePolicy['introspect']> = { prefix: INTROSPECT_PREFIX, table, fileName: CONTROL_FILE };
   const m = overlayBuild(cfg.overlay, dirs, debug, { source, subtype: 'layerfs-aufs' }, local,
     { ...AUFS_POLICY, introspect, alwaysOpaque: cfg.alwaysOpaque, statfsSum: cfg.statfsSum, writableLowers: cfg.rwLowers,
       placement: (layers) => aufsPlacement(layers, cfg.create, cfg.cpup) });

@@ -13,7 +13,7 @@ import { procPath } from './whiteout';
 import { isPrivateXattr } from './xattrs';
 import { formatOverride, isOverrideXattr } from './ids';
 import { ST_GID, ST_UID } from '../sys/stat';
-import { NOFOLLOW } from './core';
+import { CONTROL_ID, NOFOLLOW } from './core';
 import { UnionRename } from './rename';
 
 export abstract class UnionAttrs extends UnionRename {
@@ -100,7 +100,7 @@ export abstract class UnionAttrs extends UnionRename {
   protected control(nodeid: number, name: string, value: Buffer, caller: Caller): boolean {
     const q = this.opts.introspect;
     if (!q || name !== `${q.prefix}ctl`) return false;
-    if (nodeid !== ROOT_ID || !q.control) throw new FsError(E.EINVAL);
+    if ((nodeid !== ROOT_ID && nodeid !== CONTROL_ID) || !q.control) throw new FsError(E.EINVAL);
     if (caller.uid !== 0 && caller.uid !== process.geteuid?.()) throw new FsError(E.EPERM);
     try {
       q.control(value.toString('utf8'));
@@ -113,8 +113,9 @@ export abstract class UnionAttrs extends UnionRename {
   }
 
   getxattr(nodeid: number, name: string): Buffer {
-    const shown = this.introspection(this.node(nodeid), name);
+    const shown = this.introspection(nodeid === CONTROL_ID ? this.root : this.node(nodeid), name);
     if (shown) return shown;
+    if (nodeid === CONTROL_ID) throw new FsError(E.ENODATA);
     if (this.opts.noXattrs) throw new FsError(E.EOPNOTSUPP);
     if (isPrivateXattr(name) || (this.opts.ids.p.xattrPermissions && isOverrideXattr(name))) throw new FsError(E.ENODATA);
     const { path, follow } = this.xpath(this.node(nodeid));
@@ -124,6 +125,8 @@ export abstract class UnionAttrs extends UnionRename {
   }
 
   listxattr(nodeid: number): string[] {
+    const q = this.opts.introspect;
+    if (nodeid === CONTROL_ID && q) return ['si', 'branches', 'error', 'settled'].map((k) => q.prefix + k);
     if (this.opts.noXattrs) return [];
     const { path, follow } = this.xpath(this.node(nodeid));
     const r = native.listxattr(path, follow);

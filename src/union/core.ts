@@ -5,7 +5,7 @@
 import { native } from '../sys/native';
 import { FsError, check } from '../sys/errors';
 import { AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, E, O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT, O_EXCL, O_NOFOLLOW, O_RDWR, O_WRONLY, S_IFDIR, S_IFREG } from '../sys/constants';
-import { ST_INO, ST_NLINK, newStat, type Stat } from '../sys/stat';
+import { ST_ATIME, ST_BLKSIZE, ST_CTIME, ST_GID, ST_INO, ST_MODE, ST_MTIME, ST_NLINK, ST_UID, newStat, type Stat } from '../sys/stat';
 import type { Notifier } from '../fuse/filesystem';
 import { ROOT_ID } from '../fuse/ops';
 import { type AtimePolicy } from '../fuse/atime';
@@ -56,6 +56,9 @@ export interface UnionOptions {
     table: { path: string; perm: string; attrs: string[] }[];
     /** PREFIX.ctl set on the root: a branch verb (src/aufs/control.ts); throws FsError with a message. */
     control?: (verb: string) => void;
+    /** A control file of this name in the root (mergerfs's `.mergerfs`): never listed, only its
+     * xattrs work (the root's PREFIX.si, .ctl, .error, .settled); every other operation is EPERM. */
+    fileName?: string;
   };
 }
 
@@ -75,6 +78,7 @@ export interface Listing {
   upperInos?: Map<string, [number, number]>;   // upper name -> [its st_ino, the ino shown]
 }
 export const LONG_TIMEOUT = 3600;
+export const CONTROL_ID = 2 ** 53 - 2;   // the control file's node id (and st_ino)
 export const UPPER = 0;
 
 /**
@@ -200,8 +204,23 @@ export abstract class UnionCore {
 
   protected node(id: number): UNode {
     const n = this.nodes.get(id);
-    if (!n) throw new FsError(E.ESTALE);
+    if (!n) throw new FsError(id === CONTROL_ID ? E.EPERM : E.ESTALE);
     return n;
+  }
+
+  private readonly started = Date.now() / 1000;
+
+  /** The control file's attributes: an empty file of the mount's owner, read-write for it alone. */
+  protected controlStat(): Stat {
+    const st = newStat();
+    st[ST_INO] = CONTROL_ID;
+    st[ST_MODE] = S_IFREG | 0o600;
+    st[ST_NLINK] = 1;
+    st[ST_UID] = process.geteuid?.() ?? 0;
+    st[ST_GID] = process.getegid?.() ?? 0;
+    st[ST_BLKSIZE] = 4096;
+    for (const i of [ST_ATIME, ST_MTIME, ST_CTIME]) st[i] = Math.floor(this.started);
+    return st;
   }
 
   protected resolveRoot(): void {

@@ -10,7 +10,8 @@ import { dirOpacity, isHiddenName, probe, procPath, visibleEntries } from './whi
 import { REDIRECT_XATTRS } from './xattrs';
 import { lowerList, type LowerSource } from './lowerlist';
 import { statByHandle } from '../sys/handles';
-import { UnionCore, NOFOLLOW, UPPER } from './core';
+import { UnionCore, CONTROL_ID, NOFOLLOW, UPPER } from './core';
+import { ROOT_ID } from '../fuse/ops';
 
 export abstract class UnionLookup extends UnionCore {
   protected lookupIn(p: UNode, name: string): { st: Stat; upper: boolean; wl: number; lowers: LowerRef[]; type: number; opaque: boolean; upperXwh: boolean; ino: number; upperRedirect: string | null } | null {
@@ -218,6 +219,7 @@ export abstract class UnionLookup extends UnionCore {
   }
 
   lookup(parent: number, name: string): Entry | null {
+    if (parent === ROOT_ID && name === this.opts.introspect?.fileName) return { nodeid: CONTROL_ID, attr: this.controlStat() };
     const e = this.entry(this.node(parent), name);
     return e ? this.reply(e) : null;
   }
@@ -241,6 +243,7 @@ export abstract class UnionLookup extends UnionCore {
   }
 
   getattr(nodeid: number): AttrReply {
+    if (nodeid === CONTROL_ID) return { attr: this.controlStat() };
     const n = this.node(nodeid);
     try {
       return { attr: this.attrs(n) };
