@@ -1,7 +1,8 @@
 // The aufs suite: layerfs aufs mode (1 rw + 3 ro branches) vs layerfs overlay mode over the same
 // layers (the overlay suite's fixture), and mergerfs and unionfs-fuse (Debian packages, installed
 // by `make bench`) over the same branches; then aufs mode with 100 branches (the 3 fixture
-// layers and 97 small ones) for a cold find against the 4-branch figure.
+// layers and 97 small ones) for a cold find against the 4-branch figure; then 3 rw branches
+// over the fixture with create=mfs against create=tdp (the cost of a free-space policy).
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -31,7 +32,7 @@ function fuseProgram(argv: string[], mnt: string): void {
   waitMounted(mnt);
 }
 
-export function aufsSuite(base: string, rounds: number): SuiteResult & { find100: { branches4: number; branches100: number } } {
+export function aufsSuite(base: string, rounds: number): SuiteResult & { find100: { branches4: number; branches100: number }; policies: SuiteResult } {
   for (const p of ['mergerfs', 'unionfs']) {
     if (spawnSync('which', [p]).status !== 0) throw new Error(`${p} is not installed (make bench installs mergerfs and unionfs-fuse)`);
   }
@@ -51,7 +52,22 @@ export function aufsSuite(base: string, rounds: number): SuiteResult & { find100
   ];
   const workloads: Workload[] = overlayWorkloads(path.join(base, '..', 'overlay')).filter((w) => WORKLOADS.includes(w.name));
   const r = runSuite('aufs', targets, workloads, rounds);
-  return { ...r, find100: find100(base, lowers, rounds) };
+  return { ...r, find100: find100(base, lowers, rounds), policies: createPolicies(base, lowers, workloads, rounds) };
+}
+
+/** 3 rw branches (the first two empty, the third holding a copy of the fixture's top dirs as
+ * empty dirs, so tdp and pmfs have parents to find) over the fixture: create= tdp vs mfs vs rr. */
+function createPolicies(base: string, lowers: string[], all: Workload[], rounds: number): SuiteResult {
+  const ro = lowers.map((l) => `${l}=ro`).join(':');
+  const targets = ['tdp', 'mfs', 'rr'].map((p) => target(base, `create=${p}`, `p${p}`, (rw, mnt) => {
+    const more = [`${rw}-2`, `${rw}-3`];
+    for (const m of more) {
+      fs.rmSync(m, { recursive: true, force: true });
+      fs.mkdirSync(m);
+    }
+    mountLayerfs(['-t', 'aufs', '-o', `br=${rw}=rw:${more.map((m) => `${m}=rw`).join(':')}:${ro},create=${p}`, mnt]);
+  }));
+  return runSuite('aufs-create', targets, all.filter((w) => w.name === 'create 10k' || w.name === 'unlink 10k'), rounds);
 }
 
 /** Cold find over 4 branches and over 100 (97 more small branches, each adding a few entries). */

@@ -53,7 +53,11 @@ async function main(): Promise<void> {
     md.push('## aufs mode (1 rw + 3 ro branches): vs overlay mode, mergerfs and unionfs-fuse over the same branches', '',
       table(r, 'layerfs aufs', ['layerfs overlay', 'mergerfs', 'unionfs-fuse'], overlayWorkloads(path.join(base, 'overlay')).filter((w) => r.results[w.name]),
         { 'find cold': 'within 10% of overlay mode; faster than mergerfs and unionfs-fuse' }), '',
-      `aufs mode, find cold: ${r.find100.branches4.toFixed(3)} s with 4 branches, ${r.find100.branches100.toFixed(3)} s with 100 (${(r.find100.branches100 / r.find100.branches4).toFixed(2)}×; target ≤ 1.5×)`, '');
+      `aufs mode, find cold: ${r.find100.branches4.toFixed(3)} s with 4 branches, ${r.find100.branches100.toFixed(3)} s with 100 (${(r.find100.branches100 / r.find100.branches4).toFixed(2)}×; target ≤ 1.5×)`, '',
+      '3 rw branches over the fixture: create policies as a multiple of create=tdp', '',
+      table(r.policies, 'create=mfs', ['create=tdp'], overlayWorkloads(path.join(base, 'overlay')).filter((w) => r.policies.results[w.name]),
+        { 'create 10k': '≤ 1.2× tdp' }), '',
+      table(r.policies, 'create=rr', ['create=tdp'], overlayWorkloads(path.join(base, 'overlay')).filter((w) => r.policies.results[w.name])), '');
   }
   if (suites.includes('overlay-tmpfs') || suites.includes('uring')) {
     // the same suite with every layer on tmpfs: no device latency hides the protocol's cost

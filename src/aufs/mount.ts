@@ -46,6 +46,7 @@ export const AUFS_POLICY: ModePolicy = {
   codec: aufsCodec,
   nameMax: AUFS_NAME_MAX,
   reservedWh: true,
+  followRedirects: false,
 };
 
 /** The dirs an aufs mount needs opened (branches, mountpoint): named "branch" in messages. */

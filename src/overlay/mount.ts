@@ -60,6 +60,7 @@ export interface ModePolicy {
   codec?(upperFd: number): WhiteoutCodec;
   nameMax?: number;
   reservedWh?: boolean;
+  followRedirects?: boolean;
   introspect?: UnionOptions['introspect'];
   alwaysOpaque?: boolean;
   statfsSum?: boolean;
@@ -227,6 +228,7 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
       codecFor: policy.codec,
       nameMax: policy.nameMax,
       reservedWh: policy.reservedWh,
+      followRedirects: policy.followRedirects,
       introspect: policy.introspect,
       alwaysOpaque: policy.alwaysOpaque,
       statfsSum: policy.statfsSum,

@@ -43,6 +43,8 @@ export interface UnionOptions {
   placement?: Placement;
   /** The longest name in bytes (aufs: 242, room for the `.wh.` prefix in 255). */
   nameMax?: number;
+  /** Redirect xattrs are read and followed (overlay); aufs has none (a renamed dir is a new one). */
+  followRedirects?: boolean;
   /** Names starting with `.wh.` cannot be made (aufs: EINVAL). */
   reservedWh?: boolean;
   /** Every new directory gets an opaque marker (aufs diropq=a), not only where a lower one shows. */

@@ -122,6 +122,7 @@ export abstract class UnionLookup extends UnionCore {
   }
 
   protected readRedirect(dirfd: number, name: string): string | null {
+    if (this.opts.followRedirects === false) return null;
     for (const a of REDIRECT_XATTRS) {
       const v = native.getxattr(procPath(dirfd, name), a, 0);
       if (typeof v !== 'number' && v.length) return v.toString('utf8');
