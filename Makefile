@@ -4,7 +4,7 @@ SHELL := /bin/bash
 # the container engines the tests run layerfs under (test/containers-*.test.ts)
 ENGINE_PKGS := podman runc uidmap slirp4netns busybox-static docker.io
 DEB_PKGS := fuse3 attr acl fuse-overlayfs fio e2fsprogs util-linux \
-            thin-provisioning-tools python3 make g++ liburing-dev \
+            thin-provisioning-tools python3 make g++ liburing-dev mergerfs unionfs-fuse \
             $(ENGINE_PKGS)
 NODE_STAMP := node_modules/.layerfs-npm-stamp
 ADDON := native/build/Release/layerfs.node
@@ -64,9 +64,9 @@ test: build
 	node scripts/test-summary.js .test-results.json .test-results-off.json .test-results-uring.json; \
 	[ $$rc = 0 ] && [ $$rc2 = 0 ] && [ $$rc3 = 0 ]
 
-# the containers suite's Debian image comes from debootstrap (the engines are in DEB_PKGS); the
-# aufs suite compares with mergerfs and unionfs-fuse
-BENCH_DEBS := debootstrap mergerfs unionfs-fuse
+# the containers suite's Debian image comes from debootstrap (the engines, and mergerfs and
+# unionfs-fuse the aufs tests and suite compare with, are in DEB_PKGS)
+BENCH_DEBS := debootstrap
 bench: build
 	@$(MAKE) --no-print-directory debs DEB_PKGS="$(BENCH_DEBS)"
 	node dist/bench/run.js $(BENCH_ARGS)

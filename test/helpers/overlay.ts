@@ -159,7 +159,7 @@ function userXattrs(p: string, privateToo: boolean): Record<string, string> {
 }
 
 /** Everything visible below root, keyed by relative path. */
-export function view(root: string, opts: { fixtureTimes?: Map<string, number>; xattrs?: boolean } = {}): Record<string, Rec> {
+export function view(root: string, opts: { fixtureTimes?: Map<string, number>; xattrs?: boolean; skip?: (rel: string) => boolean } = {}): Record<string, Rec> {
   const out: Record<string, Rec> = {};
   const walk = (rel: string): void => {
     const p = path.join(root, rel);
@@ -181,7 +181,7 @@ export function view(root: string, opts: { fixtureTimes?: Map<string, number>; x
       if (t !== undefined) r.mtimeFixture = t === Number(fs.lstatSync(p, { bigint: true }).mtimeNs);
     }
     out[rel || '.'] = r;
-    if (r.type === 'd') for (const n of fs.readdirSync(p).sort()) walk(rel ? `${rel}/${n}` : n);
+    if (r.type === 'd') for (const n of fs.readdirSync(p).sort()) if (!opts.skip?.(rel ? `${rel}/${n}` : n)) walk(rel ? `${rel}/${n}` : n);
   };
   walk('');
   return out;
