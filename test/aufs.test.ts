@@ -119,6 +119,31 @@ describe('aufs mode', () => {
     }
   });
 
+  test('shwh: a read-only stack shows its whiteouts as files (a tar of the mount keeps them), never its own .wh..wh. entries', () => {
+    const s = stack(d('shwh'));
+    mountOk(['-t', 'aufs', '-o', `br=${s.ro1}=ro+wh:${s.ro2}=ro,shwh`, s.mnt]);
+    try {
+      const m = (r: string): string => path.join(s.mnt, r);
+      expect(fs.readdirSync(m('etc')).sort()).toEqual(['.wh.b', 'a', 'sub']);
+      expect(fs.existsSync(m('etc/b'))).toBe(false);   // still hidden
+      expect(fs.statSync(m('etc/.wh.b')).isFile()).toBe(true);
+      expect(fs.readdirSync(m('opq'))).toEqual(['a']);   // the opaque marker is aufs's own entry
+      expect(() => fs.statSync(m('opq/.wh..wh..opq'))).toThrow(/ENOENT/);
+      const tar = spawnSync('tar', ['-cf', '-', '-C', s.mnt, 'etc'], { maxBuffer: 1 << 24 });
+      expect(tar.status).toBe(0);
+      expect(spawnSync('tar', ['-tf', '-'], { input: tar.stdout, encoding: 'utf8' }).stdout.split('\n')).toContain('etc/.wh.b');
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+    // without shwh the same stack hides them
+    mountOk(['-t', 'aufs', '-o', `br=${s.ro1}=ro+wh:${s.ro2}=ro`, s.mnt]);
+    try {
+      expect(fs.readdirSync(path.join(s.mnt, 'etc')).sort()).toEqual(['a', 'sub']);
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+  });
+
   test('reserved .wh. names are EINVAL, names are at most 242 bytes, a dir with lower parts is not renamed (EXDEV)', () => {
     const s = stack(d('names'));
     mountOk(['-t', 'aufs', '-o', `br=${s.rw}:${s.ro1}:${s.ro2}`, s.mnt]);
@@ -391,7 +416,8 @@ describe('aufs mode', () => {
       ['a branch twice', () => ['-o', `br=${s.rw}:${s.ro1}:${s.ro1}`], /is given twice/],
       ['a create policy without its LOW', () => ['-o', `br=${s.rw}=rw:${s.ro1}=rw,create=mfsrr`], /bad value for option create: mfsrr/],
       ['a policy name typo', () => ['-o', `br=${s.rw}:${s.ro1},create=tdpp`], /bad value for option create: tdpp/],
-      ['an option not built yet', () => ['-o', `br=${s.rw}:${s.ro1},shwh`], /option shwh is not supported yet/],
+      ['an option not built yet', () => ['-o', `br=${s.rw}:${s.ro1},dirren`], /option dirren is not supported yet/],
+      ['shwh with a rw branch', () => ['-o', `br=${s.rw}:${s.ro1},shwh`], /option shwh needs a read-only mount: no rw branch/],
       ['a mount type typo', () => ['-t', 'aufss', '-o', `br=${s.rw}`], /unknown mount type aufss/],
     ];
     test.each(cases)('%s', (_name, args, re) => {

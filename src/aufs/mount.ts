@@ -71,7 +71,7 @@ export function aufsBuild(cfg: AufsConfig, dirs: Dir[], debug: boolean, source: 
   if (ordered.length === table.length) ordered.forEach((d, i) => { table[i].path = d.path; });
   const introspect: NonNullable<ModePolicy['introspect']> = { prefix: INTROSPECT_PREFIX, table, fileName: CONTROL_FILE };
   const m = overlayBuild(cfg.overlay, dirs, debug, { source, subtype: 'layerfs-aufs' }, local,
-    { ...AUFS_POLICY, introspect, alwaysOpaque: cfg.alwaysOpaque, statfsSum: cfg.statfsSum, writableLowers: cfg.rwLowers,
+    { ...AUFS_POLICY, introspect, alwaysOpaque: cfg.alwaysOpaque, statfsSum: cfg.statfsSum, writableLowers: cfg.rwLowers, showWhiteouts: cfg.showWhiteouts,
       placement: (layers) => aufsPlacement(layers, cfg.create, cfg.cpup) });
   introspect.control = (verb) => applyVerb(m.fs as Union, table, m.mountpoint, verb);
   return m;

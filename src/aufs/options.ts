@@ -58,6 +58,7 @@ export interface AufsConfig {
   overlay: OverlayConfig;
   alwaysOpaque: boolean;
   statfsSum: boolean;
+  showWhiteouts: boolean;
   create: CreatePolicy;
   cpup: CpupKind;
   /** Per branch below the first: writable (an rw branch the union writes in place). */
@@ -68,7 +69,7 @@ export interface AufsConfig {
 export function aufsConfig(lists: string[]): AufsConfig {
   const { branches, rest } = splitBranches(lists);
   const o: OptionMap = parseOptions([rest.join(',')].filter(Boolean));
-  let alwaysOpaque = false, statfsSum = false;
+  let alwaysOpaque = false, statfsSum = false, showWhiteouts = false;
   let create: CreatePolicy = { kind: 'tdp', low: 0, secs: 30 }, cpup: CpupKind = 'tdp';
   for (const [k, v] of [...o]) {
     switch (k) {
@@ -95,8 +96,12 @@ export function aufsConfig(lists: string[]): AufsConfig {
       case 'sum':
         statfsSum = true;
         break;
-      case 'dirren': case 'shwh':
-        throw new UsageError(`option ${k} is not supported yet in aufs mode`);
+      case 'shwh':
+        if (branches.some((b) => b.perm === 'rw')) throw new UsageError('option shwh needs a read-only mount: no rw branch');
+        showWhiteouts = true;
+        break;
+      case 'dirren':
+        throw new UsageError(`option ${k} is not supported yet in aufs mode (a dir with parts in several branches is not renamed: EXDEV, which mv handles)`);
       case 'xino': case 'noxino': case 'trunc_xino': case 'notrunc_xino': case 'xino_auto': case 'plink': case 'noplink':
       case 'nosum': case 'nodirren': case 'noshwh': case 'dirperm1': case 'nodirperm1': case 'warn_perm': case 'nowarn_perm':
       case 'verbose': case 'noverbose': case 'dio': case 'nodio': case 'acl': case 'noacl': case 'rdcache': case 'rdblk': case 'rdhash':
@@ -117,5 +122,5 @@ export function aufsConfig(lists: string[]): AufsConfig {
   o.set('redirect_dir', 'off');
   const overlay = overlayConfig(o);
   if (rw && lowers.length === 0) overlay.lowers = [];   // a single rw branch
-  return { branches, overlay, alwaysOpaque, statfsSum, create, cpup, rwLowers: lowers.map((b) => b.perm === 'rw') };
+  return { branches, overlay, alwaysOpaque, statfsSum, showWhiteouts, create, cpup, rwLowers: lowers.map((b) => b.perm === 'rw') };
 }

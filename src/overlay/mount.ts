@@ -61,6 +61,7 @@ export interface ModePolicy {
   nameMax?: number;
   reservedWh?: boolean;
   followRedirects?: boolean;
+  showWhiteouts?: boolean;
   introspect?: UnionOptions['introspect'];
   alwaysOpaque?: boolean;
   statfsSum?: boolean;
@@ -192,6 +193,8 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
     if (v.upper) layers.push(layerFromFd(0, v.upper.path, v.upper.fd, writable));
     v.lowers.forEach((l, i) => layers.push(layerFromFd(layers.length, l.path, l.fd, !cfg.ro && !!policy.writableLowers?.[i])));
     assignFsIndexes(layers);
+    // listings that show whiteouts are not those of other unions over the same layers
+    if (policy.showWhiteouts) for (const l of layers) l.cacheKey += ':shwh';
     passthrough = cfg.passthrough > 0 && privateLowerMounts(layers, cfg.passthrough === 2);
     let format: WhiteoutFormat = { charDevice: id.root, ns: id.root ? 'trusted' : 'user' };
     const workName = policy.workName ?? 'work';
@@ -229,6 +232,7 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
       nameMax: policy.nameMax,
       reservedWh: policy.reservedWh,
       followRedirects: policy.followRedirects,
+      showWhiteouts: policy.showWhiteouts,
       introspect: policy.introspect,
       alwaysOpaque: policy.alwaysOpaque,
       statfsSum: policy.statfsSum,

@@ -43,6 +43,8 @@ export interface UnionOptions {
   placement?: Placement;
   /** The longest name in bytes (aufs: 242, room for the `.wh.` prefix in 255). */
   nameMax?: number;
+  /** aufs shwh: `.wh.` whiteouts are shown as the files they are (a read-only union only). */
+  showWhiteouts?: boolean;
   /** Redirect xattrs are read and followed (overlay); aufs has none (a renamed dir is a new one). */
   followRedirects?: boolean;
   /** Names starting with `.wh.` cannot be made (aufs: EINVAL). */

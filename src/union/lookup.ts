@@ -15,7 +15,7 @@ import { ROOT_ID } from '../fuse/ops';
 
 export abstract class UnionLookup extends UnionCore {
   protected lookupIn(p: UNode, name: string): { st: Stat; upper: boolean; wl: number; lowers: LowerRef[]; type: number; opaque: boolean; upperXwh: boolean; ino: number; upperRedirect: string | null } | null {
-    if (isHiddenName(name)) return null;
+    if (isHiddenName(name, this.opts.showWhiteouts)) return null;
     // a fresh merged listing of p says where name is: absent (no syscall at all), or the top
     // layer that shows it, so the layers above are not probed (whiteouts were applied by merge)
     const li = this.listings.get(p.id);
@@ -273,7 +273,7 @@ export abstract class UnionLookup extends UnionCore {
     if (n.upper) {
       const fd = this.dirs.tryFd(n.wl, unionPath(n));
       if (fd >= 0) visibleEntries(fd, n.upperXwh, seen, (name, type, raw) =>
-        emit(name, namesOnly ? 0 : this.originIno(fd, name) || this.mapIno(n.wl, raw), type, n.wl, namesOnly ? 0 : raw));
+        emit(name, namesOnly ? 0 : this.originIno(fd, name) || this.mapIno(n.wl, raw), type, n.wl, namesOnly ? 0 : raw), this.opts.showWhiteouts);
     }
     if (n.opaque) return;
     const sources: LowerSource[] = [];
@@ -281,7 +281,7 @@ export abstract class UnionLookup extends UnionCore {
     for (const l of n.lowers) {
       const fd = this.dirs.tryFd(l.layer, l.path);
       if (fd < 0) continue;
-      sources.push({ key: this.lowerKey(l.layer, l.path), fd, xwh: l.xwh });
+      sources.push({ key: this.lowerKey(l.layer, l.path), fd, xwh: l.xwh, showWh: this.opts.showWhiteouts });
       layers.push(l.layer);
     }
     if (!sources.length) return;

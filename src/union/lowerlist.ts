@@ -6,7 +6,7 @@
 import { LRUCache } from 'lru-cache';
 import { visibleEntries } from './whiteout';
 
-export interface LowerSource { key: string; fd: number; xwh: boolean }
+export interface LowerSource { key: string; fd: number; xwh: boolean; showWh?: boolean }
 
 /** One merged lower listing: entry i came from sources[from[i]]. */
 export interface LowerList {
@@ -62,7 +62,7 @@ export function lowerList(sources: LowerSource[], ttlMs: number): LowerList {
     out.types.push(type);
     out.inos.push(ino);
     out.from.push(si);
-  }));
+  }, src.showWh));
   if (!watched) return out;
   cache.set(key, out);
   for (const s of sources) {

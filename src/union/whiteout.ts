@@ -30,7 +30,7 @@ export const XWHITEOUT_XATTRS = ['trusted.overlay.whiteout', 'user.overlay.white
  * of the layers below by joining `seen`, and d_type is resolved where readdir could not say.
  */
 export function visibleEntries(fd: number, xwh: boolean, seen: Set<string>,
-  emit: (name: string, type: number, ino: number) => void): void {
+  emit: (name: string, type: number, ino: number) => void, showWh = false): void {
   const list = native.readdir(fd);
   if (typeof list === 'number') throw new FsError(-list);
   const { names, inos, types } = list;
@@ -39,7 +39,13 @@ export function visibleEntries(fd: number, xwh: boolean, seen: Set<string>,
     const name = names[i];
     if (name === '.' || name === '..' || seen.has(name)) continue;
     if (name.startsWith(WH_PREFIX)) {
-      if (name !== WH_OPQ && !name.startsWith(WH_META)) seen.add(name.slice(WH_PREFIX.length));
+      if (name !== WH_OPQ && !name.startsWith(WH_META)) {
+        seen.add(name.slice(WH_PREFIX.length));
+        if (showWh) {
+          seen.add(name);   // (aufs shwh) the whiteout itself is listed, as a file
+          emit(name, types[i] || 8, inos[i]);
+        }
+      }
       continue;
     }
     seen.add(name);
@@ -58,9 +64,9 @@ export function isCharWhiteout(st: Stat): boolean {
   return (st[ST_MODE] & S_IFMT) === S_IFCHR && st[ST_RDEV] === 0;
 }
 
-/** Names that never show through the union. */
-export function isHiddenName(name: string): boolean {
-  return name.startsWith(WH_PREFIX);
+/** Names that never show through the union (aufs shwh: only its own `.wh..wh.` entries). */
+export function isHiddenName(name: string, showWh = false): boolean {
+  return showWh ? name.startsWith(WH_META) : name.startsWith(WH_PREFIX);
 }
 
 const procPath = (dirfd: number, name: string): string => (name ? `/proc/self/fd/${dirfd}/${name}` : `/proc/self/fd/${dirfd}`);
