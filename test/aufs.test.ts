@@ -53,13 +53,16 @@ describe('aufs mode', () => {
     return { rw: path.join(dir, 'rw'), ro1: path.join(dir, 'ro1'), ro2: path.join(dir, 'ro2'), mnt: path.join(dir, 'mnt') };
   }
 
-  test('a random operation sequence gives what overlay mode (redirect_dir=off) gives over the same branches', () => {
+  // without dirren aufs renames no dir with lower parts (EXDEV), as overlayfs with redirect_dir=off;
+  // with it, as overlayfs with redirect_dir=on (and the same redirect xattr on disk)
+  for (const [dirren, redirect] of [['', 'off'], [',dirren', 'on']]) test(`a random operation sequence gives what overlay mode (redirect_dir=${redirect}) gives over the same branches${dirren ? ', with dirren' : ''}`, () => {
     const seed = Number(process.env.LAYERFS_SEED ?? Date.now() % 100000);
     const host = (): string[] => ['/etc/passwd', '/etc/group', '/etc/shadow'].map((f) => fs.readFileSync(f, 'utf8'));
     const hostBefore = host();
-    const a = stack(d('rand-aufs')), o = stack(d('rand-ovl'));
-    mountOk(['-t', 'aufs', '-o', `br=${a.rw}=rw:${a.ro1}=ro:${a.ro2}=rr`, a.mnt]);
-    mountOk(['-o', `lowerdir=${o.ro1}:${o.ro2},upperdir=${d('rand-ovl/up')},workdir=${d('rand-ovl/work')},redirect_dir=off`, o.mnt]);
+    const tag = redirect;
+    const a = stack(d(`rand-aufs-${tag}`)), o = stack(d(`rand-ovl-${tag}`));
+    mountOk(['-t', 'aufs', '-o', `br=${a.rw}=rw:${a.ro1}=ro:${a.ro2}=rr${dirren}`, a.mnt]);
+    mountOk(['-o', `lowerdir=${o.ro1}:${o.ro2},upperdir=${d(`rand-ovl-${tag}/up`)},workdir=${d(`rand-ovl-${tag}/work`)},redirect_dir=${redirect}`, o.mnt]);
     try {
       let done = 0;   // ops that did something (a sequence that mostly fails tests little)
       for (let block = 0; block < 4; block++) {
@@ -76,8 +79,8 @@ describe('aufs mode', () => {
       layerfs(['umount', o.mnt]);
     }
     // the same tree again after a remount (the on-disk format read back)
-    mountOk(['-t', 'aufs', '-o', `br=${a.rw}:${a.ro1}:${a.ro2}`, a.mnt]);
-    mountOk(['-o', `lowerdir=${o.ro1}:${o.ro2},upperdir=${d('rand-ovl/up')},workdir=${d('rand-ovl/work')},redirect_dir=off`, o.mnt]);
+    mountOk(['-t', 'aufs', '-o', `br=${a.rw}:${a.ro1}:${a.ro2}${dirren}`, a.mnt]);
+    mountOk(['-o', `lowerdir=${o.ro1}:${o.ro2},upperdir=${d(`rand-ovl-${tag}/up`)},workdir=${d(`rand-ovl-${tag}/work`)},redirect_dir=${redirect}`, o.mnt]);
     try {
       expect(view(a.mnt), `seed ${seed}`).toEqual(view(o.mnt));
     } finally {
@@ -139,6 +142,38 @@ describe('aufs mode', () => {
     mountOk(['-t', 'aufs', '-o', `br=${s.ro1}=ro+wh:${s.ro2}=ro`, s.mnt]);
     try {
       expect(fs.readdirSync(path.join(s.mnt, 'etc')).sort()).toEqual(['a', 'sub']);
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+  });
+
+  test('dirren: a dir with parts in several branches is renamed, its lower parts following it (after a remount too)', () => {
+    const s = stack(d('dirren'));
+    const rw2 = d('dirren/rw2');
+    fs.mkdirSync(path.join(rw2, 'usr/lib'), { recursive: true });
+    fs.writeFileSync(path.join(rw2, 'usr/lib/in-rw2'), 'r2');
+    const opts = `br=${s.rw}=rw:${s.ro1}=ro:${rw2}=rw:${s.ro2}=ro,dirren`;
+    const m = (r: string): string => path.join(s.mnt, r);
+    const want = (): void => {
+      expect(fs.readdirSync(m('etc2')).sort()).toEqual(['a', 'sub']);
+      expect(fs.readFileSync(m('etc2/a'), 'utf8')).toBe('a1');
+      expect(fs.readFileSync(m('etc2/sub/x'), 'utf8')).toBe('x2');
+      expect(fs.existsSync(m('etc'))).toBe(false);
+      expect(fs.readdirSync(m('usr/lib2')).sort()).toEqual(['in-rw2', 'lib.so']);
+      expect(fs.existsSync(m('usr/lib'))).toBe(false);
+    };
+    mountOk(['-t', 'aufs', '-o', opts, s.mnt]);
+    try {
+      fs.renameSync(m('etc'), m('etc2'));                // parts in ro1 and ro2
+      fs.renameSync(m('usr/lib'), m('usr/lib2'));        // parts in rw2 (renamed there) and ro2
+      want();
+    } finally {
+      layerfs(['umount', s.mnt]);
+    }
+    expect(fs.existsSync(path.join(rw2, 'usr/lib2/in-rw2'))).toBe(true);
+    mountOk(['-t', 'aufs', '-o', opts, s.mnt]);
+    try {
+      want();
     } finally {
       layerfs(['umount', s.mnt]);
     }
@@ -416,7 +451,6 @@ describe('aufs mode', () => {
       ['a branch twice', () => ['-o', `br=${s.rw}:${s.ro1}:${s.ro1}`], /is given twice/],
       ['a create policy without its LOW', () => ['-o', `br=${s.rw}=rw:${s.ro1}=rw,create=mfsrr`], /bad value for option create: mfsrr/],
       ['a policy name typo', () => ['-o', `br=${s.rw}:${s.ro1},create=tdpp`], /bad value for option create: tdpp/],
-      ['an option not built yet', () => ['-o', `br=${s.rw}:${s.ro1},dirren`], /option dirren is not supported yet/],
       ['shwh with a rw branch', () => ['-o', `br=${s.rw}:${s.ro1},shwh`], /option shwh needs a read-only mount: no rw branch/],
       ['a mount type typo', () => ['-t', 'aufss', '-o', `br=${s.rw}`], /unknown mount type aufss/],
     ];

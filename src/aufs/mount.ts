@@ -72,6 +72,7 @@ export function aufsBuild(cfg: AufsConfig, dirs: Dir[], debug: boolean, source: 
   const introspect: NonNullable<ModePolicy['introspect']> = { prefix: INTROSPECT_PREFIX, table, fileName: CONTROL_FILE };
   const m = overlayBuild(cfg.overlay, dirs, debug, { source, subtype: 'layerfs-aufs' }, local,
     { ...AUFS_POLICY, introspect, alwaysOpaque: cfg.alwaysOpaque, statfsSum: cfg.statfsSum, writableLowers: cfg.rwLowers, showWhiteouts: cfg.showWhiteouts,
+      followRedirects: cfg.dirren,
       placement: (layers) => aufsPlacement(layers, cfg.create, cfg.cpup) });
   introspect.control = (verb) => applyVerb(m.fs as Union, table, m.mountpoint, verb);
   return m;

@@ -59,6 +59,8 @@ export interface AufsConfig {
   alwaysOpaque: boolean;
   statfsSum: boolean;
   showWhiteouts: boolean;
+  /** Dirs with parts in several branches are renamed, recorded as overlayfs's redirect xattr. */
+  dirren: boolean;
   create: CreatePolicy;
   cpup: CpupKind;
   /** Per branch below the first: writable (an rw branch the union writes in place). */
@@ -69,7 +71,7 @@ export interface AufsConfig {
 export function aufsConfig(lists: string[]): AufsConfig {
   const { branches, rest } = splitBranches(lists);
   const o: OptionMap = parseOptions([rest.join(',')].filter(Boolean));
-  let alwaysOpaque = false, statfsSum = false, showWhiteouts = false;
+  let alwaysOpaque = false, statfsSum = false, showWhiteouts = false, dirren = false;
   let create: CreatePolicy = { kind: 'tdp', low: 0, secs: 30 }, cpup: CpupKind = 'tdp';
   for (const [k, v] of [...o]) {
     switch (k) {
@@ -101,7 +103,8 @@ export function aufsConfig(lists: string[]): AufsConfig {
         showWhiteouts = true;
         break;
       case 'dirren':
-        throw new UsageError(`option ${k} is not supported yet in aufs mode (a dir with parts in several branches is not renamed: EXDEV, which mv handles)`);
+        dirren = true;
+        break;
       case 'xino': case 'noxino': case 'trunc_xino': case 'notrunc_xino': case 'xino_auto': case 'plink': case 'noplink':
       case 'nosum': case 'nodirren': case 'noshwh': case 'dirperm1': case 'nodirperm1': case 'warn_perm': case 'nowarn_perm':
       case 'verbose': case 'noverbose': case 'dio': case 'nodio': case 'acl': case 'noacl': case 'rdcache': case 'rdblk': case 'rdhash':
@@ -119,8 +122,8 @@ export function aufsConfig(lists: string[]): AufsConfig {
     o.set('upperdir', branches[0].path);
     o.set('workdir', branches[0].path);
   }
-  o.set('redirect_dir', 'off');
+  o.set('redirect_dir', dirren ? 'on' : 'off');
   const overlay = overlayConfig(o);
   if (rw && lowers.length === 0) overlay.lowers = [];   // a single rw branch
-  return { branches, overlay, alwaysOpaque, statfsSum, showWhiteouts, create, cpup, rwLowers: lowers.map((b) => b.perm === 'rw') };
+  return { branches, overlay, alwaysOpaque, statfsSum, showWhiteouts, dirren, create, cpup, rwLowers: lowers.map((b) => b.perm === 'rw') };
 }

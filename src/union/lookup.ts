@@ -89,7 +89,16 @@ export abstract class UnionLookup extends UnionCore {
         const o = dirOpacity(pfd, base);
         opaque = o.opaque;
         upperXwh = o.xwhiteouts;
-        if (opaque) break;
+        if (opaque || at.stop) break;
+        // (aufs dirren) a dir renamed in this branch: its lower parts are found by the old name
+        const r = this.readRedirect(pfd, base);
+        if (r !== null) {
+          redirect = upperRedirect = r;
+          if (r.startsWith('/') && refs !== this.root.lowers) {
+            refs = this.root.lowers;
+            i = refs.findIndex((x) => x.layer === ref.layer);
+          }
+        }
         continue;
       }
       if (!found) {
