@@ -10,6 +10,7 @@ import { snapLatency, thinSuite, TARGETS_TEXT as TH_TARGETS } from './thin';
 import { serviceSuite, serviceTable } from './service';
 import { containersSuite, containersTable } from './containers';
 import { aufsSuite } from './aufs';
+import { harnessSuite, harnessTable } from './harness';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(name);
@@ -20,7 +21,7 @@ async function main(): Promise<void> {
   if (process.geteuid?.() !== 0) throw new Error('the benchmark drops caches and mounts kernel overlayfs: run it as root');
   const rounds = Number(arg('--rounds', '3'));
   const base = arg('--dir', '/var/tmp/layerfs-bench');
-  const suites = arg('--suite', 'service,containers,passthrough,overlay,aufs,overlay-tmpfs,uring,pagecache,thin').split(',');
+  const suites = arg('--suite', 'service,containers,passthrough,overlay,aufs,harness,overlay-tmpfs,uring,pagecache,thin').split(',');
   const out: SuiteResult[] = [];
   const md: string[] = [`# layerfs benchmark ${new Date().toISOString()}`, '', `rounds: ${rounds}, medians; cost = time ratio (or inverse rate ratio): < 1 is faster.`, ''];
   if (suites.includes('service')) {
@@ -88,6 +89,11 @@ async function main(): Promise<void> {
     const rows = pageCacheSuite(path.join(base, 'pagecache'));
     out.push({ suite: 'pagecache', targets: rows.map((r) => r.name), rounds: 1, results: { 'page cache growth': Object.fromEntries(rows.map((r) => [r.name, [r.growthMiB]])) } });
     md.push('## One page cache for every mount', '', pageCacheTable(rows), '');
+  }
+  if (suites.includes('harness')) {
+    const r = harnessSuite(path.join(base, 'harness'), rounds);
+    out.push({ suite: 'harness', targets: ['in process', 'cli'], rounds, results: { 'reset (ms)': { 'in process': r.resetMs, cli: r.resetCliMs } } });
+    md.push('## Harness: reset of a 50,000-file fixture after 10,000 files changed', '', harnessTable(r), '');
   }
   if (suites.includes('thin')) {
     const r = thinSuite(path.join(base, 'thin'), rounds);

@@ -11,6 +11,7 @@ import { UsageError } from '../mount/validate';
 import { registerThin } from '../thin/cli';
 import { registerLayer } from '../layer/cli';
 import { registerAufs } from '../aufs/cli';
+import { registerHarness } from '../harness/cli';
 import { viaHelper } from '../service/client';
 import { runService } from '../service/server';
 
@@ -94,6 +95,7 @@ async function main(argv: string[]): Promise<void> {
   }));
   registerLayer(program, fail);
   registerAufs(program, fail);
+  registerHarness(program, fail);
   program.command('umount')
     .alias('unmount')
     .description('unmount a layerfs mount (also one whose daemon died)')

@@ -5,7 +5,9 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-export const HELPER = path.resolve(__dirname, '../../../native/build/Release/layerfs-helper');
+// beside dist/src/service in a build; two levels up when run from src (the tests' TypeScript)
+export const HELPER = [3, 2].map((up) => path.resolve(__dirname, '../'.repeat(up), 'native/build/Release/layerfs-helper'))
+  .find((p) => fs.existsSync(p)) ?? path.resolve(__dirname, '../../../native/build/Release/layerfs-helper');
 
 export function serviceWanted(): boolean {
   const v = process.env.LAYERFS_SERVICE;

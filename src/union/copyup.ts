@@ -102,6 +102,7 @@ export abstract class UnionCopyUp extends UnionLookup {
       // below the top: one more dir of the merge, in layer order
       const at = n.lowers.findIndex((x) => x.layer > t);
       n.lowers.splice(at < 0 ? n.lowers.length : at, 0, { layer: t, path: unionPath(n), xwh: false });
+      this.invalAttr(n);   // now merged: nlink shows 1
       return;
     }
     // a dir stays merged below its copy; a file of a writable layer is not left there hidden

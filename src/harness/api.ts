@@ -1,0 +1,61 @@
+// The harness from TypeScript: `import { Harness } from 'layerfs'`. The calls run in the caller's
+// process but never serve the mount (the resident service does, reached through the C helper),
+// so they may touch the mount themselves; each resolves once done, or rejects with the one-line
+// error the CLI would print.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { HarnessState } from './harness';
+import type { Change } from './diff';
+
+export type { Change } from './diff';
+
+export interface HarnessOptions {
+  /** Where the upper and checkpoints live (default: /var/tmp/layerfs-harness[-UID]/HASH). */
+  state?: string;
+}
+
+/** A change with its path from the mount's root, as `harness ctl MNT diff --json` prints it. */
+export const rooted = (c: Change): Change => ({ ...c, path: `/${c.path}` });
+
+const settle = async <T>(fn: () => T): Promise<T> => fn();
+
+export class Harness {
+  private constructor(readonly base: string, readonly mountpoint: string) {}
+
+  /** Mounts a copy-on-write view of base at mountpoint (base is never modified). */
+  static async mount(base: string, mountpoint: string, opts: HarnessOptions = {}): Promise<Harness> {
+    const h = await settle(() => HarnessState.create(base, mountpoint, opts.state ?? null));
+    return new Harness(h.base, h.mnt);
+  }
+
+  private state(): HarnessState {
+    return HarnessState.of(this.mountpoint);
+  }
+
+  /** Back to base, whatever the view holds (O(1): the old upper is removed in the background). */
+  reset(): Promise<void> { return settle(() => this.state().reset()); }
+
+  checkpoint(name: string): Promise<void> { return settle(() => this.state().checkpoint(name)); }
+
+  restore(name: string): Promise<void> { return settle(() => this.state().restore(name)); }
+
+  checkpoints(): Promise<string[]> { return settle(() => this.state().checkpoints()); }
+
+  /** What changed since base: A(dded), C(hanged), D(eleted), paths from the mount's root. */
+  diff(): Promise<Change[]> { return settle(() => this.state().diff().map(rooted)); }
+
+  /** The changes as an image-layer tar (whiteouts as `.wh.` entries) written to file. */
+  commit(file: string): Promise<void> {
+    return settle(() => {
+      const fd = fs.openSync(path.resolve(file), 'wx', 0o644);
+      try {
+        this.state().commitTar(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
+  }
+
+  /** Unmounts and removes the harness's state. */
+  unmount(): Promise<void> { return settle(() => this.state().destroy()); }
+}

@@ -1,0 +1,225 @@
+// Harness mode, first part: a throwaway copy-on-write view of a fixture. BASE is the only lower of
+// an overlay mount (never modified); the upper and work dirs live in a state dir of the harness
+// (its path is the mount's source, `harness:STATE`, so every later command finds it from MNT).
+// reset: the mount ends, the upper is renamed away (removed in the background) and a fresh one
+// mounted — O(1) whatever the upper holds; checkpoint/restore copy the upper (with its work dir:
+// copied-up hard links live in its index); diff walks the upper against BASE; commit writes the
+// changes as an image-layer tar.
+import { spawn, spawnSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { UsageError, mountPoints } from '../mount/validate';
+import { unmount } from '../mount/unmount';
+import { diffUpper, type Change } from './diff';
+import { packUpper } from '../layer/pack';
+import { HELPER, serviceWanted } from '../service/client';
+
+const SOURCE = 'harness:';
+const CHECKPOINT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+interface Meta { base: string; mnt: string; gen: number }
+
+/** The layerfs CLI beside this module (dist/src/harness -> dist/src/cli; from src, the build's). */
+function cliPath(): string {
+  const own = path.join(__dirname, '../cli/layerfs.js');
+  return fs.existsSync(own) ? own : path.resolve(__dirname, '../../dist/src/cli/layerfs.js');
+}
+
+function within(inner: string, outer: string): boolean {
+  return inner === outer || inner.startsWith(outer.endsWith('/') ? outer : `${outer}/`);
+}
+
+/** The dir a path names, resolved (symlinks of the caller's own paths followed, as mount does). */
+function realDir(p: string, what: string): string {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(p);
+  } catch {
+    throw new UsageError(`${what} ${p} does not exist`);
+  }
+  if (!st.isDirectory()) throw new UsageError(`${what} ${p} is not a directory`);
+  return fs.realpathSync(p);
+}
+
+function defaultState(mnt: string): string {
+  const uid = process.geteuid?.() ?? 0;
+  const root = uid === 0 ? '/var/tmp/layerfs-harness' : `/var/tmp/layerfs-harness-${uid}`;
+  return path.join(root, crypto.createHash('sha1').update(mnt).digest('hex').slice(0, 16));
+}
+
+export class HarnessState {
+  private constructor(readonly dir: string, private meta: Meta) {}
+
+  get base(): string { return this.meta.base; }
+  get mnt(): string { return this.meta.mnt; }
+  get upper(): string { return path.join(this.dir, `upper-${this.meta.gen}`); }
+  get work(): string { return path.join(this.dir, `work-${this.meta.gen}`); }
+
+  private save(): void {
+    fs.writeFileSync(path.join(this.dir, 'meta.json.tmp'), JSON.stringify(this.meta));
+    fs.renameSync(path.join(this.dir, 'meta.json.tmp'), path.join(this.dir, 'meta.json'));
+  }
+
+  /** A new harness: checks every path first (nothing is made before), then mounts. */
+  static create(baseIn: string, mntIn: string, stateIn: string | null): HarnessState {
+    const base = realDir(baseIn, 'base');
+    const mnt = realDir(mntIn, 'mountpoint');
+    if (within(mnt, base)) throw new UsageError(`mountpoint ${mnt} is inside base ${base}`);
+    if (within(base, mnt)) throw new UsageError(`base ${base} is inside mountpoint ${mnt}`);
+    if (mountPoints().has(mnt)) throw new UsageError(`${mnt} is already a mountpoint`);
+    const dir = path.resolve(stateIn ?? defaultState(mnt));
+    if (within(dir, base) || within(base, dir)) throw new UsageError(`state dir ${dir} and base ${base} must not contain each other`);
+    if (within(dir, mnt)) throw new UsageError(`state dir ${dir} is inside mountpoint ${mnt}`);
+    if (fs.existsSync(dir) && fs.readdirSync(dir).length) throw new UsageError(`state dir ${dir} is not empty (another harness, or left by one: remove it)`);
+    if (dir.includes(',') || dir.includes(':') || base.includes(',') || base.includes(':')) throw new UsageError('paths with , or : cannot be mount options');
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const h = new HarnessState(dir, { base, mnt, gen: 1 });
+    fs.mkdirSync(h.upper);
+    fs.mkdirSync(h.work);
+    h.save();
+    try {
+      h.mount();
+    } catch (e) {
+      fs.rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
+    return h;
+  }
+
+  /** The harness mounted at mnt (its state dir is the mount's source). */
+  static of(mntIn: string): HarnessState {
+    const mnt = path.resolve(mntIn);
+    const src = mountSource(mnt);
+    if (src === null) throw new UsageError(`${mnt} is not mounted`);
+    if (!src.startsWith(SOURCE)) throw new UsageError(`${mnt} is not a layerfs harness mount`);
+    const dir = src.slice(SOURCE.length);
+    let meta: Meta;
+    try {
+      meta = JSON.parse(fs.readFileSync(path.join(dir, 'meta.json'), 'utf8')) as Meta;
+    } catch {
+      throw new UsageError(`the state of harness ${mnt} (${dir}) is unreadable`);
+    }
+    return new HarnessState(dir, meta);
+  }
+
+  private mount(): void {
+    const opts = `lowerdir=${this.base},upperdir=${this.upper},workdir=${this.work},fsname=${SOURCE}${this.dir}`;
+    // through the C helper straight to the resident service (no Node start: a reset costs ms)
+    const viaC = serviceWanted() && fs.existsSync(HELPER);
+    const r = viaC ? spawnSync(HELPER, ['mount', '-o', opts, this.mnt], { encoding: 'utf8', argv0: 'layerfs' })
+      : spawnSync(process.execPath, [cliPath(), 'mount', '-o', opts, this.mnt], { encoding: 'utf8' });
+    if (r.status !== 0) throw new UsageError((r.stderr || r.error?.message || 'mount failed').trim().split('\n')[0].replace(/^layerfs: /, ''));
+  }
+
+  /** Back to BASE: the upper goes whatever it holds (renamed now, removed in the background). */
+  reset(): void {
+    this.swap(() => {
+      fs.mkdirSync(this.upper);
+      fs.mkdirSync(this.work);
+    });
+  }
+
+  /** Ends the mount, moves the current upper/work aside, makes the next generation, mounts. */
+  private swap(make: () => void): void {
+    unmount(this.mnt, false);   // (what the old upper holds is dropped: nothing to flush first)
+    const trash = path.join(this.dir, `trash-${this.meta.gen}-${Date.now()}`);
+    fs.mkdirSync(trash);
+    fs.renameSync(this.upper, path.join(trash, 'upper'));
+    fs.renameSync(this.work, path.join(trash, 'work'));
+    this.meta.gen++;
+    try {
+      make();
+    } finally {
+      this.save();
+      this.mount();
+      removeLater(trash);
+    }
+  }
+
+  /** The mount's changes reach the upper (a writeback cache may hold them). */
+  private sync(): void {
+    spawnSync('sync', ['-f', this.mnt]);
+  }
+
+  checkpoint(name: string): void {
+    if (!CHECKPOINT_NAME.test(name)) throw new UsageError(`bad checkpoint name '${name}' (letters, digits, . _ -)`);
+    const to = path.join(this.dir, 'checkpoints', name);
+    if (fs.existsSync(to)) throw new UsageError(`checkpoint ${name} exists`);
+    this.sync();
+    fs.mkdirSync(path.join(this.dir, 'checkpoints'), { recursive: true });
+    const tmp = `${to}.tmp`;
+    fs.rmSync(tmp, { recursive: true, force: true });
+    fs.mkdirSync(tmp);
+    // one cp for both dirs: hard links between the upper and the index stay links
+    copyTree([this.upper, this.work], tmp);
+    fs.renameSync(tmp, to);
+  }
+
+  restore(name: string): void {
+    const from = path.join(this.dir, 'checkpoints', name);
+    if (!CHECKPOINT_NAME.test(name) || !fs.existsSync(from)) throw new UsageError(`no checkpoint ${name} (${this.checkpoints().join(', ') || 'none made'})`);
+    const saved = fs.readdirSync(from);
+    const up = saved.find((n) => n.startsWith('upper-')), wk = saved.find((n) => n.startsWith('work-'));
+    if (!up || !wk) throw new UsageError(`checkpoint ${name} is incomplete`);
+    this.swap(() => {
+      const tmp = path.join(this.dir, `restore-${Date.now()}`);
+      fs.mkdirSync(tmp);
+      copyTree([path.join(from, up), path.join(from, wk)], tmp);
+      fs.renameSync(path.join(tmp, up), this.upper);
+      fs.renameSync(path.join(tmp, wk), this.work);
+      fs.rmdirSync(tmp);
+    });
+  }
+
+  checkpoints(): string[] {
+    try {
+      return fs.readdirSync(path.join(this.dir, 'checkpoints')).filter((n) => !n.endsWith('.tmp')).sort();
+    } catch {
+      return [];
+    }
+  }
+
+  diff(): Change[] {
+    this.sync();
+    return diffUpper(this.upper, this.base);
+  }
+
+  /** The changes as an image-layer tar (`.wh.` whiteouts), to fd. */
+  commitTar(fd: number): void {
+    this.sync();
+    packUpper(this.upper, [this.base], fd);
+  }
+
+  /** Ends the harness: the mount, then its state. */
+  destroy(): void {
+    unmount(this.mnt, false);
+    const trash = `${this.dir}.trash-${Date.now()}`;
+    fs.renameSync(this.dir, trash);
+    removeLater(trash);
+  }
+}
+
+function copyTree(srcs: string[], dest: string): void {
+  const r = spawnSync('cp', ['-a', '--reflink=auto', ...srcs, dest], { encoding: 'utf8' });
+  if (r.status !== 0) throw new UsageError(`copy failed: ${(r.stderr || '').trim().split('\n')[0]}`);
+}
+
+/** rm -rf in a detached child: the caller does not wait for a big upper to go. */
+function removeLater(p: string): void {
+  const c = spawn('rm', ['-rf', '--one-file-system', p], { detached: true, stdio: 'ignore' });
+  c.unref();
+}
+
+/** The source field of the mount at mnt in this process's mount namespace, or null. */
+function mountSource(mnt: string): string | null {
+  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+  let found: string | null = null;
+  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = line.split(' ');
+    const sep = f.indexOf('-');
+    if (sep < 0 || unescape(f[4]) !== mnt) continue;
+    found = unescape(f[sep + 2]);   // the last mount on top counts
+  }
+  return found;
+}

@@ -1,0 +1,241 @@
+// Harness mode, first part: a throwaway copy-on-write view of a fixture — diff (A/C/D with
+// sizes) of what a program changed, O(1) reset back to the fixture, checkpoint/restore, commit
+// as an image-layer tar (read back as aufs branches over the fixture), the TypeScript API, and
+// bad input. The fixture (BASE) is never modified; a symlink in it to /etc never exposes the host.
+import { spawnSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { CLI, isMounted, layerfs, mountOk, requireFuse, tempDir, unmountAll } from './helpers/mount';
+import { view } from './helpers/overlay';
+import { run } from './helpers/union-ops';
+import { Harness } from '../src/harness/api';
+
+function write(base: string, rel: string, data: string): void {
+  fs.mkdirSync(path.dirname(path.join(base, rel)), { recursive: true });
+  fs.writeFileSync(path.join(base, rel), data);
+}
+
+function fixture(dir: string): string {
+  write(dir, 'etc/a', 'aaaa'); write(dir, 'etc/b', 'bb'); write(dir, 'etc/sub/x', 'x');
+  write(dir, 'var/lib/db', 'db'); write(dir, 'var/lib/old', 'o'); write(dir, 'keep', 'k');
+  fs.symlinkSync('/etc', path.join(dir, 'hostetc'));
+  return dir;
+}
+
+/** A tree's view without dir link counts (a merged dir shows 1, as on kernel overlayfs). */
+function shown(root: string): ReturnType<typeof view> {
+  const v = view(root, { xattrs: false });
+  for (const r of Object.values(v)) if (r.type === 'd') delete r.nlink;
+  return v;
+}
+
+function treeHash(root: string): string {
+  const h = crypto.createHash('sha1');
+  const walk = (rel: string): void => {
+    const p = path.join(root, rel);
+    const st = fs.lstatSync(p);
+    h.update(`${rel}\0${st.mode}\0${st.isFile() ? fs.readFileSync(p).toString('hex') : st.isSymbolicLink() ? fs.readlinkSync(p) : ''}\n`);
+    if (st.isDirectory()) for (const n of fs.readdirSync(p).sort()) walk(path.join(rel, n));
+  };
+  walk('');
+  return h.digest('hex');
+}
+
+const harness = (...args: string[]): ReturnType<typeof layerfs> => layerfs(['harness', ...args]);
+const ctl = (mnt: string, ...args: string[]): ReturnType<typeof layerfs> => harness('ctl', mnt, ...args);
+const ok = (r: ReturnType<typeof layerfs>): string => {
+  expect(r.status, r.stderr).toBe(0);
+  return r.stdout;
+};
+
+describe('harness mode', () => {
+  let base: string;
+  const d = (n: string): string => path.join(base, n);
+
+  beforeAll(() => {
+    requireFuse();
+    base = tempDir('harness');
+  });
+  afterAll(() => {
+    unmountAll(base);
+    fs.rmSync(base, { recursive: true, force: true });
+  });
+
+  function setup(tag: string, prep: (fix: string) => void = () => {}): { fix: string; mnt: string; state: string } {
+    const fix = fixture(d(`${tag}/base`));
+    prep(fix);
+    const mnt = d(`${tag}/mnt`), state = d(`${tag}/state`);
+    fs.mkdirSync(mnt, { recursive: true });
+    ok(harness(fix, mnt, '-o', `state=${state}`));
+    return { fix, mnt, state };
+  }
+
+  test('diff lists what a program changed (A/C/D with sizes); reset brings back the fixture; BASE never changes', () => {
+    const { fix, mnt, state } = setup('diff');
+    const before = treeHash(fix), fixView = shown(fix);
+    try {
+      expect(shown(mnt)).toEqual(fixView);
+      expect(fs.readFileSync('/proc/self/mounts', 'utf8')).toContain(`harness:${state} ${mnt} fuse.layerfs `);
+      const got = run(mnt, [
+        { op: 'write', a: 'etc/new', data: 'hello' },
+        { op: 'append', a: 'etc/a', data: '++' },
+        { op: 'unlink', a: 'etc/b' },
+        { op: 'rmrf', a: 'var/lib' },
+        { op: 'mkdir', a: 'var/lib' },
+        { op: 'write', a: 'var/lib/db', data: 'fresh' },
+        { op: 'chmod', a: 'keep', mode: 0o600 },
+        { op: 'mkdir', a: 'newdir' },
+        { op: 'symlink', a: 'newdir/l', b: 'x' },
+      ]);
+      expect(got.every((r) => r === 'ok')).toBe(true);
+      const diff = JSON.parse(ok(ctl(mnt, 'diff', '--json'))) as { kind: string; path: string; type: string; size: number }[];
+      expect(diff.map((c) => `${c.kind} ${c.path} ${c.type} ${c.size}`)).toEqual([
+        'C /etc dir 0', 'C /etc/a file 6', 'D /etc/b file 0', 'A /etc/new file 5', 'C /keep file 1',
+        'A /newdir dir 0', 'A /newdir/l symlink 1', 'C /var dir 0', 'C /var/lib dir 0', 'C /var/lib/db file 5', 'D /var/lib/old file 0',
+      ]);
+      // the text form: KIND SIZE PATH, one line each
+      expect(ok(ctl(mnt, 'diff')).split('\n')).toContain('A\t5\t/etc/new');
+      // the fixture's symlink to /etc is shown as a link, never followed
+      expect(fs.readlinkSync(path.join(mnt, 'hostetc'))).toBe('/etc');
+      expect(treeHash(fix)).toBe(before);
+      ok(ctl(mnt, 'reset'));
+      expect(isMounted(mnt)).toBe(true);
+      expect(shown(mnt)).toEqual(fixView);
+      expect(JSON.parse(ok(ctl(mnt, 'diff', '--json')))).toEqual([]);
+      // while a process uses the mount, reset is refused in one line and changes nothing
+      write(mnt, 'etc/again', 'x');
+      const fd = fs.openSync(path.join(mnt, 'etc/again'), 'r');
+      try {
+        const r = ctl(mnt, 'reset');
+        expect(r.status).toBe(1);
+        expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/is busy/)]);
+        expect(fs.readFileSync(path.join(mnt, 'etc/again'), 'utf8')).toBe('x');
+      } finally {
+        fs.closeSync(fd);
+      }
+      ok(ctl(mnt, 'reset'));
+      expect(fs.existsSync(path.join(mnt, 'etc/again'))).toBe(false);
+      expect(treeHash(fix)).toBe(before);
+    } finally {
+      layerfs(['umount', mnt]);
+    }
+  });
+
+  test('checkpoint and restore: the view as it was; hard links of the fixture copied up stay linked', () => {
+    const { mnt } = setup('cp', (fix) => fs.linkSync(path.join(fix, 'etc/a'), path.join(fix, 'etc/a-link')));
+    try {
+      write(mnt, 'etc/one', '1');
+      fs.appendFileSync(path.join(mnt, 'etc/a'), '!');   // a lower hard link copied up (the index)
+      ok(ctl(mnt, 'checkpoint', 'c1'));
+      const at = shown(mnt);
+      write(mnt, 'etc/two', '2');
+      fs.rmSync(path.join(mnt, 'var'), { recursive: true });
+      ok(ctl(mnt, 'restore', 'c1'));
+      expect(shown(mnt)).toEqual(at);
+      expect(fs.readFileSync(path.join(mnt, 'etc/a-link'), 'utf8')).toBe('aaaa!');
+      fs.appendFileSync(path.join(mnt, 'etc/a-link'), '?');
+      expect(fs.readFileSync(path.join(mnt, 'etc/a'), 'utf8')).toBe('aaaa!?');
+      expect(JSON.parse(ok(ctl(mnt, 'checkpoints', '--json')))).toEqual(['c1']);
+      // restore works more than once, and after a reset
+      ok(ctl(mnt, 'reset'));
+      ok(ctl(mnt, 'restore', 'c1'));
+      expect(fs.readFileSync(path.join(mnt, 'etc/one'), 'utf8')).toBe('1');
+    } finally {
+      layerfs(['umount', mnt]);
+    }
+  });
+
+  test('commit: the changes as an image-layer tar, which over the fixture gives the same view', () => {
+    const { fix, mnt } = setup('commit');
+    const tar = d('commit/layer.tar'), layer = d('commit/layer');
+    try {
+      write(mnt, 'etc/new', 'n');
+      fs.unlinkSync(path.join(mnt, 'etc/b'));
+      fs.rmSync(path.join(mnt, 'var/lib'), { recursive: true });
+      fs.mkdirSync(path.join(mnt, 'var/lib'));
+      ok(ctl(mnt, 'commit', tar));
+      const names = spawnSync('tar', ['-tf', tar], { encoding: 'utf8' }).stdout.split('\n');
+      expect(names).toEqual(expect.arrayContaining(['etc/.wh.b', 'var/lib/.wh..wh..opq', 'etc/new']));
+      const want = shown(mnt);
+      fs.mkdirSync(layer);
+      ok(layerfs(['layer', 'unpack', '--oci', '-f', tar, layer]));
+      const amnt = d('commit/amnt');
+      fs.mkdirSync(amnt);
+      mountOk(['-t', 'aufs', '-o', `br=${layer}=ro+wh:${fix}=ro`, amnt]);
+      try {
+        expect(shown(amnt)).toEqual(want);
+      } finally {
+        layerfs(['umount', amnt]);
+      }
+    } finally {
+      layerfs(['umount', mnt]);
+    }
+  });
+
+  test('the TypeScript API: mount, diff, checkpoint, restore, reset, unmount (its state goes too)', async () => {
+    const fix = fixture(d('api/base'));
+    const mnt = d('api/mnt'), state = d('api/state');
+    fs.mkdirSync(mnt, { recursive: true });
+    const h = await Harness.mount(fix, mnt, { state });
+    try {
+      fs.writeFileSync(path.join(mnt, 'etc/new'), 'abc');
+      expect(await h.diff()).toEqual([
+        { kind: 'C', path: '/etc', type: 'dir', size: 0 }, { kind: 'A', path: '/etc/new', type: 'file', size: 3 },
+      ]);
+      await h.checkpoint('one');
+      await h.reset();
+      expect(fs.existsSync(path.join(mnt, 'etc/new'))).toBe(false);
+      await h.restore('one');
+      expect(fs.readFileSync(path.join(mnt, 'etc/new'), 'utf8')).toBe('abc');
+      await expect(h.restore('nope')).rejects.toThrow(/no checkpoint nope \(one\)/);
+    } finally {
+      await h.unmount();
+    }
+    expect(isMounted(mnt)).toBe(false);
+    expect(fs.existsSync(state)).toBe(false);
+  });
+
+  test('bad input: one line, exit 1, nothing mounted or made', () => {
+    const fix = fixture(d('bad/base'));
+    const mnt = d('bad/mnt');
+    fs.mkdirSync(mnt, { recursive: true });
+    const cases: [string[], RegExp][] = [
+      [[d('bad/none'), mnt], /base .*none does not exist/],
+      [[fix, path.join(fix, 'etc')], /mountpoint .* is inside base/],
+      [[fix, mnt, '-o', 'size=1'], /unknown harness option 'size=1'/],
+      [[fix, mnt, '-o', `state=${path.join(fix, 'st')}`], /must not contain each other/],
+      [['ctl', mnt, 'reset'], /is not mounted/],
+      [['ctl', base, 'reset'], /is not mounted|is not a layerfs harness mount/],
+    ];
+    for (const [args, re] of cases) {
+      const before = treeHash(fix);
+      const r = harness(...args);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr.trim().split('\n'), args.join(' ')).toEqual([expect.stringMatching(re)]);
+      expect(isMounted(mnt)).toBe(false);
+      expect(treeHash(fix)).toBe(before);
+    }
+    // a mount of another kind is not a harness; unknown verbs and names
+    const state = d('bad/state');
+    ok(harness(fix, mnt, '-o', `state=${state}`));
+    try {
+      for (const [args, re] of [
+        [['frob'], /unknown harness verb 'frob'/], [['checkpoint', '../x'], /bad checkpoint name/],
+        [['restore', 'none'], /no checkpoint none \(none made\)/], [['checkpoint'], /usage: layerfs harness ctl MNT checkpoint NAME/],
+      ] as [string[], RegExp][]) {
+        const r = ctl(mnt, ...args);
+        expect(r.status, args.join(' ')).toBe(1);
+        expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(re)]);
+      }
+      const again = harness(fix, mnt, '-o', `state=${d('bad/state2')}`);
+      expect(again.status).toBe(1);
+      expect(again.stderr).toMatch(/already a mountpoint/);
+    } finally {
+      ok(ctl(mnt, 'umount'));
+    }
+    expect(fs.existsSync(state)).toBe(false);
+    expect(spawnSync(process.execPath, [CLI, 'harness', 'ctl', mnt, 'diff']).status).toBe(1);
+  });
+});
