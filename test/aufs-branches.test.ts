@@ -6,12 +6,11 @@
 // (copy-on-write over ro branches) and mergerfs (rw branches) as oracles where their semantics
 // agree with aufs's.
 import { spawnSync } from 'node:child_process';
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { layerfs, mountOk, requireFuse, tempDir, unmountAll } from './helpers/mount';
-import { view } from './helpers/overlay';
+import { shown, treeHash } from './helpers/overlay';
 import { randomOps, run, type OpSpace } from './helpers/union-ops';
 
 const SPACE: OpSpace = {
@@ -45,26 +44,6 @@ function buildBranches(dir: string): Record<'rw0' | 'ro1' | 'rw2' | 'ro3' | 'mnt
   write(b.ro3, 'etc/a', 'a3'); write(b.ro3, 'etc/e', 'e3'); write(b.ro3, 'var/y', 'vy3'); write(b.ro3, 'opq/c', 'oc3');
   write(b.ro3, 'usr/lib/lib.so', 'so3');
   return b;
-}
-
-/** A tree's content, for "never changed" checks (names, types, modes, data). */
-function treeHash(root: string): string {
-  const h = crypto.createHash('sha1');
-  const walk = (rel: string): void => {
-    const p = path.join(root, rel);
-    const st = fs.lstatSync(p);
-    h.update(`${rel}\0${st.mode}\0${st.isFile() ? fs.readFileSync(p).toString('hex') : ''}\n`);
-    if (st.isDirectory()) for (const n of fs.readdirSync(p).sort()) walk(path.join(rel, n));
-  };
-  walk('');
-  return h.digest('hex');
-}
-
-/** The view without dir link counts (a merged dir shows 1, a plain one its subdirs + 2). */
-function shown(root: string, skip?: (rel: string) => boolean): ReturnType<typeof view> {
-  const v = view(root, { xattrs: false, skip });
-  for (const r of Object.values(v)) if (r.type === 'd') delete r.nlink;
-  return v;
 }
 
 const xattr = (p: string, name: string): string => {
@@ -165,7 +144,7 @@ describe('aufs mode, several writable branches', () => {
       expect(r.status, `${cmd[0]}: ${r.stderr}`).toBe(0);
       // unionfs-fuse keeps its whiteouts in a dir it shows: not part of the tree
       const meta = (x: string): string => x.split(',').filter((n) => n !== '.unionfs-fuse').join(',');
-      const tree = (root: string): ReturnType<typeof view> => {
+      const tree = (root: string): ReturnType<typeof shown> => {
         const v = shown(root, (rel) => rel === '.unionfs-fuse');
         for (const x of Object.values(v)) delete x.nlink;   // unionfs-fuse breaks hard links: left out
         return v;

@@ -3,12 +3,11 @@
 // as an image-layer tar (read back as aufs branches over the fixture), the TypeScript API, and
 // bad input. The fixture (BASE) is never modified; a symlink in it to /etc never exposes the host.
 import { spawnSync } from 'node:child_process';
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CLI, isMounted, layerfs, mountOk, requireFuse, tempDir, unmountAll } from './helpers/mount';
-import { view } from './helpers/overlay';
+import { shown, treeHash } from './helpers/overlay';
 import { run } from './helpers/union-ops';
 import { Harness } from '../src/harness/api';
 
@@ -22,25 +21,6 @@ function fixture(dir: string): string {
   write(dir, 'var/lib/db', 'db'); write(dir, 'var/lib/old', 'o'); write(dir, 'keep', 'k');
   fs.symlinkSync('/etc', path.join(dir, 'hostetc'));
   return dir;
-}
-
-/** A tree's view without dir link counts (a merged dir shows 1, as on kernel overlayfs). */
-function shown(root: string): ReturnType<typeof view> {
-  const v = view(root, { xattrs: false });
-  for (const r of Object.values(v)) if (r.type === 'd') delete r.nlink;
-  return v;
-}
-
-function treeHash(root: string): string {
-  const h = crypto.createHash('sha1');
-  const walk = (rel: string): void => {
-    const p = path.join(root, rel);
-    const st = fs.lstatSync(p);
-    h.update(`${rel}\0${st.mode}\0${st.isFile() ? fs.readFileSync(p).toString('hex') : st.isSymbolicLink() ? fs.readlinkSync(p) : ''}\n`);
-    if (st.isDirectory()) for (const n of fs.readdirSync(p).sort()) walk(path.join(rel, n));
-  };
-  walk('');
-  return h.digest('hex');
 }
 
 const harness = (...args: string[]): ReturnType<typeof layerfs> => layerfs(['harness', ...args]);

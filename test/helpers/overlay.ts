@@ -250,3 +250,23 @@ export function sysCall(r: number | string | Buffer): unknown {
   if (typeof r === 'number' && r < 0) throw Object.assign(new Error(errnoName(-r)), { code: errnoName(-r) });
   return r;
 }
+
+/** A tree's content, for "never changed" checks (names, modes, data, link targets). */
+export function treeHash(root: string): string {
+  const h = crypto.createHash('sha1');
+  const walk = (rel: string): void => {
+    const p = path.join(root, rel);
+    const st = fs.lstatSync(p);
+    h.update(`${rel}\0${st.mode}\0${st.isFile() ? fs.readFileSync(p).toString('hex') : st.isSymbolicLink() ? fs.readlinkSync(p) : ''}\n`);
+    if (st.isDirectory()) for (const n of fs.readdirSync(p).sort()) walk(path.join(rel, n));
+  };
+  walk('');
+  return h.digest('hex');
+}
+
+/** The view without dir link counts (a merged dir shows 1, a plain one its subdirs + 2). */
+export function shown(root: string, skip?: (rel: string) => boolean): Record<string, Rec> {
+  const v = view(root, { xattrs: false, skip });
+  for (const r of Object.values(v)) if (r.type === 'd') delete r.nlink;
+  return v;
+}
