@@ -154,6 +154,88 @@ describe('harness mode', () => {
     }
   });
 
+  test('fault rules: an errno on the Nth matching call for COUNT calls, latency, a seeded probability; listed with their counts', () => {
+    const { mnt } = setup('faults');
+    try {
+      ok(ctl(mnt, 'inject', 'write', '/etc/*', 'ENOSPC', '--nth', '2', '--count', '1'));
+      expect(run(mnt, [1, 2, 3].map((i) => ({ op: 'write', a: `etc/w${i}`, data: 'x' })))).toEqual(['ok', 'ENOSPC', 'ok']);
+      const rules = JSON.parse(ok(ctl(mnt, 'faults'))) as { op: string; seen: number; fired: number }[];
+      expect(rules.map((r) => [r.op, r.seen, r.fired])).toEqual([['write', 3, 1]]);
+      ok(ctl(mnt, 'clear'));
+      ok(ctl(mnt, 'inject', 'open', '/keep', 'EIO'));
+      expect(run(mnt, [{ op: 'read', a: 'keep' }, { op: 'read', a: 'etc/a' }])).toEqual(['EIO', 'aaaa']);
+      ok(ctl(mnt, 'clear'));
+      expect(run(mnt, [{ op: 'read', a: 'keep' }])).toEqual(['k']);
+      // latency: the call waits, then runs
+      ok(ctl(mnt, 'inject', 'read', '/keep', 'delay=400'));
+      const t = Date.now();
+      expect(run(mnt, [{ op: 'read', a: 'keep' }])).toEqual(['k']);
+      expect(Date.now() - t).toBeGreaterThanOrEqual(400);
+      ok(ctl(mnt, 'clear'));
+      // a seeded probability gives the same failures in the same order each time
+      const trial = (): string[] => {
+        ok(ctl(mnt, 'inject', 'open', '/etc/a', 'EIO', '--prob', '0.5', '--seed', '7'));
+        const r = run(mnt, Array.from({ length: 24 }, () => ({ op: 'read', a: 'etc/a' })));
+        ok(ctl(mnt, 'clear'));
+        return r;
+      };
+      const first = trial();
+      expect(first).toEqual(trial());
+      expect(first).toContain('EIO');
+      expect(first).toContain('aaaa');
+      // bad rules: one line each, nothing injected
+      for (const [args, re] of [
+        [['frob', '/x', 'EIO'], /unknown operation 'frob'/], [['write', 'x', 'EIO'], /bad path glob 'x'/],
+        [['write', '/x', 'EFOO'], /unknown errno 'EFOO'/], [['write', '/x', 'EIO', '--prob', '2'], /bad prob: 2/],
+      ] as [string[], RegExp][]) {
+        const r = ctl(mnt, 'inject', ...args);
+        expect(r.status, args.join(' ')).toBe(1);
+        expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(re)]);
+      }
+      expect(JSON.parse(ok(ctl(mnt, 'faults')))).toEqual([]);
+    } finally {
+      layerfs(['umount', mnt]);
+    }
+  });
+
+  test('trace: every operation a JSON line (time, pid, op, paths, result, duration), from a mark, filtered', () => {
+    const { mnt } = setup('trace');
+    try {
+      ok(ctl(mnt, 'mark', 'm1'));
+      const py = spawnSync('python3', ['-c', [
+        'import os', `os.chdir("${mnt}")`, 'fd = os.open("etc/t", os.O_CREAT | os.O_WRONLY, 0o644)', 'os.write(fd, b"hello")',
+        'os.fsync(fd)', 'os.close(fd)', 'os.unlink("etc/b")', 'os.rename("etc/a", "etc/a2")', 'print(os.getpid())',
+      ].join('\n')], { encoding: 'utf8' });
+      expect(py.status, py.stderr).toBe(0);
+      const pid = Number(py.stdout.trim());
+      const lines = ok(ctl(mnt, 'trace', '--since', 'm1')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      const of = (op: string): Record<string, unknown> | undefined => lines.find((l) => l.op === op && l.pid === pid);
+      expect(of('create')).toMatchObject({ path: '/etc/t', result: 'ok' });
+      expect(of('write')).toMatchObject({ path: '/etc/t', result: 'ok', bytes: 5, args: { offset: 0, size: 5 } });
+      expect(of('fsync')).toMatchObject({ path: '/etc/t', result: 'ok' });
+      expect(of('unlink')).toMatchObject({ path: '/etc/b', result: 'ok' });
+      expect(of('rename')).toMatchObject({ path: '/etc/a', path2: '/etc/a2', result: 'ok' });
+      for (const l of lines) {
+        expect(typeof l.t).toBe('number');
+        expect(l.ms as number).toBeGreaterThanOrEqual(0);
+      }
+      // in order: the create before its write, the write before the fsync
+      const idx = (op: string): number => lines.findIndex((l) => l.op === op && l.pid === pid);
+      expect(idx('create')).toBeLessThan(idx('write'));
+      expect(idx('write')).toBeLessThan(idx('fsync'));
+      const unl = ok(ctl(mnt, 'trace', '--since', 'm1', '--op', 'unlink')).trim().split('\n').map((l) => JSON.parse(l) as { op: string });
+      expect(unl.map((l) => l.op)).toEqual(['unlink']);
+      const failed = run(mnt, [{ op: 'unlink', a: 'etc/nope' }]);
+      expect(failed).toEqual(['ENOENT']);
+      expect(ok(ctl(mnt, 'trace', '--op', 'lookup', '--path', '/etc/nope'))).toMatch(/"result":"ok"|"result":"ENOENT"/);
+      const bad = ctl(mnt, 'trace', '--since', 'never');
+      expect(bad.status).toBe(1);
+      expect(bad.stderr.trim()).toMatch(/no mark never in the trace$/);
+    } finally {
+      layerfs(['umount', mnt]);
+    }
+  });
+
   test('the TypeScript API: mount, diff, checkpoint, restore, reset, unmount (its state goes too)', async () => {
     const fix = fixture(d('api/base'));
     const mnt = d('api/mnt'), state = d('api/state');
@@ -170,6 +252,14 @@ describe('harness mode', () => {
       await h.restore('one');
       expect(fs.readFileSync(path.join(mnt, 'etc/new'), 'utf8')).toBe('abc');
       await expect(h.restore('nope')).rejects.toThrow(/no checkpoint nope \(one\)/);
+      await h.inject({ op: 'unlink', path: '/etc/**', errno: 'EPERM' });
+      expect(() => fs.unlinkSync(path.join(mnt, 'etc/b'))).toThrow(/EPERM/);
+      expect((await h.faults()).map((r) => [r.op, r.fired])).toEqual([['unlink', 1]]);
+      await h.clearFaults();
+      await h.mark('x');
+      fs.unlinkSync(path.join(mnt, 'etc/b'));
+      expect((await h.trace({ since: 'x', op: 'unlink' })).map((l) => [l.path, l.result])).toEqual([['/etc/b', 'ok']]);
+      await expect(h.inject({ op: 'nope', path: '/', errno: 'EIO' })).rejects.toThrow(/unknown operation 'nope'/);
     } finally {
       await h.unmount();
     }

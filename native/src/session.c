@@ -1223,12 +1223,13 @@ static napi_value js_reply_open(napi_env env, napi_callback_info info) {
   return num(env, (double)fh);
 }
 
-// replyCreate(req, nodeid, generation, entryTimeout, attrTimeout, stat, fd, fopenFlags, openFlags) -> fh
+// replyCreate(req, nodeid, generation, entryTimeout, attrTimeout, stat, fd, fopenFlags, openFlags) -> fh.
+// fd < 0: a JS handle with id = -fd (as replyOpen).
 static napi_value js_reply_create(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(9);
   int fd = (int)arg_i64(env, argv[6]);
   double *a = f64_array(env, argv[5], 15);
-  if (!a) { close(fd); reply_err(req, EIO); return NULL; }
+  if (!a) { if (fd >= 0) close(fd); reply_err(req, EIO); return NULL; }
   struct stat st;
   stat_from(a, &st);
   uint64_t nodeid = (uint64_t)arg_f64(env, argv[1]);
@@ -1236,9 +1237,15 @@ static napi_value js_reply_create(napi_env env, napi_callback_info info) {
   uint32_t oflags;
   int32_t backing;
   struct conn *c = req->c;
-  int conflict;
-  uint64_t fh = open_handle(req, fd, nodeid, (int)arg_i64(env, argv[8]), (int)arg_i64(env, argv[7]), &oflags, &backing, &conflict);
-  if (!fh) { close(fd); reply_err(req, conflict ? ESTALE : ENFILE); return num(env, 0); }
+  int conflict = 0;
+  uint64_t fh;
+  if (fd >= 0) fh = open_handle(req, fd, nodeid, (int)arg_i64(env, argv[8]), (int)arg_i64(env, argv[7]), &oflags, &backing, &conflict);
+  else {
+    oflags = fopen_flags((int)arg_i64(env, argv[7]));
+    backing = 0;
+    fh = handle_add(HANDLE_JS, -1, nodeid, (int)arg_i64(env, argv[8]), 0, (uint64_t)-fd);
+  }
+  if (!fh) { if (fd >= 0) close(fd); reply_err(req, conflict ? ESTALE : ENFILE); return num(env, 0); }
   __atomic_add_fetch(&((struct session *)c)->handles, 1, __ATOMIC_RELAXED);
   if (reply_create(req, nodeid, (uint64_t)arg_f64(env, argv[2]), arg_f64(env, argv[3]), arg_f64(env, argv[4]), &st,
                    fh, oflags, backing) != 0) {

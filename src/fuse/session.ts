@@ -222,7 +222,7 @@ export class Session {
           return this.settle(req, this.fs.create(ino, s1!, a1, a2, caller), ({ entry, opened }) => {
             const fh = native.replyCreate(req, entry.nodeid, entry.generation ?? 0,
               entry.entryTimeout ?? this.opts.entryTimeout, entry.attrTimeout ?? this.opts.attrTimeout,
-              entry.attr, opened.fd as number, fopenFlags(opened), a2);
+              entry.attr, opened.fd ?? -(opened.jsHandle as number), fopenFlags(opened), a2);
             if (!fh) this.fs.forget(entry.nodeid, 1);  // the kernel never saw the entry
           });
         case OP.OPENDIR:

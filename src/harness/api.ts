@@ -4,7 +4,11 @@
 // error the CLI would print.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { HarnessState } from './harness';
+import { HarnessState, type TraceLine } from './harness';
+import { checkRule, type Rule, type RuleState } from './faults';
+
+export type { Rule, RuleState } from './faults';
+export type { TraceLine } from './harness';
 import type { Change } from './diff';
 
 export type { Change } from './diff';
@@ -55,6 +59,22 @@ export class Harness {
       }
     });
   }
+
+  /** A fault rule: calls of op on paths matching the glob fail with errno and/or wait delayMs
+   * (the nth and count after it, each with probability prob, seeded). Active when this resolves. */
+  inject(rule: Rule): Promise<void> { return settle(() => this.state().inject(checkRule(rule))); }
+
+  /** Every fault rule goes. */
+  clearFaults(): Promise<void> { return settle(() => this.state().clearFaults()); }
+
+  /** The rules with how many calls each saw and acted on. */
+  faults(): Promise<RuleState[]> { return settle(() => this.state().rules()); }
+
+  /** A mark in the trace (trace({ since }) starts after the last one of that name). */
+  mark(name: string): Promise<void> { return settle(() => this.state().mark(name)); }
+
+  /** The traced operations: time, pid, op, path(s), args, result, ms. */
+  trace(f: { since?: string; op?: string; path?: string } = {}): Promise<TraceLine[]> { return settle(() => this.state().trace(f)); }
 
   /** Unmounts and removes the harness's state. */
   unmount(): Promise<void> { return settle(() => this.state().destroy()); }

@@ -1,14 +1,41 @@
 // `layerfs harness BASE MNT [-o state=DIR]`: a throwaway copy-on-write view of BASE at MNT.
 // `layerfs harness ctl MNT VERB`: reset | diff [--json] | checkpoint NAME | restore NAME |
-// checkpoints | commit FILE (an image-layer tar; - for stdout) | umount.
+// checkpoints | commit FILE (an image-layer tar; - for stdout) | umount | inject OP GLOB ACTION
+// [--nth N] [--count N] [--prob P] [--seed S] (ACTION: ERRNO, delay=MS or ERRNO,delay=MS) |
+// faults | clear | mark NAME | trace [--since MARK] [--op OP] [--path GLOB] (JSON lines).
 import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { UsageError } from '../mount/validate';
 import { HarnessState } from './harness';
 import type { Change } from './diff';
+import { checkRule, type Rule } from './faults';
 import { rooted } from './api';
 
-const VERBS = 'reset, diff, checkpoint NAME, restore NAME, checkpoints, commit FILE, umount';
+const VERBS = 'reset, diff, checkpoint NAME, restore NAME, checkpoints, commit FILE, umount, inject OP GLOB ACTION, faults, clear, mark NAME, trace';
+
+interface CtlFlags { json?: boolean; nth?: string; count?: string; prob?: string; seed?: string; since?: string; op?: string; path?: string }
+
+/** inject OP GLOB ACTION and its flags, as a rule (checked by the daemon too). */
+function ruleOf(args: string[], f: CtlFlags): Rule {
+  const [op, glob, action] = args;
+  const rule: Record<string, unknown> = { op, path: glob };
+  for (const part of action.split(',')) {
+    const m = /^delay=(\d+)$/.exec(part);
+    if (m) rule.delayMs = Number(m[1]);
+    else rule.errno = part;
+  }
+  const num = (v: string | undefined, k: string): void => {
+    if (v === undefined) return;
+    if (!/^\d+(\.\d+)?$/.test(v)) throw new UsageError(`bad --${k}: ${v}`);
+    rule[k] = Number(v);
+  };
+  num(f.nth, 'nth'); num(f.count, 'count'); num(f.prob, 'prob'); num(f.seed, 'seed');
+  try {
+    return checkRule(rule);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
 
 function stateOption(opts: string[]): string | null {
   let state: string | null = null;
@@ -31,9 +58,10 @@ function printDiff(changes: Change[], json: boolean): void {
   process.stdout.write(changes.map((c) => `${c.kind}\t${c.size}\t/${c.path}`).join('\n') + (changes.length ? '\n' : ''));
 }
 
-function ctl(mnt: string, verb: string | undefined, args: string[], json: boolean): void {
+function ctl(mnt: string, verb: string | undefined, args: string[], f: CtlFlags): void {
+  const json = !!f.json;
   const need = (n: number): void => {
-    if (args.length !== n) throw new UsageError(`usage: layerfs harness ctl MNT ${verb}${n ? ' NAME' : ''}`);
+    if (args.length !== n) throw new UsageError(`usage: layerfs harness ctl MNT ${verb}${n === 1 ? ' NAME' : n === 3 ? ' OP GLOB ACTION' : ''}`);
   };
   if (!verb) throw new UsageError(`usage: layerfs harness ctl MNT VERB (${VERBS})`);
   const h = HarnessState.of(mnt);
@@ -54,6 +82,11 @@ function ctl(mnt: string, verb: string | undefined, args: string[], json: boolea
       return;
     }
     case 'umount': need(0); h.destroy(); return;
+    case 'inject': need(3); h.inject(ruleOf(args, f)); return;
+    case 'faults': need(0); process.stdout.write(JSON.stringify(h.rules()) + '\n'); return;
+    case 'clear': need(0); h.clearFaults(); return;
+    case 'mark': need(1); h.mark(args[0]); return;
+    case 'trace': need(0); process.stdout.write(h.trace({ since: f.since, op: f.op, path: f.path }).map((l) => `${JSON.stringify(l)}\n`).join('')); return;
     default:
       throw new UsageError(`unknown harness verb '${verb}' (${VERBS})`);
   }
@@ -67,9 +100,16 @@ export function registerHarness(program: Command, fail: (msg: string) => never):
     .argument('[args...]')
     .option('-o, --options <opts>', 'state=DIR (where the upper lives)', (v: string, p: string[]) => [...p, v], [] as string[])
     .option('--json', 'diff and checkpoints as JSON')
-    .action((first: string, second: string, rest: string[], f: { options: string[]; json?: boolean }) => {
+    .option('--nth <n>', 'inject: the first matching call acted on (1 = the first)')
+    .option('--count <n>', 'inject: how many calls from the nth on (default: all)')
+    .option('--prob <p>', 'inject: each acts with this probability (0..1)')
+    .option('--seed <s>', 'inject: the seed of that draw')
+    .option('--since <mark>', 'trace: from the last mark of this name')
+    .option('--op <op>', 'trace: only this operation')
+    .option('--path <glob>', 'trace: only these paths')
+    .action((first: string, second: string, rest: string[], f: CtlFlags & { options: string[] }) => {
       try {
-        if (first === 'ctl') ctl(second, rest[0], rest.slice(1), !!f.json);
+        if (first === 'ctl') ctl(second, rest[0], rest.slice(1), f);
         else {
           if (rest.length) throw new UsageError('usage: layerfs harness BASE MNT [-o state=DIR]');
           HarnessState.create(first, second, stateOption(f.options));

@@ -13,6 +13,13 @@ import { UsageError, mountPoints } from '../mount/validate';
 import { unmount } from '../mount/unmount';
 import { diffUpper, type Change } from './diff';
 import { packUpper } from '../layer/pack';
+import { native } from '../sys/native';
+import { errnoName } from '../sys/errors';
+import { CTL_PREFIX } from './fs';
+import { globRegExp, type Rule, type RuleState } from './faults';
+
+/** One traced operation (or a mark). */
+export interface TraceLine { t: number; pid?: number; op?: string; path?: string; path2?: string; result?: string; ms?: number; mark?: string; fault?: number; args?: object; bytes?: number }
 import { HELPER, serviceWanted } from '../service/client';
 
 const SOURCE = 'harness:';
@@ -104,7 +111,7 @@ export class HarnessState {
   }
 
   private mount(): void {
-    const opts = `lowerdir=${this.base},upperdir=${this.upper},workdir=${this.work},fsname=${SOURCE}${this.dir}`;
+    const opts = `lowerdir=${this.base},upperdir=${this.upper},workdir=${this.work},fsname=${SOURCE}${this.dir},harness`;
     // through the C helper straight to the resident service (no Node start: a reset costs ms)
     const viaC = serviceWanted() && fs.existsSync(HELPER);
     const r = viaC ? spawnSync(HELPER, ['mount', '-o', opts, this.mnt], { encoding: 'utf8', argv0: 'layerfs' })
@@ -189,6 +196,41 @@ export class HarnessState {
   commitTar(fd: number): void {
     this.sync();
     packUpper(this.upper, [this.base], fd);
+  }
+
+  /** A command to the mount's daemon (user.harness.ctl on its root): applied when this returns. */
+  command(cmd: object): void {
+    const r = native.setxattr(this.mnt, `${CTL_PREFIX}ctl`, Buffer.from(JSON.stringify(cmd)), 0, 1);
+    if (r < 0) {
+      const why = native.getxattr(this.mnt, `${CTL_PREFIX}error`, 1);
+      throw new UsageError(typeof why !== 'number' && why.length ? why.toString('utf8') : `${this.mnt}: ${errnoName(-r)}`);
+    }
+  }
+
+  inject(rule: Rule): void { this.command({ cmd: 'inject', rule }); }
+  clearFaults(): void { this.command({ cmd: 'clear' }); }
+  mark(name: string): void { this.command({ cmd: 'mark', name }); }
+
+  rules(): RuleState[] {
+    const v = native.getxattr(this.mnt, `${CTL_PREFIX}rules`, 1);
+    if (typeof v === 'number') throw new UsageError(`${this.mnt}: ${errnoName(-v)}`);
+    return JSON.parse(v.toString('utf8')) as RuleState[];
+  }
+
+  /** The trace, from the mount (or from the last mark `since`), filtered by op and path glob. */
+  trace(f: { since?: string; op?: string; path?: string } = {}): TraceLine[] {
+    this.command({ cmd: 'flush' });
+    let lines: TraceLine[] = [];
+    try {
+      lines = fs.readFileSync(path.join(this.dir, 'trace.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as TraceLine);
+    } catch { /* no trace yet */ }
+    if (f.since !== undefined) {
+      const at = lines.map((l) => l.mark).lastIndexOf(f.since);
+      if (at < 0) throw new UsageError(`no mark ${f.since} in the trace`);
+      lines = lines.slice(at + 1);
+    }
+    const re = f.path ? globRegExp(f.path) : null;
+    return lines.filter((l) => l.op !== undefined && (!f.op || l.op === f.op) && (!re || re.test(l.path ?? '') || re.test(l.path2 ?? '')));
   }
 
   /** Ends the harness: the mount, then its state. */

@@ -13,6 +13,8 @@ import { checkMountpoint, closeDirs, devOf, openLocal, within, type Dir, type Wa
 import { assignFsIndexes, layerFromFd, useClone, type Layer } from '../union/layers';
 import { Union, removeTree, type UnionOptions } from '../union/union';
 import type { Placement } from '../union/core';
+import type { Filesystem } from '../fuse/filesystem';
+import { HarnessFs } from '../harness/fs';
 import { Ids } from '../union/ids';
 import type { WhiteoutCodec, WhiteoutFormat } from '../union/whiteout';
 import { overlayConfig, type OverlayConfig } from './options';
@@ -24,6 +26,12 @@ function config(optionLists: string[]): OverlayConfig {
     if (e instanceof UsageError) throw e;
     throw new UsageError((e as Error).message);
   }
+}
+
+/** A harness mount's state dir, from its source (fsname=harness:STATE, set by layerfs harness). */
+function harnessStateDir(fsname: string | null): string {
+  if (!fsname?.startsWith('harness:/')) throw new UsageError('option harness needs fsname=harness:STATE (mount it with layerfs harness)');
+  return fsname.slice('harness:'.length);
 }
 
 /** The dirs a mount needs opened, mountpoint first: the caller opens them (dirs.ts). */
@@ -182,6 +190,7 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
   policy: ModePolicy = {}): Mountable {
   const v = sorted(cfg, opened);
   validate(v, local, policy);
+  const harnessDir = cfg.harness ? harnessStateDir(cfg.fsname) : null;
   const id = identity();
   const layers: Layer[] = [];
   let workFd = -1;
@@ -195,7 +204,8 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
     assignFsIndexes(layers);
     // listings that show whiteouts are not those of other unions over the same layers
     if (policy.showWhiteouts) for (const l of layers) l.cacheKey += ':shwh';
-    passthrough = cfg.passthrough > 0 && privateLowerMounts(layers, cfg.passthrough === 2);
+    // a harness serves its files from JS (every read, write and fsync traced): no passthrough
+    passthrough = !cfg.harness && cfg.passthrough > 0 && privateLowerMounts(layers, cfg.passthrough === 2);
     let format: WhiteoutFormat = { charDevice: id.root, ns: id.root ? 'trusted' : 'user' };
     const workName = policy.workName ?? 'work';
     if (v.work && writable) {
@@ -243,12 +253,13 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
     throw e;
   }
   const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');
+  const served: Filesystem = harnessDir ? new HarnessFs(union, harnessDir) : union;
   const mountOptions = [`fsname=${fsname}`, `subtype=${name.subtype}`, 'default_permissions'];
   if (id.root) mountOptions.push('allow_other');
   if (!layers.some((l) => l.writable)) mountOptions.push('ro');
   mountOptions.push(...cfg.kernelOptions);
   return {
-    fs: union,
+    fs: served,
     mountpoint: v.mountpoint.path,
     session: {
       mountOptions, entryTimeout: cfg.timeout, attrTimeout: cfg.timeout, negativeTimeout: cfg.timeout,
@@ -256,6 +267,6 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
       passthrough: passthrough ? cfg.passthrough : 0, uring: cfg.uring, stackDepth: stackDepth(layers.map((l) => `/proc/self/fd/${l.fd}`)),
       posixAcl: false, noOpendir: cfg.timeout >= 3600,
     },
-    onEnd: () => union.close(),
+    onEnd: () => served.close?.(),
   };
 }

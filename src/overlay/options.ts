@@ -37,6 +37,8 @@ export interface OverlayConfig {
   uring: UringWanted;
   kernelOptions: string[];   // passed on to the kernel mount (allow_other, nodev, ...)
   fsname: string | null;
+  /** A harness mount (layerfs harness): traced, fault rules, JS-served files; fsname=harness:STATE. */
+  harness: boolean;
   warnings: string[];
 }
 
@@ -153,13 +155,14 @@ export function overlayConfig(o: OptionMap): OverlayConfig {
     pageCache: pageCacheOption(o),
     kernelOptions: [],
     fsname: o.has('fsname') ? String(o.get('fsname')) : null,
+    harness: o.has('harness'),
     warnings,
   };
   for (const [k] of o) {
     if (PASSED_ON.has(k)) cfg.kernelOptions.push(k);
     const known = ['lowerdir', 'upperdir', 'workdir', 'uidmapping', 'gidmapping', 'squash_to_root', 'squash_to_uid',
       'squash_to_gid', 'static_nlink', 'noacl', 'fsync', 'volatile', 'timeout', 'writeback', 'noxattrs',
-      'xattr_permissions', 'redirect_dir', 'ro', 'fsname', 'watch', 'passthrough', 'uring', 'page_cache'];
+      'xattr_permissions', 'redirect_dir', 'ro', 'fsname', 'watch', 'passthrough', 'uring', 'page_cache', 'harness'];
     if (!known.includes(k) && !KERNEL_FLAGS.has(k) && !KNOWN_IGNORED.has(k)) warnings.push(`unknown option ${k} ignored`);
   }
   return cfg;

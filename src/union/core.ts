@@ -433,6 +433,12 @@ export abstract class UnionCore {
     return n;
   }
 
+  /** The union path of a node the kernel knows ('' for the root), or null. */
+  pathOf(id: number): string | null {
+    const n = this.nodes.get(id);
+    return n ? unionPath(n) : null;
+  }
+
   /** Index of the layer showing n. */
   topLayer(n: UNode): number {
     return n.upper ? n.wl : (n.lowers[0]?.layer ?? n.wl);
