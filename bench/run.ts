@@ -10,7 +10,7 @@ import { snapLatency, thinSuite, TARGETS_TEXT as TH_TARGETS } from './thin';
 import { serviceSuite, serviceTable } from './service';
 import { containersSuite, containersTable } from './containers';
 import { aufsSuite } from './aufs';
-import { harnessSuite, harnessTable } from './harness';
+import { harnessOverhead, harnessSuite, harnessTable } from './harness';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(name);
@@ -94,6 +94,10 @@ async function main(): Promise<void> {
     const r = harnessSuite(path.join(base, 'harness'), rounds);
     out.push({ suite: 'harness', targets: ['in process', 'cli'], rounds, results: { 'reset (ms)': { 'in process': r.resetMs, cli: r.resetCliMs } } });
     md.push('## Harness: reset of a 50,000-file fixture after 10,000 files changed', '', harnessTable(r), '');
+    const { result: o, workloads: hw } = harnessOverhead(path.join(base, 'harness'), rounds);
+    out.push(o);
+    md.push('## Harness mode (traced, files served from JS) vs overlay mode over the same fixture', '',
+      table(o, 'harness mode', ['overlay mode'], hw, { 'create 5k': '≤ 1.3×', 'write 256 MiB + fsync': '≤ 1.3×', 'read 256 MiB cold': '≤ 1.1×', 'stat all': '≤ 1.1×' }), '');
   }
   if (suites.includes('thin')) {
     const r = thinSuite(path.join(base, 'thin'), rounds);
