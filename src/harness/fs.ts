@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { FsError, errnoName } from '../sys/errors';
 import { native } from '../sys/native';
 import { AT_EMPTY_PATH, E } from '../sys/constants';
-import { ST_INO, newStat } from '../sys/stat';
+import { ST_INO, ST_SIZE, newStat } from '../sys/stat';
 import type { AttrReply, Caller, DirOpened, Entry, Filesystem, MaybeAsync, Notifier, Opened, SetAttr } from '../fuse/filesystem';
 import type { DirList } from '../sys/native';
 import { ROOT_ID } from '../fuse/ops';
@@ -200,7 +200,7 @@ export class HarnessFs implements Filesystem {
 
   open(nodeid: number, flags: number, caller: Caller): MaybeAsync<Opened> {
     const p = this.where(nodeid);
-    return this.run('open', [p], caller, () => this.handle(this.u.open(nodeid, flags) as Opened, nodeid, p, this.u.getattr(nodeid).attr[ST_INO], caller), { flags });
+    return this.run('open', [p], caller, () => this.handle(this.u.open(nodeid, flags) as Opened, nodeid, p, this.u.inoOf(nodeid), caller), { flags });
   }
   create(parent: number, name: string, mode: number, flags: number, caller: Caller): MaybeAsync<{ entry: Entry; opened: Opened }> {
     const p = this.where(parent, name);
@@ -259,14 +259,16 @@ export class HarnessFs implements Filesystem {
     const h = this.handles.get(handle);
     if (!h) return;
     this.handles.delete(handle);
-    return this.run('release', [h.path], h.opener, () => native.close(h.fd) as unknown as void);
+    return this.run('release', [h.path], h.opener, () => {
+      native.close(h.fd);
+    });
   }
   fallocate(handle: number, mode: number, offset: number, length: number): MaybeAsync<void> {
     const h = this.h(handle);
     return this.run('fallocate', [h.path], h.opener, () => {
       if (mode !== 0) throw new FsError(E.EOPNOTSUPP);
       const st = newStat();
-      if (native.fstatat(h.fd, '', AT_EMPTY_PATH, st) === 0 && st[6] < offset + length) fs.ftruncateSync(h.fd, offset + length);
+      if (native.fstatat(h.fd, '', AT_EMPTY_PATH, st) === 0 && st[ST_SIZE] < offset + length) fs.ftruncateSync(h.fd, offset + length);
     }, { mode, offset, length });
   }
 }

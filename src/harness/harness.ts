@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { UsageError, mountPoints } from '../mount/validate';
+import { UsageError, mountPoints, mountTable } from '../mount/validate';
 import { unmount } from '../mount/unmount';
 import { diffUpper, type Change } from './diff';
 import { packUpper } from '../layer/pack';
@@ -97,8 +97,8 @@ export class HarnessState {
   /** The harness mounted at mnt (its state dir is the mount's source). */
   static of(mntIn: string): HarnessState {
     const mnt = path.resolve(mntIn);
-    const src = mountSource(mnt);
-    if (src === null) throw new UsageError(`${mnt} is not mounted`);
+    const src = mountTable().get(mnt);
+    if (src === undefined) throw new UsageError(`${mnt} is not mounted`);
     if (!src.startsWith(SOURCE)) throw new UsageError(`${mnt} is not a layerfs harness mount`);
     const dir = src.slice(SOURCE.length);
     let meta: Meta;
@@ -251,17 +251,4 @@ function copyTree(srcs: string[], dest: string): void {
 function removeLater(p: string): void {
   const c = spawn('rm', ['-rf', '--one-file-system', p], { detached: true, stdio: 'ignore' });
   c.unref();
-}
-
-/** The source field of the mount at mnt in this process's mount namespace, or null. */
-function mountSource(mnt: string): string | null {
-  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
-  let found: string | null = null;
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const f = line.split(' ');
-    const sep = f.indexOf('-');
-    if (sep < 0 || unescape(f[4]) !== mnt) continue;
-    found = unescape(f[sep + 2]);   // the last mount on top counts
-  }
-  return found;
 }

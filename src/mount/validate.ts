@@ -17,13 +17,20 @@ export function requireDir(what: string, p: string): string {
   return fs.realpathSync(p);
 }
 
-export function mountPoints(): Set<string> {
-  const out = new Set<string>();
+/** This process's mount namespace: mountpoint -> source of the mount on top there. */
+export function mountTable(): Map<string, string> {
+  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const out = new Map<string, string>();
   for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
     const f = line.split(' ');
-    if (f.length > 4) out.add(f[4].replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8))));
+    const sep = f.indexOf('-');
+    if (f.length > 4) out.set(unescape(f[4]), sep > 0 ? unescape(f[sep + 2] ?? '') : '');
   }
   return out;
+}
+
+export function mountPoints(): Set<string> {
+  return new Set(mountTable().keys());
 }
 
 export function checkMountpoint(p: string): string {

@@ -193,7 +193,6 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
   const harnessDir = cfg.harness ? harnessStateDir(cfg.fsname) : null;
   const id = identity();
   const layers: Layer[] = [];
-  let workFd = -1;
   let indexFd = -1;
   const writable = v.upper !== null && !cfg.ro;
   let union: Union, passthrough: boolean;
@@ -208,24 +207,23 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
     passthrough = !cfg.harness && cfg.passthrough > 0 && privateLowerMounts(layers, cfg.passthrough === 2);
     let format: WhiteoutFormat = { charDevice: id.root, ns: id.root ? 'trusted' : 'user' };
     const workName = policy.workName ?? 'work';
-    if (v.work && writable) {
-      // workdir/work
-      const wfd = v.work.fd;
-      workFd = freshWork(wfd, workName);
-      // copied-up lower hard links, kept across mounts (the kernel's own index dir is 'index')
-      const indexName = policy.indexName ?? 'layerfs-index';
-      native.mkdirat(wfd, indexName, 0o700);
-      indexFd = check(native.openat(wfd, indexName, O_PATH | O_DIRECTORY, 0));
-      format = probeFormat(workFd, id.root);
-      policy.prepareUpper?.(layers[0].fd);
-    }
-    for (const l of layers.slice(v.upper ? 1 : 0)) {
+    for (const l of layers) {
       if (!l.writable) continue;
-      l.workFd = freshWork(l.fd, workName);
-      if (workFd < 0 && l === layers.find((x) => x.writable)) format = probeFormat(l.workFd, id.root);
+      // the upper's work dir is workdir/work; an aufs rw branch below it keeps its own inside it
+      const inWorkdir = v.upper !== null && l === layers[0];
+      if (inWorkdir && !v.work) continue;
+      l.workFd = freshWork(inWorkdir ? v.work!.fd : l.fd, workName);
       policy.prepareUpper?.(l.fd);
     }
-    union = new Union(layers, workFd, {
+    if (v.work && writable) {
+      // copied-up lower hard links, kept across mounts (the kernel's own index dir is 'index')
+      const indexName = policy.indexName ?? 'layerfs-index';
+      native.mkdirat(v.work.fd, indexName, 0o700);
+      indexFd = check(native.openat(v.work.fd, indexName, O_PATH | O_DIRECTORY, 0));
+    }
+    const firstWork = layers.find((l) => l.workFd >= 0);
+    if (firstWork) format = probeFormat(firstWork.workFd, id.root);
+    union = new Union(layers, {
       timeout: cfg.timeout,
       watch: cfg.watch,
       format,
@@ -249,7 +247,7 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
       placement: policy.placement?.(layers),
     }, id, indexFd);
   } catch (e) {
-    for (const fd of [...layers.flatMap((l) => [l.fd, l.workFd]), workFd, indexFd]) if (fd >= 0) native.close(fd);
+    for (const fd of [...layers.flatMap((l) => [l.fd, l.workFd]), indexFd]) if (fd >= 0) native.close(fd);
     throw e;
   }
   const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');

@@ -7,13 +7,14 @@ import { FsError, check } from '../sys/errors';
 import {
   AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, E, O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT,
   O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, O_RDWR, O_WRONLY, RENAME_EXCHANGE, S_IFDIR, S_IFMT, S_IFREG,
-  UTIME_NOW, UTIME_OMIT, MOUNT_ATTR__ATIME, MOUNT_ATTR_NODIRATIME,
+  MOUNT_ATTR__ATIME, MOUNT_ATTR_NODIRATIME,
 } from '../sys/constants';
 import { ST_DEV, ST_INO, ST_MODE, ST_NLINK, STATFS_LEN, newStat, type Stat } from '../sys/stat';
 import type { AttrReply, Caller, DirOpened, Entry, Filesystem, Opened, SetAttr } from '../fuse/filesystem';
 import { ROOT_ID, SETATTR } from '../fuse/ops';
 import { asCaller, type Identity } from '../sys/identity';
 import { creationMode } from '../fuse/modes';
+import { setSizeAndTimes } from '../fuse/setattr';
 import { atimeAttrs, openNoatime, touchAtime, wantsAtime, type AtimePolicy } from '../fuse/atime';
 import { FdCache, fdBudget } from '../sys/fdcache';
 import { statByHandle } from '../sys/handles';
@@ -213,21 +214,8 @@ export class Passthrough implements Filesystem {
       const uid = v & SETATTR.UID ? s.uid : -1, gid = v & SETATTR.GID ? s.gid : -1;
       check(this.at(n, (fd, name, fl) => native.fchownat(fd, name, uid, gid, fl | NOFOLLOW)));
     }
-    if (v & SETATTR.SIZE) {
-      const hfd = s.fh ? native.handleFd(s.fh) : -1;
-      if (hfd >= 0) check(native.ftruncate(hfd, s.size));
-      else {
-        const fd = check(this.at(n, (dfd, name) => native.openat(dfd, name, O_WRONLY | O_NOFOLLOW, 0)));
-        const r = native.ftruncate(fd, s.size);
-        native.close(fd);
-        check(r);
-      }
-    }
-    if (v & (SETATTR.ATIME | SETATTR.MTIME)) {
-      const ans = v & SETATTR.ATIME_NOW ? UTIME_NOW : v & SETATTR.ATIME ? s.atimeNs : UTIME_OMIT;
-      const mns = v & SETATTR.MTIME_NOW ? UTIME_NOW : v & SETATTR.MTIME ? s.mtimeNs : UTIME_OMIT;
-      check(this.at(n, (fd, name, fl) => native.utimensat(fd, name, s.atime, ans, s.mtime, mns, fl | NOFOLLOW)));
-    }
+    setSizeAndTimes(s, () => this.at(n, (dfd, name) => native.openat(dfd, name, O_WRONLY | O_NOFOLLOW, 0)),
+      (a, an, m, mn) => this.at(n, (fd, name, fl) => native.utimensat(fd, name, a, an, m, mn, fl | NOFOLLOW)));
     return { attr: this.stat(n) };
   }
 

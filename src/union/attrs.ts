@@ -2,7 +2,8 @@
 // shown).
 import { native } from '../sys/native';
 import { FsError, check } from '../sys/errors';
-import { AT_EMPTY_PATH, E, O_NOFOLLOW, O_WRONLY, UTIME_NOW, UTIME_OMIT } from '../sys/constants';
+import { AT_EMPTY_PATH, E, O_NOFOLLOW, O_WRONLY } from '../sys/constants';
+import { setSizeAndTimes } from '../fuse/setattr';
 import { ST_MODE } from '../sys/stat';
 import type { AttrReply, SetAttr } from '../fuse/filesystem';
 import { SETATTR } from '../fuse/ops';
@@ -37,22 +38,8 @@ export abstract class UnionAttrs extends UnionRename {
         check(native.fchownat(t.dirfd, t.name, v & SETATTR.UID ? ids.storeUid(s.uid) : -1, v & SETATTR.GID ? ids.storeGid(s.gid) : -1, fl));
       }
     }
-    if (v & SETATTR.SIZE) {
-      const hfd = s.fh ? native.handleFd(s.fh) : -1;
-      if (hfd >= 0) check(native.ftruncate(hfd, s.size));
-      else {
-        const fd = check(native.openat(t.dirfd, t.name, O_WRONLY | O_NOFOLLOW, 0));
-        const r = native.ftruncate(fd, s.size);
-        native.close(fd);
-        check(r);
-      }
-    }
-    if (v & (SETATTR.ATIME | SETATTR.MTIME)) {
-      const ans = v & SETATTR.ATIME_NOW ? UTIME_NOW : v & SETATTR.ATIME ? s.atimeNs : UTIME_OMIT;
-      const mns = v & SETATTR.MTIME_NOW ? UTIME_NOW : v & SETATTR.MTIME ? s.mtimeNs : UTIME_OMIT;
-      if (t.name) check(native.utimensat(t.dirfd, t.name, s.atime, ans, s.mtime, mns, NOFOLLOW));
-      else check(native.utimensat(-100, procPath(t.dirfd, ''), s.atime, ans, s.mtime, mns, 0));
-    }
+    setSizeAndTimes(s, () => native.openat(t.dirfd, t.name, O_WRONLY | O_NOFOLLOW, 0), (a, an, m, mn) =>
+      (t.name ? native.utimensat(t.dirfd, t.name, a, an, m, mn, NOFOLLOW) : native.utimensat(-100, procPath(t.dirfd, ''), a, an, m, mn, 0)));
     return { attr: this.attrs(n) };
   }
 

@@ -20,15 +20,9 @@ export abstract class UnionCopyUp extends UnionLookup {
     if (!this.hasUpper) throw new FsError(E.EROFS);
   }
 
-  /** Makes sure a directory node exists in the first writable layer (copying up its parents first). */
-  protected ensureUpperDir(n: UNode): void {
-    this.ensureDirOn(n, this.placement.create([], true));
-  }
-
   /** Makes sure directory node n exists in writable layer t: copied up (or, below its top, down)
    * there, its parents first. */
   protected ensureDirOn(n: UNode, t: number): void {
-    this.requireUpper();
     if (t < 0 || !this.layers[t]?.writable) throw new FsError(E.EROFS);
     if (n === this.root || (n.upper && n.wl === t) || n.lowers.some((l) => l.layer === t)) return;
     const l = n.links[0];

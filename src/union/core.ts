@@ -124,13 +124,13 @@ export abstract class UnionCore {
   protected readonly watcher: LowerWatcher | null;
   protected directLower = false;
 
-  /** layers: the upper first when there is one (writable), then the lowers top to bottom. */
-  constructor(layers: Layer[], workFd: number, protected readonly opts: UnionOptions,
+  /** layers: the upper first when there is one (writable), then the lowers top to bottom; each
+   * writable layer with its work dir (Layer.workFd). */
+  constructor(layers: Layer[], protected readonly opts: UnionOptions,
     protected readonly id: Identity, protected readonly indexFd = -1) {
     this.layers = layers;
     this.hasUpper = layers.some((l) => l.writable);
     this.lowerStart = layers.length > 0 && layers[0].writable ? 1 : 0;
-    if (this.lowerStart) layers[0].workFd = workFd;
     this.dirs = new LayerDirs(layers);
     this.x = xattrNames(opts.format.ns);
     this.placement = opts.placement ?? topWritable(layers);
@@ -431,6 +431,11 @@ export abstract class UnionCore {
     let n: UNode | undefined = this.root;
     for (const c of rel.split('/').filter(Boolean)) n = n?.kids.get(c);
     return n;
+  }
+
+  /** The st_ino a node the kernel knows is shown with (0 if unknown). */
+  inoOf(id: number): number {
+    return this.nodes.get(id)?.ino ?? 0;
   }
 
   /** The union path of a node the kernel knows ('' for the root), or null. */

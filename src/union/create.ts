@@ -41,10 +41,10 @@ export abstract class UnionCreate extends UnionCopyUp {
     const reach = this.reach(p);
     if (t > reach) t = this.writableAtOrAbove(reach);
     if (t > this.topLayer(p)) {
-      const st = newStat();
+      const st = newStat(), at = unionPath(p);
       for (const u of has) {
         if (u >= t) break;
-        const fd = this.dirs.tryFd(u, unionPath(p));
+        const fd = this.dirs.tryFd(u, at);
         if (fd >= 0 && probe(fd, name, st, false) === 'whiteout') {
           t = this.writableAtOrAbove(u);
           break;

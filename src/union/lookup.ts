@@ -78,48 +78,36 @@ export abstract class UnionLookup extends UnionCore {
         continue;
       }
       const t = lst[ST_MODE] & S_IFMT;
-      if (!found && redirect === null && this.layers[ref.layer].writable) {
-        // (aufs) the top object is in a writable branch below the parent's top: changed in place
-        found = upper = true;
-        wl = ref.layer;
-        type = t;
-        st.set(lst);
-        ino = this.originIno(pfd, base) || this.mapIno(ref.layer, lst[ST_INO]);
-        if (t !== S_IFDIR) break;
-        const o = dirOpacity(pfd, base);
-        opaque = o.opaque;
-        upperXwh = o.xwhiteouts;
-        if (opaque || at.stop) break;
-        // (aufs dirren) a dir renamed in this branch: its lower parts are found by the old name
-        const r = this.readRedirect(pfd, base);
-        if (r !== null) {
-          redirect = upperRedirect = r;
-          if (r.startsWith('/') && refs !== this.root.lowers) {
-            refs = this.root.lowers;
-            i = refs.findIndex((x) => x.layer === ref.layer);
-          }
-        }
-        continue;
-      }
+      // (aufs) the top object in a writable branch below the parent's top: changed in place
+      const inPlace = !found && redirect === null && this.layers[ref.layer].writable;
       if (!found) {
         found = true;
         type = t;
         st.set(lst);
-        ino = this.mapIno(ref.layer, lst[ST_INO]);
+        ino = (inPlace && this.originIno(pfd, base)) || this.mapIno(ref.layer, lst[ST_INO]);
+        if (inPlace) {
+          upper = true;
+          wl = ref.layer;
+        }
         if (t !== S_IFDIR) {
-          lowers.push({ layer: ref.layer, path, xwh: false });
+          if (!inPlace) lowers.push({ layer: ref.layer, path, xwh: false });
           break;
         }
       } else if (t !== S_IFDIR || type !== S_IFDIR) break;
       if (!upper && lowers.length === 0) ino = this.mapIno(ref.layer, lst[ST_INO]);
       const o = dirOpacity(pfd, base);
-      lowers.push({ layer: ref.layer, path, xwh: o.xwhiteouts });
+      if (inPlace) {
+        opaque = o.opaque;
+        upperXwh = o.xwhiteouts;
+      } else lowers.push({ layer: ref.layer, path, xwh: o.xwhiteouts });
       if (o.opaque || at.stop) break;
       const r = this.readRedirect(pfd, base);
       if (r !== null) {
         // a relative redirect replaces the last component of the name looked up, which stays
-        // absolute once an absolute redirect was followed (the kernel's ovl_check_redirect)
+        // absolute once an absolute redirect was followed (the kernel's ovl_check_redirect);
+        // (aufs dirren) one on a dir in a writable branch: its lower parts are found by the old name
         redirect = r.startsWith('/') || !redirect?.startsWith('/') ? r : `/${joinPath(dirName(path), r)}`;
+        if (inPlace) upperRedirect = redirect;
         if (redirect.startsWith('/') && refs !== this.root.lowers) {
           refs = this.root.lowers;
           i = refs.findIndex((x) => x.layer === ref.layer);
