@@ -4,8 +4,14 @@
 // error the CLI would print.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { HarnessState, type TraceLine } from './harness';
-import { checkRule, type Rule, type RuleState } from './faults';
+import { HarnessState, type HarnessStatus, type TraceLine } from './harness';
+import { checkCrashOpts, checkRule, type Rule, type RuleState } from './faults';
+import type { Model } from './durable';
+import type { CrashOpts } from './writes';
+
+export type { Model } from './durable';
+export type { CrashOpts } from './writes';
+export type { HarnessStatus } from './harness';
 
 export type { Rule, RuleState } from './faults';
 export type { TraceLine } from './harness';
@@ -16,6 +22,8 @@ export type { Change } from './diff';
 export interface HarnessOptions {
   /** Where the upper and checkpoints live (default: /var/tmp/layerfs-harness[-UID]/HASH). */
   state?: string;
+  /** What a crash keeps: 'posix' (POSIX-strict, the default) or 'ext4' (data=ordered); see durable.ts. */
+  model?: Model;
 }
 
 /** A change with its path from the mount's root, as `harness ctl MNT diff --json` prints it. */
@@ -28,7 +36,7 @@ export class Harness {
 
   /** Mounts a copy-on-write view of base at mountpoint (base is never modified). */
   static async mount(base: string, mountpoint: string, opts: HarnessOptions = {}): Promise<Harness> {
-    const h = await settle(() => HarnessState.create(base, mountpoint, opts.state ?? null));
+    const h = await settle(() => HarnessState.create(base, mountpoint, opts.state ?? null, opts.model ?? 'posix'));
     return new Harness(h.base, h.mnt);
   }
 
@@ -75,6 +83,20 @@ export class Harness {
 
   /** The traced operations: time, pid, op, path(s), args, result, ms. */
   trace(f: { since?: string; op?: string; path?: string } = {}): Promise<TraceLine[]> { return settle(() => this.state().trace(f)); }
+
+  /** Everything written so far made durable (what sync(2) would do: FUSE never sees it). */
+  sync(): Promise<void> { return settle(() => this.state().syncAll()); }
+
+  /** Power loss, then the mount made anew from what was durable: open files of the old mount
+   * fail with EIO; opts keep part of the unsynced writes (the N most recent, or each with a
+   * probability, whole or torn into sectors or pages). */
+  crash(opts: CrashOpts = {}): Promise<void> { return settle(() => this.state().crash(checkCrashOpts(opts as Record<string, unknown>))); }
+
+  /** After a crash made by a rule: the mount made anew from what was durable. */
+  recover(): Promise<void> { return settle(() => this.state().recover()); }
+
+  /** The durability model's state: crashed, pending changes and writes, memory held. */
+  status(): Promise<HarnessStatus> { return settle(() => this.state().status()); }
 
   /** Unmounts and removes the harness's state. */
   unmount(): Promise<void> { return settle(() => this.state().destroy()); }

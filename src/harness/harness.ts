@@ -16,6 +16,8 @@ import { packUpper } from '../layer/pack';
 import { native } from '../sys/native';
 import { errnoName } from '../sys/errors';
 import { CTL_PREFIX } from './fs';
+import { MODELS, type Model } from './durable';
+import type { CrashOpts } from './writes';
 import { globRegExp, type Rule, type RuleState } from './faults';
 
 /** One traced operation (or a mark). */
@@ -25,7 +27,10 @@ import { HELPER, serviceWanted } from '../service/client';
 const SOURCE = 'harness:';
 const CHECKPOINT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
-interface Meta { base: string; mnt: string; gen: number }
+interface Meta { base: string; mnt: string; gen: number; model?: Model }
+
+/** What the daemon says of the durability model (user.harness.status). */
+export interface HarnessStatus { crashed: boolean; model: Model; pendingChanges?: number; writes?: number; bytes?: number; inMemory?: number; spilled?: number; errors?: string[] }
 
 /** The layerfs CLI beside this module (dist/src/harness -> dist/src/cli; from src, the build's). */
 function cliPath(): string {
@@ -69,7 +74,8 @@ export class HarnessState {
   }
 
   /** A new harness: checks every path first (nothing is made before), then mounts. */
-  static create(baseIn: string, mntIn: string, stateIn: string | null): HarnessState {
+  static create(baseIn: string, mntIn: string, stateIn: string | null, model: Model = 'posix'): HarnessState {
+    if (!MODELS.includes(model)) throw new UsageError(`unknown durability model '${String(model)}' (${MODELS.join(', ')})`);
     const base = realDir(baseIn, 'base');
     const mnt = realDir(mntIn, 'mountpoint');
     if (within(mnt, base)) throw new UsageError(`mountpoint ${mnt} is inside base ${base}`);
@@ -81,7 +87,7 @@ export class HarnessState {
     if (fs.existsSync(dir) && fs.readdirSync(dir).length) throw new UsageError(`state dir ${dir} is not empty (another harness, or left by one: remove it)`);
     if (dir.includes(',') || dir.includes(':') || base.includes(',') || base.includes(':')) throw new UsageError('paths with , or : cannot be mount options');
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const h = new HarnessState(dir, { base, mnt, gen: 1 });
+    const h = new HarnessState(dir, { base, mnt, gen: 1, model });
     fs.mkdirSync(h.upper);
     fs.mkdirSync(h.work);
     h.save();
@@ -127,13 +133,50 @@ export class HarnessState {
     });
   }
 
+  get model(): Model { return this.meta.model ?? 'posix'; }
+
+  /** The durability model's state in the daemon. */
+  status(): HarnessStatus {
+    const v = native.getxattr(this.mnt, `${CTL_PREFIX}status`, 1);
+    if (typeof v === 'number') throw new UsageError(`${this.mnt}: ${errnoName(-v)}`);
+    return JSON.parse(v.toString('utf8')) as HarnessStatus;
+  }
+
+  /** Everything written so far made durable (sync(2) and syncfs(2) never reach a FUSE daemon). */
+  syncAll(): void { this.command({ cmd: 'sync' }); }
+
+  /** Power loss: the daemon keeps the durable view (and what opts keep of the unsynced writes),
+   * every call on the mount fails with EIO; then the mount is made anew from that view. */
+  crash(opts: CrashOpts = {}): void {
+    if (!this.status().crashed) this.command({ cmd: 'crash', ...opts });
+    this.recover();
+  }
+
+  /** After a crash (a command's or a rule's): the old mount is detached (its open files stay
+   * EIO), the durable view's upper becomes the mount's. */
+  recover(): void {
+    if (!this.status().crashed) throw new UsageError(`${this.mnt} has not crashed (harness ctl ${this.mnt} crash)`);
+    const durable = path.join(this.dir, `recovered-${this.meta.gen}`);
+    fs.renameSync(path.join(this.dir, `durable-${this.meta.gen}`), durable);
+    const up = path.join(durable, path.basename(this.upper)), wk = path.join(durable, path.basename(this.work));
+    this.swap(() => {
+      fs.renameSync(up, this.upper);
+      fs.renameSync(wk, this.work);
+      fs.rmdirSync(durable);
+    }, true);
+  }
+
   /** Ends the mount, moves the current upper/work aside, makes the next generation, mounts. */
-  private swap(make: () => void): void {
-    unmount(this.mnt, false);   // (what the old upper holds is dropped: nothing to flush first)
+  private swap(make: () => void, lazy = false): void {
+    unmount(this.mnt, lazy);   // (what the old upper holds is dropped: nothing to flush first)
     const trash = path.join(this.dir, `trash-${this.meta.gen}-${Date.now()}`);
     fs.mkdirSync(trash);
     fs.renameSync(this.upper, path.join(trash, 'upper'));
     fs.renameSync(this.work, path.join(trash, 'work'));
+    // the durable view of that mount (what a crash left moved out first) and its spill file
+    for (const n of [`durable-${this.meta.gen}`, `spill-upper-${this.meta.gen}`]) {
+      if (fs.existsSync(path.join(this.dir, n))) fs.renameSync(path.join(this.dir, n), path.join(trash, n));
+    }
     this.meta.gen++;
     try {
       make();
@@ -235,7 +278,11 @@ export class HarnessState {
 
   /** Ends the harness: the mount, then its state. */
   destroy(): void {
-    unmount(this.mnt, false);
+    let crashed = false;
+    try {
+      crashed = this.status().crashed;
+    } catch { /* a dead mount: unmounted below */ }
+    unmount(this.mnt, crashed);
     const trash = `${this.dir}.trash-${Date.now()}`;
     fs.renameSync(this.dir, trash);
     removeLater(trash);

@@ -184,13 +184,8 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
   }
 }
 
-/** Builds the union over dirs opened by whoever asked (this process, or the mount helper as the
- * caller): checks them first; the dir fds stay the caller's (the union reopens what it keeps). */
-export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, name: MountName, local = false,
-  policy: ModePolicy = {}): Mountable {
-  const v = sorted(cfg, opened);
-  validate(v, local, policy);
-  const harnessDir = cfg.harness ? harnessStateDir(cfg.fsname) : null;
+/** The union over opened (and checked) dirs: its layers, work dirs, index and options. */
+function buildUnion(cfg: OverlayConfig, v: Dirs, policy: ModePolicy): { union: Union; layers: Layer[]; passthrough: boolean } {
   const id = identity();
   const layers: Layer[] = [];
   let indexFd = -1;
@@ -250,8 +245,42 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
     for (const fd of [...layers.flatMap((l) => [l.fd, l.workFd]), indexFd]) if (fd >= 0) native.close(fd);
     throw e;
   }
+  return { union, layers, passthrough };
+}
+
+/**
+ * A union of these options served by no mount (a harness's durable view): lowers, upper and
+ * work opened here by path; no watches, no passthrough.
+ */
+export function offlineUnion(cfg: OverlayConfig, upper: string, work: string): Union {
+  const c: OverlayConfig = { ...cfg, upper, work, watch: false, passthrough: 0, harness: false };
+  const dirs = openLocal(wanted(c, '/').slice(1));
+  try {
+    return buildUnion(c, { mountpoint: { what: 'mountpoint', path: '/', fd: -1 }, lowers: dirs.slice(0, c.lowers.length), upper: dirs[c.lowers.length], work: dirs[c.lowers.length + 1] }, {}).union;
+  } finally {
+    closeDirs(dirs);
+  }
+}
+
+/** Builds the union over dirs opened by whoever asked (this process, or the mount helper as the
+ * caller): checks them first; the dir fds stay the caller's (the union reopens what it keeps). */
+export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, name: MountName, local = false,
+  policy: ModePolicy = {}): Mountable {
+  const v = sorted(cfg, opened);
+  validate(v, local, policy);
+  const harnessDir = cfg.harness ? harnessStateDir(cfg.fsname) : null;
+  const { union, layers, passthrough } = buildUnion(cfg, v, policy);
+  const id = identity();
   const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');
-  const served: Filesystem = harnessDir ? new HarnessFs(union, harnessDir) : union;
+  let served: Filesystem = union;
+  if (harnessDir) {
+    try {
+      served = new HarnessFs(union, harnessDir, { upper: cfg.upper!, work: cfg.work!, durable: (up, wk) => offlineUnion(cfg, up, wk) });
+    } catch (e) {
+      union.close();
+      throw e instanceof UsageError ? e : new UsageError(`harness: ${(e as Error).message}`);
+    }
+  }
   const mountOptions = [`fsname=${fsname}`, `subtype=${name.subtype}`, 'default_permissions'];
   if (id.root) mountOptions.push('allow_other');
   if (!layers.some((l) => l.writable)) mountOptions.push('ro');

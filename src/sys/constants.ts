@@ -10,6 +10,7 @@ export const O_ACCMODE = 3;
 export const O_CREAT = fsc.O_CREAT;
 export const O_EXCL = fsc.O_EXCL;
 export const O_TRUNC = fsc.O_TRUNC;
+export const O_DSYNC = fsc.O_DSYNC;   // set by O_SYNC too
 export const O_APPEND = fsc.O_APPEND;
 export const O_DIRECTORY = fsc.O_DIRECTORY;
 export const O_NOFOLLOW = fsc.O_NOFOLLOW;

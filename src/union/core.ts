@@ -438,6 +438,18 @@ export abstract class UnionCore {
     return this.nodes.get(id)?.ino ?? 0;
   }
 
+  /** The (ino, name, type) of each node from the root's child down to a node the kernel knows, or null. */
+  chainOf(id: number): { ino: number; name: string; type: number }[] | null {
+    let n = this.nodes.get(id);
+    if (!n) return null;
+    const out: { ino: number; name: string; type: number }[] = [];
+    while (n.links[0]) {
+      out.push({ ino: n.ino, name: n.links[0].name, type: n.type });
+      n = n.links[0].parent;
+    }
+    return out.reverse();
+  }
+
   /** The union path of a node the kernel knows ('' for the root), or null. */
   pathOf(id: number): string | null {
     const n = this.nodes.get(id);

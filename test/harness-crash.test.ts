@@ -1,0 +1,333 @@
+// Harness mode, power loss: what a crash keeps under the POSIX-strict and ext4 models (new
+// files, fsync of a file vs of its dir, rename over an existing file, appends), the unsynced
+// writes a crash may keep (the N most recent, a seeded random subset, torn into sectors or
+// pages), open files failing with EIO after it, crashes at the Nth operation (before or after
+// it), ENOSPC after N bytes, EIO on read ranges, unsynced data spilled to disk past 64 MiB —
+// and SQLite under seeded random crashes (durable with synchronous=FULL, not with OFF).
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { layerfs, requireFuse, tempDir, unmountAll } from './helpers/mount';
+import { treeHash } from './helpers/overlay';
+import { Harness, type Model } from '../src/harness/api';
+import { makeDb, trials, type SqliteConfig, type TrialCounts } from './helpers/sqlite-trials';
+
+const py = (code: string): string => {
+  const r = spawnSync('python3', ['-c', code], { encoding: 'utf8', timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`python3: ${r.stderr}`);
+  return r.stdout;
+};
+
+const read = (p: string): string | null => (fs.existsSync(p) ? fs.readFileSync(p, 'utf8') : null);
+
+describe('harness mode: power loss', () => {
+  let dir: string;
+  const mounted: Harness[] = [];
+
+  beforeAll(() => {
+    requireFuse();
+    dir = tempDir('hcrash');
+  });
+  afterAll(async () => {
+    for (const h of mounted) await h.unmount().catch(() => undefined);
+    unmountAll(dir);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function setup(tag: string, model: Model, prep: (base: string) => void = () => {}): Promise<{ h: Harness; mnt: string; base: string }> {
+    const base = path.join(dir, tag, 'base'), mnt = path.join(dir, tag, 'mnt');
+    fs.mkdirSync(path.join(base, 'd'), { recursive: true });
+    fs.writeFileSync(path.join(base, 'd/cfg'), 'old');
+    fs.writeFileSync(path.join(base, 'log'), 'start\n');
+    prep(base);
+    fs.mkdirSync(mnt, { recursive: true });
+    const h = await Harness.mount(base, mnt, { state: path.join(dir, tag, 'state'), model });
+    mounted.push(h);
+    return { h, mnt, base };
+  }
+
+  // one program, the same calls under each model
+  const program = (m: string): string => `
+import os
+m=${JSON.stringify(m)}
+def fsync_dir(p):
+    fd=os.open(p, os.O_RDONLY); os.fsync(fd); os.close(fd)
+open(m+'/unsynced','w').write('u')                      # no fsync at all
+with open(m+'/filesync','w') as f:                       # the file's fsync, not its dir's
+    f.write('f'); f.flush(); os.fsync(f.fileno())
+os.mkdir(m+'/newdir')
+with open(m+'/newdir/x','w') as f:
+    f.write('x'); f.flush(); os.fsync(f.fileno())
+fsync_dir(m+'/newdir')                                   # newdir's entries, not newdir's own name
+with open(m+'/log','a') as f: f.write('more\\n')          # an unsynced append to a fixture file
+with open(m+'/d/cfg.tmp','w') as f:                       # replace by rename: new data fsynced,
+    f.write('new'); f.flush(); os.fsync(f.fileno())
+os.rename(m+'/d/cfg.tmp', m+'/d/cfg')                     # the rename not (no fsync of d)
+with open(m+'/late','w') as f: f.write('late')           # created before the commit below, data unsynced
+fsync_dir(m+'/newdir')                                   # (ext4: a journal commit of everything before)
+`;
+
+  test('POSIX-strict: only what was fsynced survives, names only by an fsync of their dir', async () => {
+    const { h, mnt, base } = await setup('posix', 'posix');
+    const before = treeHash(base);
+    py(program(mnt));
+    expect((await h.status()).pendingChanges).toBeGreaterThan(0);
+    await h.crash();
+    expect(fs.readdirSync(mnt).sort()).toEqual(['d', 'log']);   // no new name was made durable in the root
+    expect(read(`${mnt}/d/cfg`)).toBe('old');                     // the rename was lost
+    expect(fs.readdirSync(`${mnt}/d`)).toEqual(['cfg']);          // and so was cfg.tmp's name
+    expect(read(`${mnt}/log`)).toBe('start\n');                   // the append was lost
+    expect(treeHash(base)).toBe(before);
+    // what the harness's sync makes durable survives whole
+    py(program(mnt));
+    await h.sync();
+    expect((await h.status()).pendingChanges).toBe(0);
+    await h.crash();
+    expect(read(`${mnt}/d/cfg`)).toBe('new');
+    expect(read(`${mnt}/newdir/x`)).toBe('x');
+    expect(read(`${mnt}/log`)).toBe('start\nmore\n');
+    expect(read(`${mnt}/unsynced`)).toBe('u');
+  });
+
+  test('ext4 data=ordered: an fsync commits every earlier change of names; data only by its own fsync; replace-by-rename keeps the new data', async () => {
+    const { h, mnt } = await setup('ext4', 'ext4');
+    py(program(mnt));
+    await h.crash();
+    expect(fs.readdirSync(mnt).sort()).toEqual(['d', 'filesync', 'late', 'log', 'newdir', 'unsynced']);
+    expect(read(`${mnt}/filesync`)).toBe('f');
+    expect(read(`${mnt}/unsynced`)).toBe('');          // the name committed, its data never synced: empty
+    expect(read(`${mnt}/late`)).toBe('');
+    expect(read(`${mnt}/newdir/x`)).toBe('x');
+    expect(read(`${mnt}/d/cfg`)).toBe('new');          // the rename committed with the new data
+    expect(fs.readdirSync(`${mnt}/d`)).toEqual(['cfg']);
+    expect(read(`${mnt}/log`)).toBe('start\n');
+  });
+
+  test('rename over an existing file without an fsync of the dir: lost under POSIX-strict, kept under ext4 (auto_da_alloc)', async () => {
+    // the program: write the new version, fsync it (POSIX) or not (relying on ext4), rename it over the old one
+    const replace = (m: string, fsyncFile: boolean): string => `
+import os
+with open(${JSON.stringify(m)}+'/d/cfg.new','w') as f:
+    f.write('v2')
+    ${fsyncFile ? 'f.flush(); os.fsync(f.fileno())' : 'pass'}
+os.rename(${JSON.stringify(m)}+'/d/cfg.new', ${JSON.stringify(m)}+'/d/cfg')
+fd=os.open(${JSON.stringify(m)}+'/log', os.O_RDWR); os.fsync(fd); os.close(fd)   # some later fsync elsewhere
+`;
+    for (const model of ['posix', 'ext4'] as Model[]) {
+      for (const fsyncFile of [true, false]) {
+        const { h, mnt } = await setup(`replace-${model}-${fsyncFile}`, model);
+        py(replace(mnt, fsyncFile));
+        expect(read(`${mnt}/d/cfg`)).toBe('v2');
+        await h.crash();
+        // never a torn or empty config: the old one, or the whole new one
+        expect(read(`${mnt}/d/cfg`), `${model}, fsync of the file ${fsyncFile}`).toBe(model === 'ext4' ? 'v2' : 'old');
+        await h.unmount();
+        mounted.pop();
+      }
+    }
+  });
+
+  test('a crash keeps the N most recent unsynced writes, a seeded random subset, or torn parts of them', async () => {
+    const { h, mnt } = await setup('keep', 'posix');
+    const chunk = 3000;
+    // a durable empty file, then four unsynced writes of 3000 bytes: A, B, C, D
+    const writeAll = (): void => {
+      py(`
+import os
+m=${JSON.stringify(mnt)}
+f=open(m+'/f','wb', buffering=0); os.fsync(f.fileno())
+fd=os.open(m, os.O_RDONLY); os.fsync(fd); os.close(fd)
+for i in range(4): f.write(bytes([65+i])*${chunk})
+`);
+    };
+    // which writer each byte of the file holds after the crash ('.' = never written)
+    const layout = (): string => {
+      const b = fs.readFileSync(`${mnt}/f`);
+      let s = '';
+      for (let i = 0; i < b.length; i += 500) s += b[i] === 0 ? '.' : String.fromCharCode(b[i]);
+      return `${b.length}:${s}`;
+    };
+    writeAll();
+    await h.crash();
+    expect(fs.statSync(`${mnt}/f`).size).toBe(0);           // by default nothing unsynced survives
+    writeAll();
+    await h.crash({ keepLast: 2 });
+    expect(layout()).toBe(`12000:${'.'.repeat(12)}${'C'.repeat(6)}${'D'.repeat(6)}`);
+    // torn into pages: the last three parts are C's two (6000-8192, 8192-9000) and D's one
+    writeAll();
+    await h.crash({ keepLast: 3, torn: 'page' });
+    const b = fs.readFileSync(`${mnt}/f`);
+    expect(b.length).toBe(12000);
+    expect(b.subarray(0, 6000).every((x) => x === 0)).toBe(true);
+    expect(b.subarray(6000, 9000).every((x) => x === 67)).toBe(true);
+    expect(b.subarray(9000).every((x) => x === 68)).toBe(true);
+    // a seeded random subset of sectors: the same seed gives the same state; every sector whole
+    const states: string[] = [];
+    for (const seed of [5, 5, 6]) {
+      writeAll();
+      await h.crash({ keepProb: 0.5, torn: 'sector', seed });
+      const got = fs.readFileSync(`${mnt}/f`);
+      for (let s = 0; s < got.length; s += 512) {
+        const sector = got.subarray(s, Math.min(got.length, s + 512));
+        // a sector holds one writer's bytes where the writes are sector aligned... a write boundary
+        // inside a sector splits it in two parts, each whole
+        const parts = new Set([...sector].map((x) => x));
+        expect(parts.size).toBeLessThanOrEqual(2);
+      }
+      states.push(got.toString('latin1'));
+    }
+    expect(states[0]).toBe(states[1]);
+    expect(states[0]).not.toBe(states[2]);
+    expect(new Set(states[0]).size).toBeGreaterThan(1);   // some parts kept, some not
+  });
+
+  test('after a crash open files fail with EIO, a fresh mount shows the durable state; crash rules fire before or after the Nth call', async () => {
+    const { h, mnt } = await setup('eio', 'posix');
+    // a process holding a file open across the crash
+    const holder = spawn('python3', ['-c', `
+import os, sys, time
+f=open(${JSON.stringify(mnt)}+'/log','a', buffering=1)
+print('open', flush=True)
+sys.stdin.readline()
+try:
+    f.write('x\\n'); print('write ok', flush=True)
+except OSError as e:
+    print('errno', e.errno, flush=True)
+`], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let out = '';
+    holder.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    await new Promise<void>((res) => holder.stdout.once('data', () => res()));
+    await h.crash();
+    holder.stdin.write('\n');
+    await new Promise((res) => holder.on('exit', res));
+    expect(out).toContain('errno 5');
+    expect(read(`${mnt}/log`)).toBe('start\n');
+    expect(fs.writeFileSync(`${mnt}/after`, 'ok')).toBeUndefined();   // the new mount works
+
+    // crash before the first fsync of /data: its write is lost; after it: kept
+    for (const when of ['before', 'after'] as const) {
+      await h.reset();
+      await h.inject({ op: 'fsync', path: '/data', crash: when });
+      const r = spawnSync('python3', ['-c', `
+import os
+m=${JSON.stringify(mnt)}
+fd=os.open(m, os.O_RDONLY); 
+with open(m+'/data','w') as f:
+    os.fsync(fd)
+    f.write('payload'); f.flush(); os.fsync(f.fileno())
+`], { encoding: 'utf8' });
+      expect(r.stderr).toContain('Errno 5');                    // the caller never saw its fsync succeed
+      expect((await h.status()).crashed).toBe(true);
+      expect(() => fs.readdirSync(mnt)).toThrow(/EIO/);          // nothing answers until the recovery
+      await h.recover();
+      expect(read(`${mnt}/data`), when).toBe(when === 'after' ? 'payload' : '');
+      expect((await h.trace({ op: 'fsync', path: '/data' })).at(-1)?.fault).toBe(0);
+    }
+    await h.clearFaults();
+    // a recover without a crash, a bad crash option: one clear line each, nothing changed
+    await expect(h.recover()).rejects.toThrow(/has not crashed/);
+    const bad = layerfs(['harness', 'ctl', mnt, 'crash', '--keep-last', '2', '--keep-prob', '0.5']);
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr.trim().split('\n')).toEqual(['layerfs: keepLast or keepProb, not both']);
+    expect(layerfs(['harness', 'ctl', mnt, 'crash', '--torn', 'block']).stderr).toMatch(/bad torn: block/);
+    expect((await h.status()).crashed).toBe(false);
+  });
+
+  test('ENOSPC after N bytes (a short write first), EIO on reads of a range', async () => {
+    const { h, mnt } = await setup('space', 'posix', (base) => fs.writeFileSync(path.join(base, 'blob'), Buffer.alloc(64 * 1024, 7)));
+    await h.inject({ op: 'write', path: '/out/**', afterBytes: 10_000 });
+    fs.mkdirSync(`${mnt}/out`);
+    const r = py(`
+import os
+fd=os.open(${JSON.stringify(mnt)}+'/out/f', os.O_WRONLY|os.O_CREAT, 0o644)
+res=[]
+for i in range(4):
+    try: res.append(os.write(fd, b'x'*4096))
+    except OSError as e: res.append(e.errno)
+print(res)
+`);
+    expect(r.trim()).toBe('[4096, 4096, 1808, 28]');   // 10,000 bytes fit, then ENOSPC
+    expect(fs.statSync(`${mnt}/out/f`).size).toBe(10_000);
+    // other paths are not limited
+    fs.writeFileSync(`${mnt}/free`, Buffer.alloc(20_000));
+    await h.clearFaults();
+    await h.inject({ op: 'read', path: '/blob', errno: 'EIO', range: [16384, 20480] });
+    const rd = py(`
+import os
+fd=os.open(${JSON.stringify(mnt)}+'/blob', os.O_RDONLY)
+out=[]
+for off in (0, 8192, 16384, 18000, 20480, 32768):
+    try: out.append(len(os.pread(fd, 4096, off)))
+    except OSError as e: out.append(-e.errno)
+print(out)
+`);
+    expect(rd.trim()).toBe('[4096, 4096, -5, -5, 4096, 4096]');
+    await h.clearFaults();
+  });
+
+  test('unsynced data past 64 MiB is spilled to disk, and a crash can still keep it', async () => {
+    const { h, mnt } = await setup('spill', 'posix');
+    py(`
+import os
+m=${JSON.stringify(mnt)}
+f=open(m+'/big','wb', buffering=0); os.fsync(f.fileno())
+fd=os.open(m, os.O_RDONLY); os.fsync(fd); os.close(fd)
+blk=bytes(range(256))*4096
+for i in range(80): f.write(blk)
+`);
+    const st = await h.status();
+    expect(st.bytes).toBe(80 * 1024 * 1024);
+    expect(st.inMemory).toBeLessThanOrEqual(64 * 1024 * 1024);
+    expect(st.spilled).toBeGreaterThan(0);
+    await h.crash({ keepLast: 1000 });
+    const b = fs.readFileSync(`${mnt}/big`);
+    expect(b.length).toBe(80 * 1024 * 1024);
+    expect(b.subarray(79 * 1024 * 1024, 79 * 1024 * 1024 + 256).equals(Buffer.from(Array.from({ length: 256 }, (_, i) => i)))).toBe(true);
+  });
+
+  describe('SQLite under random crashes (seeded)', () => {
+    const counts: Record<string, TrialCounts> = {};
+    const run = async (c: SqliteConfig, model: Model, n: number): Promise<TrialCounts> => {
+      const tag = `sqlite-${c.journal}-${c.sync}-${model}`;
+      const base = path.join(dir, tag, 'base'), mnt = path.join(dir, tag, 'mnt');
+      makeDb(path.join(base, 'db'), c);
+      fs.mkdirSync(mnt, { recursive: true });
+      const h = await Harness.mount(base, mnt, { state: path.join(dir, tag, 'state'), model });
+      try {
+        const r = await trials(h, mnt, c, n, 1234);
+        counts[tag] = r;
+        return r;
+      } finally {
+        await h.unmount();
+      }
+    };
+    afterAll(() => {
+      // the counts the closing note reports
+      process.stdout.write(`sqlite trials: ${JSON.stringify(Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, { ...v, failures: v.failures.length }])))}\n`);
+    });
+
+    for (const model of ['posix', 'ext4'] as Model[]) {
+      for (const c of [{ journal: 'truncate', sync: 'full' }, { journal: 'wal', sync: 'full' }, { journal: 'delete', sync: 'extra' }] as SqliteConfig[]) {
+        test(`${c.journal} journal, synchronous=${c.sync}, ${model}: 100 crashes, every acknowledged commit survives, integrity ok`, async () => {
+          const r = await run(c, model, 100);
+          expect(r.trials).toBe(100);
+          expect(r.crashedMidRun).toBeGreaterThan(90);
+          expect(r.failures).toEqual([]);
+          expect(r.acked).toBeGreaterThan(200);
+        }, 300_000);
+      }
+    }
+
+    test('synchronous=OFF: the harness loses acknowledged commits', async () => {
+      const r = await run({ journal: 'truncate', sync: 'off' }, 'posix', 40);
+      expect(r.lost + r.corrupt).toBeGreaterThan(10);
+    }, 300_000);
+
+    test('DELETE journal with synchronous=FULL: the last commit can roll back (SQLite documents EXTRA for this)', async () => {
+      const r = await run({ journal: 'delete', sync: 'full' }, 'posix', 40);
+      expect(r.corrupt).toBe(0);
+      expect(r.lost).toBeGreaterThan(0);
+    }, 300_000);
+  });
+});
