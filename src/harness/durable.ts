@@ -22,9 +22,11 @@ import { SETATTR, ROOT_ID } from '../fuse/ops';
 import type { Caller } from '../fuse/filesystem';
 import type { Union } from '../union/union';
 import { removeTree } from '../union/union';
-import { WriteLog, type CrashOpts } from './writes';
+import { WriteLog, type CrashOpts, type Pending } from './writes';
 
 export type Model = 'posix' | 'ext4';
+/** Live files held open at once; past that the least recently written one's unsynced bytes are read into the log. */
+const MAX_FOLLOWED = 256;
 export const MODELS: Model[] = ['posix', 'ext4'];
 /** Objects with no durable name yet (or no more), in the durable view's root; gone at a crash. */
 const ORPHANS = '.layerfs-harness-orphans';
@@ -50,6 +52,8 @@ export class Durability {
   private readonly objs = new Map<number, Obj>();
   private readonly byIno = new Map<number, Obj>();
   private ops: EntryOp[] = [];
+  /** Files with unsynced writes whose live file the model holds open (at most MAX_FOLLOWED). */
+  private readonly followed = new Set<Obj>();
   private nextId = 1;
   private orphNode = 0;
   private readonly root: Obj;
@@ -138,14 +142,27 @@ export class Durability {
     o.attrDirty = true;
   }
 
-  wrote(o: Obj, off: number, data: Buffer, fd: number): void {
+  /** A write of len bytes at off is about to reach o's live file (fd: the caller's handle). */
+  beforeWrite(o: Obj, off: number, len: number, fd: number): void {
     this.keepFd(o, fd);
-    this.log.write(o.id, off, data);
+    if (o.liveFd >= 0) this.log.beforeWrite(o.id, o.liveFd, off, len);
   }
 
-  resized(o: Obj, size: number, fd: () => number): void {
+
+  wrote(o: Obj, off: number, n: number): void {
+    if (o.liveFd >= 0) this.log.wrote(o.id, off, n);
+  }
+
+  /** o's live file is about to get this size (fd: a handle's, or an open of it for the call). */
+  beforeResize(o: Obj, size: number, fd: () => number): void {
     if (o.liveFd < 0) this.keepFd(o, fd());
-    this.log.resize(o.id, size);
+    if (o.liveFd >= 0) this.log.beforeResize(o.id, o.liveFd, size);
+  }
+
+  resized(o: Obj, size: number, fd = -1): void {
+    this.keepFd(o, fd);
+    if (o.liveFd < 0) return;
+    this.log.resized(o.id, size);
     if (size === 0) o.trunc0 = true;
   }
 
@@ -155,10 +172,34 @@ export class Durability {
   }
 
   private keepFd(o: Obj, fd: number): void {
-    if (o.liveFd >= 0 || fd < 0) return;
+    if (o.liveFd >= 0) {
+      // the most recently used last
+      this.followed.delete(o);
+      this.followed.add(o);
+      return;
+    }
+    if (fd < 0) return;
     // an own open of the live file: the data copy at the sync point outlives the caller's handle
     const own = native.openat(-100, `/proc/self/fd/${fd}`, O_RDONLY, 0);
-    if (own >= 0) o.liveFd = own;
+    if (own < 0) {
+      this.errors.push(`object ${o.id}: cannot open its live file to follow its writes (errno ${-own})`);
+      return;
+    }
+    o.liveFd = own;
+    this.followed.add(o);
+    if (this.followed.size > MAX_FOLLOWED) {
+      // the least recently written file is no longer followed: its unsynced bytes are read into the log
+      const old = this.followed.values().next().value as Obj;
+      this.unfollow(old, true);
+    }
+  }
+
+  private unfollow(o: Obj, keepData: boolean): void {
+    this.followed.delete(o);
+    if (o.liveFd < 0) return;
+    if (keepData) this.log.materialize(o.id, o.liveFd);
+    native.close(o.liveFd);
+    o.liveFd = -1;
   }
 
   // ---- sync points ----
@@ -305,38 +346,27 @@ export class Durability {
     }
   }
 
-  /** o's pending writes reach its durable object: the ranges they wrote, copied from the live file. */
+  /** o's pending writes reach its durable object: the ranges they wrote, copied from the live
+   * file while it is followed; replayed from the log if it no longer is. */
   private syncData(o: Obj): void {
     if (!this.log.has(o.id)) return;
-    const ws = this.log.take(o.id);
     o.trunc0 = false;
     const live = o.liveFd;
-    o.liveFd = -1;
     try {
-      if (live < 0 || o.type !== S_IFREG) return;
-      const st = newStat();
-      if (native.fstatat(live, '', AT_EMPTY_PATH, st) < 0) return;
-      const size = st[ST_SIZE];
-      const dn = this.born(o);
-      const ranges = ws.map((w): [number, number] => (w.size !== undefined ? [w.size, size] : [w.off, Math.min(size, w.off + w.len)]))
-        .filter(([a, b]) => b > a).sort((a, b) => a[0] - b[0]);
-      const r = this.du.open(dn, O_WRONLY);
+      if (o.type !== S_IFREG) return;
+      const r = this.du.open(this.born(o), O_WRONLY);
       const fd = r.fd!;
       try {
-        let end = -1;
-        for (const [a, b] of ranges) {
-          const from = Math.max(a, end);
-          if (b > from) copyRange(live, fd, from, b - from);
-          end = Math.max(end, b);
-        }
-        fs.ftruncateSync(fd, size);
+        if (live < 0) this.log.replay(o.id, fd);
+        else copyPending(this.log.take(o.id), live, fd);
       } finally {
         native.close(fd);
       }
     } catch (e) {
       this.errors.push(`sync of object ${o.id}: ${(e as Error).message}`);
     } finally {
-      if (live >= 0) native.close(live);
+      this.log.take(o.id);
+      this.unfollow(o, false);
     }
   }
 
@@ -363,7 +393,7 @@ export class Durability {
   /** The power goes: the kept part of the unsynced writes reaches the durable view, nameless
    * objects go, and the durable view is closed (its upper is what the next mount shows). */
   crash(o: CrashOpts): { kept: number } {
-    const units = this.log.survivors(o);
+    const units = this.log.survivors(o, (id) => this.objs.get(id)?.liveFd ?? -1);
     const fds = new Map<number, number>();
     let kept = 0;
     try {
@@ -390,12 +420,25 @@ export class Durability {
 
   close(): void {
     this.log.close();
-    for (const o of this.objs.values()) {
-      if (o.liveFd >= 0) native.close(o.liveFd);
-      o.liveFd = -1;
-    }
+    for (const o of [...this.followed]) this.unfollow(o, false);
     this.du.close();
   }
+}
+
+/** The file's pending writes, made durable: the ranges they wrote copied from the live file, its size set. */
+function copyPending(ws: Pending[], live: number, fd: number): void {
+  const st = newStat();
+  if (native.fstatat(live, '', AT_EMPTY_PATH, st) < 0) throw new Error('cannot stat the live file');
+  const size = st[ST_SIZE];
+  const ranges = ws.map((w): [number, number] => (w.size !== undefined ? [w.size, size] : [w.off, Math.min(size, w.off + w.len)]))
+    .filter(([a, b]) => b > a).sort((a, b) => a[0] - b[0]);
+  let end = -1;
+  for (const [a, b] of ranges) {
+    const from = Math.max(a, end);
+    if (b > from) copyRange(live, fd, from, b - from);
+    end = Math.max(end, b);
+  }
+  fs.ftruncateSync(fd, size);
 }
 
 function copyRange(from: number, to: number, off: number, len: number): void {

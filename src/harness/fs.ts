@@ -262,18 +262,21 @@ export class HarnessFs implements Filesystem {
   setattr(nodeid: number, set: SetAttr, caller: Caller): MaybeAsync<AttrReply> {
     return this.run('setattr', [this.where(nodeid)], caller, () => {
       const o = this.model.obj(nodeid);
-      const r = this.u.setattr(nodeid, set);
-      this.note(() => {
-        if (set.valid & SETATTR.SIZE) {
-          // the model keeps its own open of the file: a handle's fd (set.fh is the kernel's, not
-          // a JS handle: any handle of the node will do), or one opened here for it
-          let own = -1;
-          this.model.resized(o, set.size, () => this.handleOf(nodeid)?.fd ?? (own = this.u.open(nodeid, O_RDONLY).fd ?? -1));
-          if (own >= 0) native.close(own);
-        }
-        if (set.valid & ~SETATTR.SIZE) this.model.changed(o, r.attr);
-      });
-      return r;
+      const sized = (set.valid & SETATTR.SIZE) !== 0;
+      // the model keeps its own open of the file: a handle's fd (set.fh is the kernel's, not a
+      // JS handle: any handle of the node will do), or one opened here for the call
+      let own = -1;
+      try {
+        if (sized) this.note(() => this.model.beforeResize(o, set.size, () => this.handleOf(nodeid)?.fd ?? (own = this.u.open(nodeid, O_RDONLY).fd ?? -1)));
+        const r = this.u.setattr(nodeid, set);
+        this.note(() => {
+          if (sized) this.model.resized(o, set.size);
+          if (set.valid & ~SETATTR.SIZE) this.model.changed(o, r.attr);
+        });
+        return r;
+      } finally {
+        if (own >= 0) native.close(own);
+      }
     }, { valid: set.valid, size: set.size, mode: set.mode });
   }
 
@@ -342,8 +345,10 @@ export class HarnessFs implements Filesystem {
     const p = this.where(nodeid);
     return this.run('open', [p], caller, () => {
       const obj = this.model.obj(nodeid);
+      const trunc = (flags & O_TRUNC) !== 0 && (flags & O_ACCMODE) !== O_RDONLY;
+      if (trunc) this.note(() => this.model.beforeResize(obj, 0, () => -1));   // (only pending writes have bytes to keep)
       const o = this.u.open(nodeid, flags) as Opened;
-      if ((flags & O_TRUNC) && (flags & O_ACCMODE) !== O_RDONLY) this.note(() => this.model.resized(obj, 0, () => o.fd ?? -1));
+      if (trunc) this.note(() => this.model.resized(obj, 0, o.fd ?? -1));
       return this.handle(o, nodeid, p, this.u.inoOf(nodeid), caller, flags, obj);
     }, { flags });
   }
@@ -403,11 +408,12 @@ export class HarnessFs implements Filesystem {
     return this.run('write', [h.path], h.opener, (act) => {
       // ENOSPC after N bytes: the write that reaches the limit writes what fits
       const len = act?.short !== undefined ? act.short : data.length;
+      const o = h.obj;
+      if (o) this.note(() => this.model.beforeWrite(o, offset, len, h.fd));
       const n = fs.writeSync(h.fd, data, 0, len, offset);
-      if (h.obj && n > 0) {
-        const o = h.obj;
+      if (o && n > 0) {
         this.note(() => {
-          this.model.wrote(o, offset, data.subarray(0, n), h.fd);
+          this.model.wrote(o, offset, n);
           if (h.sync) this.model.fsyncFile(o);
         });
       }
@@ -445,7 +451,7 @@ export class HarnessFs implements Filesystem {
       if (native.fstatat(h.fd, '', AT_EMPTY_PATH, st) === 0 && st[ST_SIZE] < offset + length) {
         fs.ftruncateSync(h.fd, offset + length);
         const o = h.obj;
-        if (o) this.note(() => this.model.resized(o, offset + length, () => h.fd));
+        if (o) this.note(() => this.model.resized(o, offset + length, h.fd));
       }
     }, { mode, offset, length });
   }
