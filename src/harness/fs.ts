@@ -366,9 +366,8 @@ export class HarnessFs implements Filesystem {
   }
   opendir(nodeid: number, _flags: number, caller: Caller): MaybeAsync<DirOpened> { return this.run('opendir', [this.where(nodeid)], caller, () => this.u.opendir(nodeid)); }
   readdir(nodeid: number, caller: Caller): MaybeAsync<DirList> { return this.run('readdir', [this.where(nodeid)], caller, () => this.u.readdir(nodeid)); }
-  fsyncdir(nodeid: number, datasync: boolean): MaybeAsync<void> {
+  fsyncdir(nodeid: number, _datasync: boolean): MaybeAsync<void> {
     return this.run('fsyncdir', [this.where(nodeid)], null, () => {
-      this.u.fsyncdir(nodeid, datasync);
       const d = this.model.obj(nodeid);
       this.note(() => this.model.fsyncDir(d));
     });
@@ -426,9 +425,9 @@ export class HarnessFs implements Filesystem {
   }
   fsync(handle: number, datasync: boolean): MaybeAsync<void> {
     const h = this.h(handle);
+    // what an fsync promises is the durable view's (durable.ts); the live upper, a throwaway
+    // copy, is not flushed to the host's disk
     return this.run('fsync', [h.path], h.opener, () => {
-      if (datasync) fs.fdatasyncSync(h.fd);
-      else fs.fsyncSync(h.fd);
       const o = h.obj;
       if (o) this.note(() => this.model.fsyncFile(o));
     }, datasync ? { datasync } : undefined);
