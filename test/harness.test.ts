@@ -308,4 +308,55 @@ describe('harness mode', () => {
     expect(fs.existsSync(state)).toBe(false);
     expect(spawnSync(process.execPath, [CLI, 'harness', 'ctl', mnt, 'diff']).status).toBe(1);
   });
+
+  test('the socket protocol: one JSON command a line, each answered (errors too), from another language; the server ends with the harness', () => {
+    const { mnt, state } = setup('socket');
+    ok(ctl(mnt, 'umount'));
+    const sock = d('socket/ctl.sock');
+    ok(harness(d('socket/base'), mnt, '-o', `state=${state},socket=${sock}`));
+    expect(fs.statSync(sock).isSocket()).toBe(true);
+    const client = spawnSync('python3', ['-c', `
+import json, os, socket, sys
+s=socket.socket(socket.AF_UNIX); s.connect(${JSON.stringify(sock)})
+f=s.makefile('rw')
+def ask(line):
+    f.write(line+'\\n'); f.flush()
+    return json.loads(f.readline())
+out=[]
+out.append(ask(json.dumps({'id': 1, 'cmd': 'inject', 'rule': {'op': 'create', 'path': '/etc/*.db', 'errno': 'EROFS'}})))
+try:
+    open(${JSON.stringify(mnt)}+'/etc/x.db','w'); out.append('created')
+except OSError as e: out.append(e.errno)
+out.append(ask('{"id": 2, "cmd": "clear"}'))
+with open(${JSON.stringify(mnt)}+'/etc/new','w') as w: w.write('abc')
+out.append(ask('{"id": 3, "cmd": "diff"}'))
+out.append(ask('{bad json'))
+out.append(ask('{"id": 4, "cmd": "explode"}'))
+out.append(ask('{"id": 5, "cmd": "inject", "rule": {"op": "write", "path": "/**", "errno": "EWHAT"}}'))
+out.append(ask('{"id": 6, "cmd": "reset", "force": true}'))
+out.append(ask('{"id": 7, "cmd": "crash", "keepLast": 1}'))
+out.append(ask('{"id": 8, "cmd": "status"}'))
+out.append(os.path.exists(${JSON.stringify(mnt)}+'/etc/new'))
+out.append(ask('{"id": 9, "cmd": "umount"}'))
+print(json.dumps(out))
+`], { encoding: 'utf8', timeout: 60_000 });
+    expect(client.stderr).toBe('');
+    const r = JSON.parse(client.stdout) as unknown[];
+    expect(r[0]).toEqual({ id: 1, ok: true });
+    expect(r[1]).toBe(30);   // EROFS
+    expect(r[2]).toEqual({ id: 2, ok: true });
+    expect((r[3] as { result: { path: string; kind: string }[] }).result.map((c) => `${c.kind} ${c.path}`)).toEqual(['C /etc', 'A /etc/new']);
+    expect(r[4]).toEqual({ id: null, ok: false, error: 'not a JSON command: {bad json' });
+    expect(r[5]).toEqual({ id: 4, ok: false, error: expect.stringMatching(/^unknown command 'explode' \(reset, diff, /) });
+    expect(r[6]).toEqual({ id: 5, ok: false, error: "unknown errno 'EWHAT'" });
+    expect(r[7]).toEqual({ id: 6, ok: false, error: "unknown field 'force' of reset" });
+    expect(r[8]).toEqual({ id: 7, ok: true });
+    expect(r[9]).toMatchObject({ id: 8, ok: true, result: { crashed: false, pendingChanges: 0 } });
+    expect(r[10]).toBe(false);   // the new file's name was never made durable: the crash took it
+    expect(r[11]).toEqual({ id: 9, ok: true });
+    expect(isMounted(mnt)).toBe(false);
+    // the server saw its harness go, and went
+    const gone = spawnSync('sh', ['-c', `for i in $(seq 50); do [ -e ${sock} ] || exit 0; sleep 0.1; done; exit 1`]);
+    expect(gone.status).toBe(0);
+  });
 });

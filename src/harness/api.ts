@@ -1,11 +1,11 @@
-// The harness from TypeScript: `import { Harness } from 'layerfs'`. The calls run in the caller's
-// process but never serve the mount (the resident service does, reached through the C helper),
-// so they may touch the mount themselves; each resolves once done, or rejects with the one-line
-// error the CLI would print.
-import * as fs from 'node:fs';
-import * as path from 'node:path';
+// The harness from TypeScript: `import { Harness } from 'layerfs'`. Each call is a command of
+// the harness protocol (protocol.ts, the CLI's and the socket's too), run in the caller's process,
+// which never serves the mount (the resident service does, reached through the C helper), so it
+// may touch the mount itself; each resolves once done, or rejects with the one-line error the
+// CLI would print.
 import { HarnessState, type HarnessStatus, type TraceLine } from './harness';
-import { checkCrashOpts, checkRule, type Rule, type RuleState } from './faults';
+import type { Rule, RuleState } from './faults';
+import { execute } from './protocol';
 import type { Model } from './durable';
 import type { CrashOpts } from './writes';
 
@@ -26,9 +26,6 @@ export interface HarnessOptions {
   model?: Model;
 }
 
-/** A change with its path from the mount's root, as `harness ctl MNT diff --json` prints it. */
-export const rooted = (c: Change): Change => ({ ...c, path: `/${c.path}` });
-
 const settle = async <T>(fn: () => T): Promise<T> => fn();
 
 export class Harness {
@@ -40,64 +37,55 @@ export class Harness {
     return new Harness(h.base, h.mnt);
   }
 
-  private state(): HarnessState {
-    return HarnessState.of(this.mountpoint);
+  private run<T>(cmd: object): Promise<T> {
+    return settle(() => execute(this.mountpoint, cmd) as T);
   }
 
   /** Back to base, whatever the view holds (O(1): the old upper is removed in the background). */
-  reset(): Promise<void> { return settle(() => this.state().reset()); }
+  reset(): Promise<void> { return this.run({ cmd: 'reset' }); }
 
-  checkpoint(name: string): Promise<void> { return settle(() => this.state().checkpoint(name)); }
+  checkpoint(name: string): Promise<void> { return this.run({ cmd: 'checkpoint', name }); }
 
-  restore(name: string): Promise<void> { return settle(() => this.state().restore(name)); }
+  restore(name: string): Promise<void> { return this.run({ cmd: 'restore', name }); }
 
-  checkpoints(): Promise<string[]> { return settle(() => this.state().checkpoints()); }
+  checkpoints(): Promise<string[]> { return this.run({ cmd: 'checkpoints' }); }
 
   /** What changed since base: A(dded), C(hanged), D(eleted), paths from the mount's root. */
-  diff(): Promise<Change[]> { return settle(() => this.state().diff().map(rooted)); }
+  diff(): Promise<Change[]> { return this.run({ cmd: 'diff' }); }
 
   /** The changes as an image-layer tar (whiteouts as `.wh.` entries) written to file. */
-  commit(file: string): Promise<void> {
-    return settle(() => {
-      const fd = fs.openSync(path.resolve(file), 'wx', 0o644);
-      try {
-        this.state().commitTar(fd);
-      } finally {
-        fs.closeSync(fd);
-      }
-    });
-  }
+  commit(file: string): Promise<void> { return this.run({ cmd: 'commit', file }); }
 
   /** A fault rule: calls of op on paths matching the glob fail with errno and/or wait delayMs
    * (the nth and count after it, each with probability prob, seeded). Active when this resolves. */
-  inject(rule: Rule): Promise<void> { return settle(() => this.state().inject(checkRule(rule))); }
+  inject(rule: Rule): Promise<void> { return this.run({ cmd: 'inject', rule }); }
 
   /** Every fault rule goes. */
-  clearFaults(): Promise<void> { return settle(() => this.state().clearFaults()); }
+  clearFaults(): Promise<void> { return this.run({ cmd: 'clear' }); }
 
   /** The rules with how many calls each saw and acted on. */
-  faults(): Promise<RuleState[]> { return settle(() => this.state().rules()); }
+  faults(): Promise<RuleState[]> { return this.run({ cmd: 'faults' }); }
 
   /** A mark in the trace (trace({ since }) starts after the last one of that name). */
-  mark(name: string): Promise<void> { return settle(() => this.state().mark(name)); }
+  mark(name: string): Promise<void> { return this.run({ cmd: 'mark', name }); }
 
   /** The traced operations: time, pid, op, path(s), args, result, ms. */
-  trace(f: { since?: string; op?: string; path?: string } = {}): Promise<TraceLine[]> { return settle(() => this.state().trace(f)); }
+  trace(f: { since?: string; op?: string; path?: string } = {}): Promise<TraceLine[]> { return this.run({ cmd: 'trace', ...f }); }
 
   /** Everything written so far made durable (what sync(2) would do: FUSE never sees it). */
-  sync(): Promise<void> { return settle(() => this.state().syncAll()); }
+  sync(): Promise<void> { return this.run({ cmd: 'sync' }); }
 
   /** Power loss, then the mount made anew from what was durable: open files of the old mount
    * fail with EIO; opts keep part of the unsynced writes (the N most recent, or each with a
    * probability, whole or torn into sectors or pages). */
-  crash(opts: CrashOpts = {}): Promise<void> { return settle(() => this.state().crash(checkCrashOpts(opts as Record<string, unknown>))); }
+  crash(opts: CrashOpts = {}): Promise<void> { return this.run({ cmd: 'crash', ...opts }); }
 
   /** After a crash made by a rule: the mount made anew from what was durable. */
-  recover(): Promise<void> { return settle(() => this.state().recover()); }
+  recover(): Promise<void> { return this.run({ cmd: 'recover' }); }
 
   /** The durability model's state: crashed, pending changes and writes, memory held. */
-  status(): Promise<HarnessStatus> { return settle(() => this.state().status()); }
+  status(): Promise<HarnessStatus> { return this.run({ cmd: 'status' }); }
 
   /** Unmounts and removes the harness's state. */
-  unmount(): Promise<void> { return settle(() => this.state().destroy()); }
+  unmount(): Promise<void> { return this.run({ cmd: 'umount' }); }
 }

@@ -12,11 +12,14 @@ import { HarnessState } from './harness';
 import type { Change } from './diff';
 import { checkCrashOpts, checkRule, type Rule } from './faults';
 import { MODELS, type Model } from './durable';
-import { rooted } from './api';
+import { COMMANDS, execute, serve } from './protocol';
+import { spawn, spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 
 const VERBS = 'reset, diff, checkpoint NAME, restore NAME, checkpoints, commit FILE, umount, inject OP GLOB ACTION, faults, clear, mark NAME, trace, sync, crash, recover, status';
 
 interface CtlFlags {
+  socket?: string;
   json?: boolean; nth?: string; count?: string; prob?: string; seed?: string; since?: string; op?: string; path?: string;
   afterBytes?: string; range?: string; keepLast?: string; keepProb?: string; torn?: string;
 }
@@ -66,28 +69,29 @@ function ruleOf(args: string[], f: CtlFlags): Rule {
   }
 }
 
-function harnessOptions(opts: string[]): { state: string | null; model: Model } {
-  let state: string | null = null, model: Model = 'posix';
+function harnessOptions(opts: string[]): { state: string | null; model: Model; socket: string | null } {
+  let state: string | null = null, model: Model = 'posix', socket: string | null = null;
   for (const list of opts) {
     for (const item of list.split(',').filter(Boolean)) {
       const eq = item.indexOf('=');
       const k = eq < 0 ? item : item.slice(0, eq), v = item.slice(eq + 1);
       if (k === 'state' && eq > 0) state = v;
+      else if (k === 'socket' && eq > 0) socket = v;
       else if (k === 'model' && eq > 0) {
         if (!MODELS.includes(v as Model)) throw new UsageError(`unknown durability model '${v}' (${MODELS.join(', ')})`);
         model = v as Model;
-      } else throw new UsageError(`unknown harness option '${item}' (state=DIR, model=posix|ext4)`);
+      } else throw new UsageError(`unknown harness option '${item}' (state=DIR, model=posix|ext4, socket=PATH)`);
     }
   }
-  return { state, model };
+  return { state, model, socket };
 }
 
 function printDiff(changes: Change[], json: boolean): void {
   if (json) {
-    process.stdout.write(JSON.stringify(changes.map(rooted)) + '\n');
+    process.stdout.write(JSON.stringify(changes) + '\n');
     return;
   }
-  process.stdout.write(changes.map((c) => `${c.kind}\t${c.size}\t/${c.path}`).join('\n') + (changes.length ? '\n' : ''));
+  process.stdout.write(changes.map((c) => `${c.kind}\t${c.size}\t${c.path}`).join('\n') + (changes.length ? '\n' : ''));
 }
 
 function ctl(mnt: string, verb: string | undefined, args: string[], f: CtlFlags): void {
@@ -96,45 +100,61 @@ function ctl(mnt: string, verb: string | undefined, args: string[], f: CtlFlags)
     if (args.length !== n) throw new UsageError(`usage: layerfs harness ctl MNT ${verb}${n === 1 ? ' NAME' : n === 3 ? ' OP GLOB ACTION' : ''}`);
   };
   if (!verb) throw new UsageError(`usage: layerfs harness ctl MNT VERB (${VERBS})`);
-  const h = HarnessState.of(mnt);
+  const out = (v: unknown): void => {
+    process.stdout.write(`${JSON.stringify(v)}\n`);
+  };
+  // each verb is a command of the protocol (protocol.ts), as the socket and the API send it
   switch (verb) {
-    case 'reset': need(0); h.reset(); return;
-    case 'diff': need(0); printDiff(h.diff(), json); return;
-    case 'checkpoint': need(1); h.checkpoint(args[0]); return;
-    case 'restore': need(1); h.restore(args[0]); return;
-    case 'checkpoints': need(0); process.stdout.write(json ? JSON.stringify(h.checkpoints()) + '\n' : h.checkpoints().map((c) => `${c}\n`).join('')); return;
-    case 'commit': {
-      need(1);
-      const fd = args[0] === '-' ? 1 : fs.openSync(args[0], 'wx', 0o644);
-      try {
-        h.commitTar(fd);
-      } finally {
-        if (fd !== 1) fs.closeSync(fd);
-      }
+    case 'diff': need(0); printDiff(execute(mnt, { cmd: 'diff' }) as Change[], json); return;
+    case 'checkpoints': {
+      need(0);
+      const names = execute(mnt, { cmd: 'checkpoints' }) as string[];
+      process.stdout.write(json ? `${JSON.stringify(names)}\n` : names.map((c) => `${c}\n`).join(''));
       return;
     }
-    case 'umount': need(0); h.destroy(); return;
-    case 'inject': need(3); h.inject(ruleOf(args, f)); return;
-    case 'faults': need(0); process.stdout.write(JSON.stringify(h.rules()) + '\n'); return;
-    case 'clear': need(0); h.clearFaults(); return;
-    case 'mark': need(1); h.mark(args[0]); return;
-    case 'sync': need(0); h.syncAll(); return;
-    case 'crash': need(0); h.crash(crashOpts(f)); return;
-    case 'recover': need(0); h.recover(); return;
-    case 'status': need(0); process.stdout.write(JSON.stringify(h.status()) + '\n'); return;
-    case 'trace': need(0); process.stdout.write(h.trace({ since: f.since, op: f.op, path: f.path }).map((l) => `${JSON.stringify(l)}\n`).join('')); return;
+    case 'commit': {
+      need(1);
+      if (args[0] !== '-') {
+        execute(mnt, { cmd: 'commit', file: args[0] });
+        return;
+      }
+      HarnessState.of(mnt).commitTar(1);   // to stdout: the CLI's own
+      return;
+    }
+    case 'checkpoint': case 'restore': case 'mark': need(1); execute(mnt, { cmd: verb, name: args[0] }); return;
+    case 'inject': need(3); execute(mnt, { cmd: 'inject', rule: ruleOf(args, f) }); return;
+    case 'crash': need(0); execute(mnt, { cmd: 'crash', ...crashOpts(f) }); return;
+    case 'trace': {
+      need(0);
+      const lines = execute(mnt, { cmd: 'trace', ...(f.since ? { since: f.since } : {}), ...(f.op ? { op: f.op } : {}), ...(f.path ? { path: f.path } : {}) }) as object[];
+      process.stdout.write(lines.map((l) => `${JSON.stringify(l)}\n`).join(''));
+      return;
+    }
+    case 'faults': case 'status': need(0); out(execute(mnt, { cmd: verb })); return;
     default:
-      throw new UsageError(`unknown harness verb '${verb}' (${VERBS})`);
+      if (!COMMANDS.includes(verb)) throw new UsageError(`unknown harness verb '${verb}' (${VERBS})`);
+      need(0);
+      execute(mnt, { cmd: verb });
   }
+}
+
+/** `harness serve MNT --socket PATH`, detached: returns once it listens. */
+function startServer(mnt: string, socket: string): void {
+  const c = spawn(process.execPath, [process.argv[1], 'harness', 'serve', mnt, '--socket', socket], { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  const r = spawnSync('sh', ['-c', 'for i in $(seq 100); do [ -S "$1" ] && exit 0; sleep 0.05; done; exit 1', 'sh', socket]);
+  c.stdout?.destroy();
+  c.stderr?.destroy();
+  c.unref();
+  if (r.status !== 0) throw new UsageError(`the harness's socket ${socket} did not come up`);
 }
 
 export function registerHarness(program: Command, fail: (msg: string) => never): void {
   program.command('harness')
     .description(`a throwaway copy-on-write view of BASE at MNT; 'harness ctl MNT VERB': ${VERBS}`)
-    .argument('<base>', "BASE (or 'ctl')")
+    .argument('<base>', "BASE (or 'ctl', or 'serve')")
     .argument('<mnt>')
     .argument('[args...]')
-    .option('-o, --options <opts>', 'state=DIR (where the upper lives), model=posix|ext4 (what a crash keeps)', (v: string, p: string[]) => [...p, v], [] as string[])
+    .option('-o, --options <opts>', 'state=DIR (where the upper lives), model=posix|ext4 (what a crash keeps), socket=PATH (harness serve on it)', (v: string, p: string[]) => [...p, v], [] as string[])
     .option('--json', 'diff and checkpoints as JSON')
     .option('--nth <n>', 'inject: the first matching call acted on (1 = the first)')
     .option('--count <n>', 'inject: how many calls from the nth on (default: all)')
@@ -148,13 +168,25 @@ export function registerHarness(program: Command, fail: (msg: string) => never):
     .option('--since <mark>', 'trace: from the last mark of this name')
     .option('--op <op>', 'trace: only this operation')
     .option('--path <glob>', 'trace: only these paths')
+    .option('--socket <path>', "serve: the unix socket (one JSON command a line, each answered)")
     .action((first: string, second: string, rest: string[], f: CtlFlags & { options: string[] }) => {
       try {
         if (first === 'ctl') ctl(second, rest[0], rest.slice(1), f);
-        else {
-          if (rest.length) throw new UsageError('usage: layerfs harness BASE MNT [-o state=DIR,model=posix|ext4]');
+        else if (first === 'serve') {
+          if (rest.length || !f.socket) throw new UsageError('usage: layerfs harness serve MNT --socket PATH');
+          serve(second, path.resolve(f.socket), () => undefined);
+        } else {
+          if (rest.length) throw new UsageError('usage: layerfs harness BASE MNT [-o state=DIR,model=posix|ext4,socket=PATH]');
           const o = harnessOptions(f.options);
-          HarnessState.create(first, second, o.state, o.model);
+          const h = HarnessState.create(first, second, o.state, o.model);
+          if (o.socket) {
+            try {
+              startServer(h.mnt, path.resolve(o.socket));
+            } catch (e) {
+              h.destroy();
+              throw e;
+            }
+          }
         }
       } catch (e) {
         fail((e as Error).message);
