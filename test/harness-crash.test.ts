@@ -88,6 +88,17 @@ fsync_dir(m+'/newdir')                                   # (ext4: a journal comm
     expect(read(`${mnt}/newdir/x`)).toBe('x');
     expect(read(`${mnt}/log`)).toBe('start\nmore\n');
     expect(read(`${mnt}/unsynced`)).toBe('u');
+    // extended attributes are the inode's: durable with its fsync
+    py(`
+import os
+m=${JSON.stringify(mnt)}
+os.setxattr(m+'/d', 'user.synced', b'1')
+fd=os.open(m+'/d', os.O_RDONLY); os.fsync(fd); os.close(fd)
+os.setxattr(m+'/d', 'user.unsynced', b'2')
+os.removexattr(m+'/d', 'user.synced')
+`);
+    await h.crash();
+    expect(py(`import os; print(sorted(os.listxattr(${JSON.stringify(`${mnt}/d`)})))`).trim()).toBe("['user.synced']");
   });
 
   test('ext4 data=ordered: an fsync commits every earlier change of names; data only by its own fsync; replace-by-rename keeps the new data', async () => {

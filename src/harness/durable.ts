@@ -44,6 +44,7 @@ export interface Obj {
   pendingAdds: number;    // names given to it that are not durable yet
   liveFd: number;         // the live file (own open), to copy its data from at its sync point
   trunc0: boolean;        // (ext4) truncated to 0 since its last sync
+  xattrs: Map<string, Buffer | null> | null;   // extended attributes set (or removed: null) since its last sync
 }
 
 interface EntryOp { dirs: Obj[]; text: string; apply(): void }
@@ -67,7 +68,7 @@ export class Durability {
   }
 
   private adopt(ino: number, type: number, dnode: number, dlinks: number): Obj {
-    const o: Obj = { id: this.nextId++, type, dnode, dlinks, birth: null, attrs: null, attrDirty: false, pendingAdds: 0, liveFd: -1, trunc0: false };
+    const o: Obj = { id: this.nextId++, type, dnode, dlinks, birth: null, attrs: null, attrDirty: false, pendingAdds: 0, liveFd: -1, trunc0: false, xattrs: null };
     this.objs.set(o.id, o);
     this.byIno.set(ino, o);
     return o;
@@ -148,6 +149,12 @@ export class Durability {
     if (o.liveFd >= 0) this.log.beforeWrite(o.id, o.liveFd, off, len);
   }
 
+
+  /** An extended attribute of o set (value) or removed (null): durable with its attributes. */
+  xattr(o: Obj, name: string, value: Buffer | null): void {
+    (o.xattrs ??= new Map()).set(name, value && Buffer.from(value));
+    o.attrDirty = true;
+  }
 
   wrote(o: Obj, off: number, n: number): void {
     if (o.liveFd >= 0) this.log.wrote(o.id, off, n);
@@ -371,14 +378,26 @@ export class Durability {
   }
 
   private syncAttrs(o: Obj): void {
-    if (!o.attrDirty || !o.attrs || !o.dnode || o.type === S_IFLNK) return;
+    if (!o.attrDirty || !o.dnode) return;
     o.attrDirty = false;
     const a = o.attrs;
     try {
-      this.du.setattr(o.dnode, {
-        valid: SETATTR.MODE | SETATTR.UID | SETATTR.GID | SETATTR.ATIME | SETATTR.MTIME, mode: a[ST_MODE] & 0o7777, uid: a[ST_UID], gid: a[ST_GID],
-        size: 0, atime: a[ST_ATIME], atimeNs: a[ST_ATIME_NS], mtime: a[ST_MTIME], mtimeNs: a[ST_MTIME_NS], fh: 0,
-      });
+      if (a && o.type !== S_IFLNK) {
+        this.du.setattr(o.dnode, {
+          valid: SETATTR.MODE | SETATTR.UID | SETATTR.GID | SETATTR.ATIME | SETATTR.MTIME, mode: a[ST_MODE] & 0o7777, uid: a[ST_UID], gid: a[ST_GID],
+          size: 0, atime: a[ST_ATIME], atimeNs: a[ST_ATIME_NS], mtime: a[ST_MTIME], mtimeNs: a[ST_MTIME_NS], fh: 0,
+        });
+      }
+      const root: Caller = { uid: 0, gid: 0, pid: 0, umask: 0 };
+      for (const [name, v] of o.xattrs ?? []) {
+        if (v) this.du.setxattr(o.dnode, name, v, 0, root);
+        else {
+          try {
+            this.du.removexattr(o.dnode, name);
+          } catch { /* never durable in the first place */ }
+        }
+      }
+      o.xattrs = null;
     } catch (e) {
       this.errors.push(`attributes of object ${o.id}: ${(e as Error).message}`);
     }

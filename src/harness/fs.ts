@@ -173,7 +173,7 @@ export class HarnessFs implements Filesystem {
   }
 
   private status(): Buffer {
-    return Buffer.from(JSON.stringify({ crashed: this.crashed, ...(this.crashed ? { model: this.model.model } : this.model.status()) }));
+    return Buffer.from(JSON.stringify({ crashed: this.crashed, ...(this.crashed ? { model: this.model.model, errors: this.model.errors } : this.model.status()) }));
   }
 
   /** A model hook after a live change: its failure is the model's (kept in its errors), never the caller's. */
@@ -376,7 +376,11 @@ export class HarnessFs implements Filesystem {
 
   setxattr(nodeid: number, name: string, value: Buffer, flags: number, caller: Caller): MaybeAsync<void> {
     if (nodeid === ROOT_ID && name === `${CTL_PREFIX}ctl`) return this.control(value, caller);
-    return this.run('setxattr', [this.where(nodeid)], caller, () => this.u.setxattr(nodeid, name, value, flags, caller), { name });
+    return this.run('setxattr', [this.where(nodeid)], caller, () => {
+      const o = this.model.obj(nodeid);
+      this.u.setxattr(nodeid, name, value, flags, caller);
+      this.note(() => this.model.xattr(o, name, value));
+    }, { name });
   }
   getxattr(nodeid: number, name: string, caller: Caller): MaybeAsync<Buffer> {
     if (nodeid === ROOT_ID && name === `${CTL_PREFIX}rules`) return Buffer.from(JSON.stringify(this.faults.list()));
@@ -386,7 +390,11 @@ export class HarnessFs implements Filesystem {
   }
   listxattr(nodeid: number, caller: Caller): MaybeAsync<string[]> { return this.run('listxattr', [this.where(nodeid)], caller, () => this.u.listxattr(nodeid)); }
   removexattr(nodeid: number, name: string, caller: Caller): MaybeAsync<void> {
-    return this.run('removexattr', [this.where(nodeid)], caller, () => this.u.removexattr(nodeid, name), { name });
+    return this.run('removexattr', [this.where(nodeid)], caller, () => {
+      const o = this.model.obj(nodeid);
+      this.u.removexattr(nodeid, name);
+      this.note(() => this.model.xattr(o, name, null));
+    }, { name });
   }
 
   private h(handle: number): Handle {

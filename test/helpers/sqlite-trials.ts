@@ -67,6 +67,7 @@ export async function trials(h: Harness, mnt: string, c: SqliteConfig, n: number
     const acks = (w.stdout.match(/^ack \d+$/gm) ?? []).map((l) => Number(l.slice(4)));
     const last = acks.length ? acks[acks.length - 1] : 0;
     const st = await h.status();
+    if (st.errors?.length) out.failures.push(`trial ${t}: the model failed: ${st.errors[0]}`);
     if (st.crashed) {
       out.crashedMidRun++;
       await h.recover();
