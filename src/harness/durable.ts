@@ -16,6 +16,7 @@
 // view has it: under its parent's durable dir, by the same name.
 import * as fs from 'node:fs';
 import { native } from '../sys/native';
+import { FsError, errnoName } from '../sys/errors';
 import { AT_EMPTY_PATH, O_DIRECTORY, O_PATH, O_RDONLY, O_WRONLY, RENAME_EXCHANGE, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../sys/constants';
 import { ST_ATIME, ST_ATIME_NS, ST_GID, ST_INO, ST_MODE, ST_MTIME, ST_MTIME_NS, ST_NLINK, ST_RDEV, ST_SIZE, ST_UID, newStat, type Stat } from '../sys/stat';
 import { SETATTR, ROOT_ID } from '../fuse/ops';
@@ -27,6 +28,7 @@ import { WriteLog, type CrashOpts, type Pending } from './writes';
 export type Model = 'posix' | 'ext4';
 /** Live files held open at once; past that the least recently written one's unsynced bytes are read into the log. */
 const MAX_FOLLOWED = 256;
+const DT_DIR = 4;
 export const MODELS: Model[] = ['posix', 'ext4'];
 /** Objects with no durable name yet (or no more), in the durable view's root; gone at a crash. */
 const ORPHANS = '.layerfs-harness-orphans';
@@ -266,7 +268,7 @@ export class Durability {
     try {
       op.apply();
     } catch (e) {
-      this.errors.push(`${op.text}: ${(e as Error).message}`);
+      this.errors.push(`${op.text}: ${why(e)}`);
     }
   }
 
@@ -330,8 +332,7 @@ export class Durability {
       this.du.rmdir(dp, name);
       o.dnode = 0;
     } else if (o.dlinks > 1) {
-      this.du.unlink(dp, name);
-      o.dlinks--;
+      this.lessLinks(o, () => this.du.unlink(dp, name));
     } else if (o.pendingAdds > 0 && o.dnode) {
       // another name of it is still to come: its data is kept meanwhile
       this.du.rename(dp, name, this.orphans(), String(o.id), 0);
@@ -343,11 +344,40 @@ export class Durability {
     }
   }
 
+  /** A name of a file with several goes (by remove): the node held stays one of the file's. */
+  private lessLinks(o: Obj, remove: () => void): void {
+    const ino = this.du.getattr(o.dnode).attr[ST_INO];
+    remove();
+    o.dlinks--;
+    // a fixture's hard link has a node per name until copied up: the one held may have gone
+    if (!this.du.pathOf(o.dnode)) o.dnode = this.findByIno(ino);   // ('': a node with no name left)
+  }
+
+  /** Another name of an inode in the durable view (a walk of it: only when a fixture's hard link lost the name held). */
+  private findByIno(ino: number): number {
+    const dirs = [ROOT_ID];
+    while (dirs.length) {
+      const d = dirs.shift()!;
+      const l = this.du.readdir(d);
+      for (let i = 0; i < l.names.length; i++) {
+        const n = l.names[i];
+        if (n === '.' || n === '..' || (d === ROOT_ID && n === ORPHANS)) continue;
+        if (l.inos[i] !== ino && l.types[i] !== DT_DIR) continue;
+        const e = this.du.lookup(d, n);
+        if (!e) continue;
+        if (e.attr[ST_INO] === ino && (e.attr[ST_MODE] & S_IFMT) === S_IFREG) return e.nodeid;
+        if ((e.attr[ST_MODE] & S_IFMT) === S_IFDIR) dirs.push(e.nodeid);
+      }
+    }
+    throw new Error(`no other name of inode ${ino} in the durable view`);
+  }
+
   private rename(p: Obj, name: string, q: Obj, newname: string, replaced: Obj | null, flags: number): void {
-    this.du.rename(this.born(p), name, this.born(q), newname, flags);
-    if (!replaced || flags & RENAME_EXCHANGE) return;
-    if (replaced.type !== S_IFDIR && replaced.dlinks > 1) replaced.dlinks--;
+    const move = (): void => this.du.rename(this.born(p), name, this.born(q), newname, flags);
+    if (!replaced || flags & RENAME_EXCHANGE) return move();
+    if (replaced.type !== S_IFDIR && replaced.dlinks > 1) this.lessLinks(replaced, move);
     else {
+      move();
       replaced.dnode = 0;
       replaced.dlinks = 0;
     }
@@ -370,7 +400,7 @@ export class Durability {
         native.close(fd);
       }
     } catch (e) {
-      this.errors.push(`sync of object ${o.id}: ${(e as Error).message}`);
+      this.errors.push(`sync of object ${o.id}: ${why(e)}`);
     } finally {
       this.log.take(o.id);
       this.unfollow(o, false);
@@ -399,7 +429,7 @@ export class Durability {
       }
       o.xattrs = null;
     } catch (e) {
-      this.errors.push(`attributes of object ${o.id}: ${(e as Error).message}`);
+      this.errors.push(`attributes of object ${o.id}: ${why(e)}`);
     }
   }
 
@@ -458,6 +488,11 @@ function copyPending(ws: Pending[], live: number, fd: number): void {
     end = Math.max(end, b);
   }
   fs.ftruncateSync(fd, size);
+}
+
+/** An error's message, or its errno's name (an FsError may carry no message). */
+function why(e: unknown): string {
+  return (e as Error).message || (e instanceof FsError ? errnoName(e.errno) : String(e));
 }
 
 function copyRange(from: number, to: number, off: number, len: number): void {
