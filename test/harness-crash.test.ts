@@ -8,7 +8,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { layerfs, requireFuse, tempDir, unmountAll } from './helpers/mount';
+import { CLI, isMounted, layerfs, requireFuse, tempDir, unmountAll } from './helpers/mount';
+import { ensureUser, runAs } from './helpers/users';
 import { shown as shownView, treeHash } from './helpers/overlay';
 import { randomOps, run, type OpSpace } from './helpers/union-ops';
 import { Harness, type Model } from '../src/harness/api';
@@ -390,6 +391,58 @@ fd=os.open(m, os.O_RDONLY); os.fsync(fd); os.close(fd)
         expect((await h.status()).errors).toEqual([]);
       }
       expect(done).toBeGreaterThan(60);
+    }
+  });
+
+  test('as a user with access to /dev/fuse (rootless): mount, crash, recover, crash rule, umount', () => {
+    const uid = ensureUser();
+    const root = path.join(dir, 'rootless');
+    fs.chmodSync(dir, 0o711);   // (mkdtemp's 0700: the user must reach its dir)
+    fs.mkdirSync(path.join(root, 'base/d'), { recursive: true });
+    fs.writeFileSync(path.join(root, 'base/d/cfg'), 'old');
+    fs.mkdirSync(path.join(root, 'mnt'));
+    spawnSync('chown', ['-R', `${uid}:${uid}`, root]);   // the user's fixture and dirs (runAs: gid = uid)
+    const as = (argv: string[]): ReturnType<typeof runAs> =>
+      runAs(uid, ['env', '-i', `PATH=${process.env.PATH}`, `HOME=${root}`, ...argv]);
+    const lfs = (...args: string[]): string => {
+      const r = as([process.execPath, CLI, ...args]);
+      expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+      return r.stdout;
+    };
+    const mnt = path.join(root, 'mnt');
+    expect(spawnSync('setfacl', ['-m', `u:${uid}:rw`, '/dev/fuse']).status).toBe(0);
+    try {
+      lfs('harness', path.join(root, 'base'), mnt, '-o', `state=${root}/state,model=ext4`);
+      const w = as(['python3', '-c', `
+import os
+m=${JSON.stringify(mnt)}
+with open(m+'/d/cfg.new','w') as f: f.write('new')
+os.rename(m+'/d/cfg.new', m+'/d/cfg')
+open(m+'/lost','w').write('x')
+fd=os.open(m, os.O_RDONLY); os.fsync(fd); os.close(fd)
+`]);
+      expect(w.status, w.stderr).toBe(0);
+      lfs('harness', 'ctl', mnt, 'crash');
+      // (root may not look into a user's FUSE mount: no allow_other)
+      const look = (code: string): string => as(['python3', '-c', `import os\nm=${JSON.stringify(mnt)}\n${code}`]).stdout.trim();
+      expect(look("print(open(m+'/d/cfg').read(), repr(open(m+'/lost').read()), os.stat(m+'/lost').st_uid)")).toBe(`new '' ${uid}`);
+      lfs('harness', 'ctl', mnt, 'inject', 'fsync', '/**', 'crash=before');
+      const f = as(['python3', '-c', `
+import os
+f=open(${JSON.stringify(mnt)}+'/z','w'); f.write('z'); f.flush()
+try: os.fsync(f.fileno())
+except OSError as e: print(e.errno)
+`]);
+      expect(f.stdout.trim()).toBe('5');
+      expect(JSON.parse(lfs('harness', 'ctl', mnt, 'status')).crashed).toBe(true);
+      lfs('harness', 'ctl', mnt, 'recover');
+      expect(look("print(sorted(os.listdir(m)))")).toBe("['d', 'lost']");
+      lfs('harness', 'ctl', mnt, 'umount');
+      expect(isMounted(mnt)).toBe(false);
+    } finally {
+      as(['fusermount3', '-u', '-z', mnt]);
+      spawnSync('setfacl', ['-x', `u:${uid}`, '/dev/fuse']);
+      spawnSync('pkill', ['-KILL', '-u', String(uid), '-f', 'layerfs.js service']);
     }
   });
 

@@ -112,6 +112,11 @@ describe('harness mode', () => {
       const at = shown(mnt);
       write(mnt, 'etc/two', '2');
       fs.rmSync(path.join(mnt, 'var'), { recursive: true });
+      fs.chmodSync(path.join(mnt, 'keep'), 0o600);
+      // what changed since the checkpoint (not since BASE: etc/one and etc/a are not listed)
+      const since = JSON.parse(ok(ctl(mnt, 'diff', '--since', 'c1', '--json'))) as { kind: string; path: string; type: string; size: number }[];
+      expect(since.map((c) => `${c.kind} ${c.path} ${c.type} ${c.size}`)).toEqual(['C /etc dir 0', 'A /etc/two file 1', 'C /keep file 1', 'D /var dir 0']);
+      expect(ctl(mnt, 'diff', '--since', 'nope').stderr.trim()).toBe('layerfs: no checkpoint nope (c1)');
       ok(ctl(mnt, 'restore', 'c1'));
       expect(shown(mnt)).toEqual(at);
       expect(fs.readFileSync(path.join(mnt, 'etc/a-link'), 'utf8')).toBe('aaaa!');
@@ -148,6 +153,18 @@ describe('harness mode', () => {
         expect(shown(amnt)).toEqual(want);
       } finally {
         layerfs(['umount', amnt]);
+      }
+      // as an overlay upper: kernel overlayfs over the fixture shows the same view
+      const up = d('commit/upper');
+      ok(ctl(mnt, 'commit', '--upper', up));
+      expect(ctl(mnt, 'commit', '--upper', up).stderr.trim()).toBe(`layerfs: ${up} exists (commit makes a new upper dir)`);
+      const kmnt = d('commit/kmnt');
+      fs.mkdirSync(kmnt);
+      expect(spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${up}:${fix}`, kmnt]).status).toBe(0);
+      try {
+        expect(shown(kmnt)).toEqual(want);
+      } finally {
+        spawnSync('umount', [kmnt]);
       }
     } finally {
       layerfs(['umount', mnt]);

@@ -50,11 +50,11 @@ export class Harness {
 
   checkpoints(): Promise<string[]> { return this.run({ cmd: 'checkpoints' }); }
 
-  /** What changed since base: A(dded), C(hanged), D(eleted), paths from the mount's root. */
-  diff(): Promise<Change[]> { return this.run({ cmd: 'diff' }); }
+  /** What changed since base (or since checkpoint `since`): A(dded), C(hanged), D(eleted), paths from the mount's root. */
+  diff(opts: { since?: string } = {}): Promise<Change[]> { return this.run({ cmd: 'diff', ...opts }); }
 
-  /** The changes as an image-layer tar (whiteouts as `.wh.` entries) written to file. */
-  commit(file: string): Promise<void> { return this.run({ cmd: 'commit', file }); }
+  /** The changes as an image-layer tar (whiteouts as `.wh.` entries) written to file, or (format upper) as an overlay upper dir. */
+  commit(file: string, opts: { format?: 'tar' | 'upper' } = {}): Promise<void> { return this.run({ cmd: 'commit', file, ...opts }); }
 
   /** A fault rule: calls of op on paths matching the glob fail with errno and/or wait delayMs
    * (the nth and count after it, each with probability prob, seeded). Active when this resolves. */

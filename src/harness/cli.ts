@@ -19,7 +19,7 @@ import * as path from 'node:path';
 const VERBS = 'reset, diff, checkpoint NAME, restore NAME, checkpoints, commit FILE, umount, inject OP GLOB ACTION, faults, clear, mark NAME, trace, sync, crash, recover, status';
 
 interface CtlFlags {
-  socket?: string;
+  socket?: string; upper?: boolean;
   json?: boolean; nth?: string; count?: string; prob?: string; seed?: string; since?: string; op?: string; path?: string;
   afterBytes?: string; range?: string; keepLast?: string; keepProb?: string; torn?: string;
 }
@@ -105,7 +105,7 @@ function ctl(mnt: string, verb: string | undefined, args: string[], f: CtlFlags)
   };
   // each verb is a command of the protocol (protocol.ts), as the socket and the API send it
   switch (verb) {
-    case 'diff': need(0); printDiff(execute(mnt, { cmd: 'diff' }) as Change[], json); return;
+    case 'diff': need(0); printDiff(execute(mnt, { cmd: 'diff', ...(f.since ? { since: f.since } : {}) }) as Change[], json); return;
     case 'checkpoints': {
       need(0);
       const names = execute(mnt, { cmd: 'checkpoints' }) as string[];
@@ -114,8 +114,8 @@ function ctl(mnt: string, verb: string | undefined, args: string[], f: CtlFlags)
     }
     case 'commit': {
       need(1);
-      if (args[0] !== '-') {
-        execute(mnt, { cmd: 'commit', file: args[0] });
+      if (args[0] !== '-' || f.upper) {
+        execute(mnt, { cmd: 'commit', file: args[0], format: f.upper ? 'upper' : 'tar' });
         return;
       }
       HarnessState.of(mnt).commitTar(1);   // to stdout: the CLI's own
@@ -165,7 +165,8 @@ export function registerHarness(program: Command, fail: (msg: string) => never):
     .option('--keep-last <n>', 'crash: the N most recent unsynced writes persist')
     .option('--keep-prob <p>', 'crash: each unsynced write persists with probability P')
     .option('--torn <unit>', 'crash: writes persist in parts (sector: 512 bytes, page: 4 KiB)')
-    .option('--since <mark>', 'trace: from the last mark of this name')
+    .option('--since <mark>', 'trace: from the last mark of this name; diff: since this checkpoint')
+    .option('--upper', 'commit: as an overlay upper dir (default: an image-layer tar)')
     .option('--op <op>', 'trace: only this operation')
     .option('--path <glob>', 'trace: only these paths')
     .option('--socket <path>', "serve: the unix socket (one JSON command a line, each answered)")

@@ -2,6 +2,8 @@
 // A: added (BASE has no such path), C: changed (BASE has it: written, chmod'ed, or a dir with
 // changes below), D: deleted (a whiteout, or a BASE entry below a dir made opaque). Sizes are the
 // upper's. Both trees are walked by fd without following a symlink (openat2 BENEATH|NO_SYMLINKS).
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import { native } from '../sys/native';
 import { FsError } from '../sys/errors';
 import { AT_FDCWD, AT_SYMLINK_NOFOLLOW, O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS,
@@ -100,4 +102,78 @@ export function diffUpper(upperDir: string, baseDir: string): Change[] {
     native.close(baseFd);
   }
   return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/** What a path is in one view (an upper over BASE), for comparing two views; null: absent. */
+function stateIn(changes: Map<string, Change>, upperFd: number, baseFd: number, rel: string): string | null {
+  const c = changes.get(rel);
+  if (c?.kind === 'D') return null;
+  const fd = c ? upperFd : baseFd;
+  const st = newStat();
+  const i = rel.lastIndexOf('/');
+  const dfd = i < 0 ? fd : native.openat2(fd, rel.slice(0, i), O_PATH | O_DIRECTORY | O_CLOEXEC, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS);
+  if (dfd < 0) return null;
+  const name = i < 0 ? rel : rel.slice(i + 1);
+  try {
+    if (native.fstatat(dfd, name, AT_SYMLINK_NOFOLLOW, st) !== 0) return null;
+    const t = st[ST_MODE] & S_IFMT;
+    let sig = `${typeName(st)} ${(st[ST_MODE] & 0o7777).toString(8)}`;
+    if (t === S_IFLNK) sig += ` ${native.readlinkat(dfd, name)}`;
+    else if (t === S_IFREG) {
+      const f = native.openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+      if (f < 0) throw new FsError(-f);
+      const h = crypto.createHash('sha1');
+      try {
+        const b = Buffer.allocUnsafe(1 << 20);
+        for (let off = 0; ;) {
+          const n = fs.readSync(f, b, 0, b.length, off);
+          if (n <= 0) break;
+          h.update(b.subarray(0, n));
+          off += n;
+        }
+      } finally {
+        native.close(f);
+      }
+      sig += ` ${st[ST_SIZE]} ${h.digest('hex')}`;
+    }
+    return sig;
+  } finally {
+    if (dfd !== fd) native.close(dfd);
+  }
+}
+
+/**
+ * What changed from one upper's view to another's over the same BASE (a checkpoint's and the
+ * current one): A/C/D per path as diffUpper, a dir C when something below it changed.
+ */
+export function diffBetween(fromUpper: string, toUpper: string, baseDir: string): Change[] {
+  const from = new Map(diffUpper(fromUpper, baseDir).map((c) => [c.path, c]));
+  const to = new Map(diffUpper(toUpper, baseDir).map((c) => [c.path, c]));
+  const open = (p: string, fl: number): number => {
+    const fd = native.openat(AT_FDCWD, p, fl | O_DIRECTORY | O_CLOEXEC, 0);
+    if (fd < 0) throw new FsError(-fd);
+    return fd;
+  };
+  const fromFd = open(fromUpper, O_PATH), toFd = open(toUpper, O_PATH), baseFd = open(baseDir, O_PATH);
+  const out = new Map<string, Change>();
+  try {
+    for (const p of new Set([...from.keys(), ...to.keys()])) {
+      const a = stateIn(from, fromFd, baseFd, p), b = stateIn(to, toFd, baseFd, p);
+      if (a === b) continue;
+      const c = to.get(p);
+      const kind: Kind = a === null ? 'A' : b === null ? 'D' : 'C';
+      const type = (b ?? a)!.split(' ')[0] as Change['type'];
+      out.set(p, { kind, path: p, type, size: kind === 'D' || type === 'dir' ? 0 : c?.size ?? Number(b!.split(' ')[2] ?? 0) });
+    }
+    // the dirs above a change, present in both views, changed too (as docker diff lists them)
+    for (const c of [...out.values()]) {
+      for (let p = c.path; p.includes('/');) {
+        p = p.slice(0, p.lastIndexOf('/'));
+        if (!out.has(p)) out.set(p, { kind: 'C', path: p, type: 'dir', size: 0 });
+      }
+    }
+  } finally {
+    for (const fd of [fromFd, toFd, baseFd]) native.close(fd);
+  }
+  return [...out.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { UsageError, mountPoints, mountTable } from '../mount/validate';
 import { unmount } from '../mount/unmount';
-import { diffUpper, type Change } from './diff';
+import { diffBetween, diffUpper, type Change } from './diff';
 import { packUpper } from '../layer/pack';
 import { native } from '../sys/native';
 import { errnoName } from '../sys/errors';
@@ -230,9 +230,31 @@ export class HarnessState {
     }
   }
 
-  diff(): Change[] {
+  /** What changed since BASE, or since checkpoint `since`. */
+  diff(since?: string): Change[] {
     this.sync();
-    return diffUpper(this.upper, this.base);
+    if (since === undefined) return diffUpper(this.upper, this.base);
+    const cp = path.join(this.dir, 'checkpoints', since);
+    const up = CHECKPOINT_NAME.test(since) && fs.existsSync(cp) ? fs.readdirSync(cp).find((n) => n.startsWith('upper-')) : undefined;
+    if (!up) throw new UsageError(`no checkpoint ${since} (${this.checkpoints().join(', ') || 'none made'})`);
+    return diffBetween(path.join(cp, up), this.upper, this.base);
+  }
+
+  /** The changes as an overlay upper dir (whiteouts and opaque dirs in the mount's format) at dir, which must not exist. */
+  commitUpper(dirIn: string): void {
+    const dir = path.resolve(dirIn);
+    if (fs.existsSync(dir)) throw new UsageError(`${dir} exists (commit makes a new upper dir)`);
+    this.sync();
+    const tmp = `${dir}.tmp-${process.pid}`;
+    fs.mkdirSync(tmp, { mode: 0o755 });
+    try {
+      const r = spawnSync('cp', ['-a', '--reflink=auto', `${this.upper}/.`, tmp], { encoding: 'utf8' });
+      if (r.status !== 0) throw new UsageError(`copy failed: ${(r.stderr || '').trim().split('\n')[0]}`);
+      fs.renameSync(tmp, dir);
+    } catch (e) {
+      fs.rmSync(tmp, { recursive: true, force: true });
+      throw e;
+    }
   }
 
   /** The changes as an image-layer tar (`.wh.` whiteouts), to fd. */

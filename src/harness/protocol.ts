@@ -15,7 +15,7 @@ import type { Change } from './diff';
 export const rooted = (c: Change): Change => ({ ...c, path: `/${c.path}` });
 
 const FIELDS: Record<string, string[]> = {
-  reset: [], diff: [], checkpoint: ['name'], restore: ['name'], checkpoints: [], commit: ['file'], umount: [],
+  reset: [], diff: ['since'], checkpoint: ['name'], restore: ['name'], checkpoints: [], commit: ['file', 'format'], umount: [],
   inject: ['rule'], faults: [], clear: [], mark: ['name'], trace: ['since', 'op', 'path'],
   sync: [], crash: ['keepLast', 'keepProb', 'torn', 'seed'], recover: [], status: [],
 };
@@ -39,11 +39,14 @@ export function execute(mnt: string, cmd: unknown): unknown {
   const h = HarnessState.of(mnt);
   switch (name) {
     case 'reset': return h.reset();
-    case 'diff': return h.diff().map(rooted);
+    case 'diff': return h.diff(str(c, 'since', false)).map(rooted);
     case 'checkpoint': return h.checkpoint(str(c, 'name', true)!);
     case 'restore': return h.restore(str(c, 'name', true)!);
     case 'checkpoints': return h.checkpoints();
     case 'commit': {
+      const format = str(c, 'format', false) ?? 'tar';
+      if (format !== 'tar' && format !== 'upper') throw new UsageError(`unknown commit format '${format}' (tar, upper)`);
+      if (format === 'upper') return h.commitUpper(str(c, 'file', true)!);
       const fd = fs.openSync(path.resolve(str(c, 'file', true)!), 'wx', 0o644);
       try {
         return h.commitTar(fd);
