@@ -12,7 +12,12 @@ export function check(r: number): number {
   return r;
 }
 
+let names: Map<number, string> | null = null;
+
 export function errnoName(errno: number): string {
-  for (const [k, v] of Object.entries(E)) if (v === errno) return k;
-  return `errno ${errno}`;
+  if (!names) {
+    names = new Map();
+    for (const [k, v] of Object.entries(E)) if (!names.has(v as number)) names.set(v as number, k);
+  }
+  return names.get(errno) ?? `errno ${errno}`;
 }
