@@ -171,6 +171,138 @@ describe('thin volumes through a mount', () => {
   });
 });
 
+describe('thin metadata snapshot', () => {
+  let base: string;
+  beforeAll(() => {
+    requireFuse();
+    base = tempDir('thinsnap');
+  });
+  afterAll(() => unmountAll(base));
+
+  test("dump --metadata-snap: the mappings as they were at reserve_metadata_snap, while the pool changes; thin_restore and thin_check accept it", () => {
+    const pool = path.join(base, 'pool'), mnt = path.join(base, 'vols');
+    fs.mkdirSync(mnt);
+    ok(['thin', 'create', pool, '--data-size', '256M']);
+    ok(['thin', 'message', pool, 'create_thin 0']);
+    ok(['thin', 'mount', pool, mnt]);
+    try {
+      const vol = path.join(mnt, '0');
+      fs.truncateSync(vol, 64 << 20);
+      sh(`dd if=/dev/urandom of=${vol} bs=64K count=40 conv=notrunc,fsync status=none`);
+      ok(['thin', 'message', pool, 'reserve_metadata_snap']);
+      const atReserve = ok(['thin', 'dump', pool]);
+      expect(layerfs(['thin', 'message', pool, 'reserve_metadata_snap']).stderr.trim()).toMatch(/already held/);
+      // the pool moves on: new blocks, a snapshot, overwrites of shared blocks
+      ok(['thin', 'message', pool, 'create_snap 1 0']);
+      sh(`dd if=/dev/urandom of=${vol} bs=64K count=20 seek=100 conv=notrunc,fsync status=none`);
+      sh(`dd if=/dev/urandom of=${vol} bs=64K count=5 conv=notrunc,fsync status=none`);
+      const now = ok(['thin', 'dump', pool]);
+      expect(now).not.toBe(atReserve);
+      const snap = ok(['thin', 'dump', pool, '--metadata-snap']);
+      expect(snap).toBe(atReserve);
+      // Debian's thin-provisioning-tools take it as metadata
+      const xml = path.join(base, 'snap.xml'), meta = path.join(base, 'snap.bin');
+      fs.writeFileSync(xml, snap);
+      fs.writeFileSync(meta, '');
+      fs.truncateSync(meta, 64 << 20);
+      sh(`thin_restore -i ${xml} -o ${meta}`);
+      sh(`thin_check ${meta}`);
+      expect(sh(`thin_dump ${meta}`)).toMatch(/<device dev_id="0" mapped_blocks="40"/);
+      // status shows the held root; released, it is gone
+      expect(statusJson(pool).line.split(' ')[3]).not.toBe('-');
+      ok(['thin', 'message', pool, 'release_metadata_snap']);
+      const gone = layerfs(['thin', 'dump', pool, '--metadata-snap']);
+      expect(gone.status).toBe(1);
+      expect(gone.stderr.trim().split('\n')).toHaveLength(1);
+      expect(gone.stderr).toMatch(/holds no metadata snapshot/);
+    } finally {
+      expect(layerfs(['umount', mnt]).status).toBe(0);
+    }
+  });
+});
+
+describe('thin events: low water mark and auto-extend, with ext4 filling a volume', () => {
+  let base: string;
+  beforeAll(() => {
+    requireFuse();
+    base = tempDir('thinev');
+  });
+  afterAll(() => unmountAll(base));
+
+  const statusFull = (pool: string): { data: { used: number; total: number; free: number }; eventCount: number; events: { n: number; msg: string }[] } =>
+    JSON.parse(ok(['thin', 'status', pool, '--json']));
+
+  /** ext4 on a volume of the pool mounted at mnt, through a loop device; fn with its mountpoint. */
+  function withExt4(pool: string, mnt: string, fn: (fsdir: string) => void): void {
+    ok(['thin', 'message', pool, 'create_thin 0']);
+    ok(['thin', 'mount', pool, mnt]);
+    const vol = path.join(mnt, '0'), fsdir = `${mnt}-fs`;
+    fs.mkdirSync(fsdir);
+    fs.truncateSync(vol, 512 << 20);
+    const loop = losetup(vol);
+    try {
+      sh(`mkfs.ext4 -q -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 ${loop}`);
+      sh(`mount ${loop} ${fsdir}`);
+      try {
+        fn(fsdir);
+      } finally {
+        sh(`umount ${fsdir}`);
+      }
+      sh(`e2fsck -fn ${loop}`);
+    } finally {
+      sh(`losetup -d ${loop}`);
+      expect(layerfs(['umount', mnt]).status).toBe(0);
+    }
+  }
+
+  test('the low water mark: one event when free blocks drop to it (not before), shown by status', () => {
+    const pool = path.join(base, 'lw'), mnt = path.join(base, 'lw-vols');
+    fs.mkdirSync(mnt);
+    // 128 MiB of 64 KiB blocks = 2048; the mark at 512 blocks (32 MiB) free
+    ok(['thin', 'create', pool, '--data-size', '128M', '--low-water-mark', '512']);
+    withExt4(pool, mnt, (fsdir) => {
+      sh(`dd if=/dev/urandom of=${fsdir}/a bs=1M count=40 conv=fsync status=none`);
+      const before = statusFull(pool);
+      expect(before.data.free).toBeGreaterThan(512);
+      expect(before.eventCount).toBe(0);
+      sh(`dd if=/dev/urandom of=${fsdir}/b bs=1M count=60 conv=fsync status=none`);
+      const after = statusFull(pool);
+      expect(after.data.free).toBeLessThanOrEqual(512);
+      expect(after.eventCount).toBe(1);
+      expect(after.events[0].msg).toMatch(/^low water mark reached: \d+ free blocks \(mark 512\)$/);
+      expect(ok(['thin', 'status', pool])).toMatch(/Events: 1\n  #1 .* low water mark reached/);
+      // more writes below the mark: still one event
+      sh(`dd if=/dev/urandom of=${fsdir}/c bs=1M count=5 conv=fsync status=none`);
+      expect(statusFull(pool).eventCount).toBe(1);
+    });
+  });
+
+  test('auto-extend THRESHOLD:STEP:CAP: the data file grows by STEP% past THRESHOLD% used, never past CAP; an event each time; the data reads back', () => {
+    const pool = path.join(base, 'ae'), mnt = path.join(base, 'ae-vols');
+    fs.mkdirSync(mnt);
+    ok(['thin', 'create', pool, '--data-size', '32M', '--auto-extend', '70:50:96M']);
+    withExt4(pool, mnt, (fsdir) => {
+      const sizes: number[] = [];
+      let sum = '';
+      for (let i = 0; i < 6; i++) {
+        sh(`dd if=/dev/urandom of=${fsdir}/f${i} bs=1M count=10 conv=fsync status=none`);
+        sizes.push(statusFull(pool).data.total);
+      }
+      sum = sh(`cat ${fsdir}/f* | sha1sum`);
+      const st = statusFull(pool);
+      // 32M -> 48M -> 72M -> 96M (the cap): 512, 768, 1152, 1536 blocks
+      expect(new Set(sizes)).toEqual(new Set(sizes.filter((n) => [512, 768, 1152, 1536].includes(n))));
+      expect(st.data.total).toBe(1536);
+      expect(st.events.map((e) => e.msg)).toEqual(['auto-extended the data file to 50331648 bytes', 'auto-extended the data file to 75497472 bytes',
+        'auto-extended the data file to 100663296 bytes']);
+      expect(fs.statSync(path.join(pool, 'data')).size).toBe(96 << 20);
+      sh('sync; echo 3 > /proc/sys/vm/drop_caches');
+      expect(sh(`cat ${fsdir}/f* | sha1sum`)).toBe(sum);
+    });
+    expect(ok(['thin', 'check', pool]).trim()).toBe('ok');
+  });
+});
+
 describe('thin out of space', () => {
   let base: string;
   beforeAll(() => {

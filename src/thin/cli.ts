@@ -9,7 +9,7 @@ import { checkFuseDevice, checkMountpoint, requireDir, UsageError } from '../mou
 import { Pool, ThinError } from './pool';
 import { ThinFs } from './thinfs';
 import { ask, claimOwnership, hungOwner, owner, serveControl, stopServing, type Request } from './control';
-import { check, dumpXml, restoreXml, status, statusLine, statusText } from './report';
+import { check, dumpXml, metadataSnapAfter, metadataSnapXml, restoreXml, status, statusLine, statusText } from './report';
 
 export function parseSize(s: string, what = 'size'): number {
   const m = /^(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?$/i.exec(s.trim());
@@ -45,6 +45,7 @@ function controlHandler(p: Pool, tfs: ThinFs): (r: Request) => unknown {
       case 'message': {
         const out = p.message(String(r.arg));
         p.commit();
+        metadataSnapAfter(p, p.dir, String(r.arg));
         tfs.volumesChanged();
         return out;
       }
@@ -141,7 +142,11 @@ export function registerThin(program: Command, fail: Fail, mountCmd: (build: () 
     .argument('<pool>')
     .argument('<message>', "dm-thin pool message, e.g. 'create_thin 0', 'create_snap 1 0', 'delete 1'")
     .action((dir: string, msg: string) => guard(async () => {
-      const out = await run(dir, { cmd: 'message', arg: msg }, (p) => p.message(msg));
+      const out = await run(dir, { cmd: 'message', arg: msg }, (p) => {
+        const o = p.message(msg);
+        metadataSnapAfter(p, dir, msg);
+        return o;
+      });
       if (out) process.stdout.write(`${String(out)}\n`);
     }));
   thin.command('mount')
@@ -180,7 +185,13 @@ export function registerThin(program: Command, fail: Fail, mountCmd: (build: () 
     }));
   thin.command('dump')
     .argument('<pool>')
-    .action((dir: string) => guard(async () => {
+    .option('--metadata-snap', 'the metadata snapshot held by reserve_metadata_snap (thin_dump --metadata-snap)')
+    .action((dir: string, f: { metadataSnap?: boolean }) => guard(async () => {
+      if (f.metadataSnap) {
+        requireDir('pool', dir);
+        process.stdout.write(metadataSnapXml(dir));
+        return;
+      }
       process.stdout.write(String(await run(dir, { cmd: 'dump' }, dumpXml, true)));
     }));
   thin.command('restore')

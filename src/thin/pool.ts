@@ -65,6 +65,9 @@ export class Pool {
   private lowWaterLogged = false;
   readonly openDevices = new Map<number, number>();  // dev -> open count (delete -> EBUSY)
   onEvent: (msg: string) => void = () => {};
+  /** Events of this run (low water mark, auto-extend), numbered as dm's event counter; the last 50 kept. */
+  readonly events: { n: number; time: number; msg: string }[] = [];
+  eventCount = 0;
   /** Told of every change the C fast path of open volumes must mirror. */
   listener: PoolListener | null = null;
 
@@ -333,7 +336,7 @@ export class Pool {
     const free = this.space.freeBlocks - 1;
     if (free <= this.opts.lowWaterMark && !this.lowWaterLogged) {
       this.lowWaterLogged = true;
-      this.onEvent(`low water mark reached: ${free} free blocks (mark ${this.opts.lowWaterMark})`);
+      this.event(`low water mark reached: ${free} free blocks (mark ${this.opts.lowWaterMark})`);
     }
     return b;
   }
@@ -392,6 +395,12 @@ export class Pool {
     this.commit();
   }
 
+  private event(msg: string): void {
+    this.events.push({ n: ++this.eventCount, time: Date.now(), msg });
+    if (this.events.length > 50) this.events.shift();
+    this.onEvent(msg);
+  }
+
   /** Grows by itself when used space crosses the auto-extend threshold. */
   maybeAutoExtend(): void {
     const a = this.opts.autoExtend;
@@ -402,7 +411,7 @@ export class Pool {
     const next = Math.min(a.cap, cur + Math.ceil((cur * a.step) / 100));
     if (next > cur) {
       this.resize(next);
-      this.onEvent(`auto-extended the data file to ${next} bytes`);
+      this.event(`auto-extended the data file to ${next} bytes`);
     }
   }
 

@@ -18,6 +18,8 @@ export interface Status {
   blockSize: number;
   devices: { id: number; size: number; mapped: number }[];
   dataFileAllocated: number;
+  eventCount: number;
+  events: { n: number; time: number; msg: string }[];
 }
 
 export function status(p: Pool): Status {
@@ -35,6 +37,8 @@ export function status(p: Pool): Status {
     blockSize: p.blockSize,
     devices: [...p.devices.values()].sort((a, b) => a.id - b.id).map((d) => ({ id: d.id, size: d.size, mapped: d.mapped })),
     dataFileAllocated: dataAlloc,
+    eventCount: p.eventCount,
+    events: [...p.events],
   };
 }
 
@@ -65,6 +69,8 @@ export function statusText(s: Status): string {
     `Data file allocated on the host: ${human(s.dataFileAllocated)}`,
     `Thin volumes: ${s.devices.length}`,
     ...s.devices.map((d) => `  ${d.id}: size ${human(d.size)}, mapped ${human(d.mapped * bs)}`),
+    `Events: ${s.eventCount}`,
+    ...s.events.slice(-5).map((e) => `  #${e.n} ${new Date(e.time).toISOString()} ${e.msg}`),
   ].join('\n');
 }
 
@@ -106,6 +112,29 @@ export function check(p: Pool): CheckReport {
 }
 
 // ---- thin_dump XML ----
+
+/** The held metadata snapshot (reserve_metadata_snap), as thin_dump XML of that moment. */
+export const METADATA_SNAP_FILE = 'metadata-snap.xml';
+
+/** After a message: a reserved metadata snapshot is written out (the committed state), a released one goes. */
+export function metadataSnapAfter(p: Pool, dir: string, msg: string): void {
+  const verb = msg.trim().split(/\s+/)[0];
+  const file = path.join(dir, METADATA_SNAP_FILE);
+  if (verb === 'reserve_metadata_snap') {
+    p.commit();
+    fs.writeFileSync(`${file}.tmp`, dumpXml(p));
+    fs.renameSync(`${file}.tmp`, file);
+  } else if (verb === 'release_metadata_snap') fs.rmSync(file, { force: true });
+}
+
+/** `dump --metadata-snap`: the XML of the held metadata snapshot. */
+export function metadataSnapXml(dir: string): string {
+  try {
+    return fs.readFileSync(path.join(dir, METADATA_SNAP_FILE), 'utf8');
+  } catch {
+    throw new ThinError(E.EINVAL, `${dir} holds no metadata snapshot (message reserve_metadata_snap first)`);
+  }
+}
 
 const sectors = (bytes: number): number => bytes / 512;
 
