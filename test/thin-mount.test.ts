@@ -221,6 +221,74 @@ describe('thin metadata snapshot', () => {
   });
 });
 
+describe('thin metadata space', () => {
+  let base: string;
+  beforeAll(() => {
+    requireFuse();
+    base = tempDir('thinmeta');
+  });
+  afterAll(() => unmountAll(base));
+
+  test('metadata full: the pool goes read-only with needs_check and one clear error; growing the metadata and check --repair bring it back, nothing written is lost', () => {
+    const pool = path.join(base, 'pool'), mnt = path.join(base, 'vols');
+    fs.mkdirSync(mnt);
+    ok(['thin', 'create', pool, '--data-size', '512M', '--metadata-size', '80K']);
+    ok(['thin', 'message', pool, 'create_thin 0']);
+    ok(['thin', 'mount', pool, mnt]);
+    const vol = path.join(mnt, '0');
+    fs.truncateSync(vol, 512 << 20);
+    // 1 MiB at a time, each fsynced, until one fails: what succeeded must all be there at the end
+    const fill = spawnSync('python3', ['-c', `
+import os, hashlib
+fd=os.open(${JSON.stringify(vol)}, os.O_RDWR)
+h=hashlib.sha1(); n=0; err=None
+for i in range(512):
+    b=os.urandom(1<<20)
+    try:
+        os.pwrite(fd, b, i<<20); os.fsync(fd)
+    except OSError as e:
+        err=e.errno; break
+    h.update(bytes(65536) + b[65536:] if i == 0 else b); n+=1   # (block 0 is zeroed below)
+print(n, err, h.hexdigest())
+`], { encoding: 'utf8', timeout: 120_000 });
+    const [n, err, sum] = fill.stdout.trim().split(' ');
+    expect(err, fill.stderr).toBe('5');                 // EIO, as dm-thin's read-only mode
+    expect(Number(n)).toBeGreaterThan(50);
+    const st = statusJson(pool);
+    expect(st.line).toMatch(/ ro discard_passdown \w+ needs_check$/);
+    const msg = layerfs(['thin', 'message', pool, 'create_thin 1']);
+    expect(msg.status).toBe(1);
+    expect(msg.stderr.trim().split('\n')).toEqual(['layerfs: the pool is read-only: its metadata space is exhausted (thin resize --metadata-size)']);
+    expect(layerfs(['thin', 'check', pool]).stderr).toMatch(/metadata space is exhausted/);
+    // a provisioned block is still written in place
+    sh(`dd if=/dev/zero of=${vol} bs=64K count=1 conv=notrunc,fsync status=none`);
+    ok(['thin', 'resize', pool, '--metadata-size', '16M']);
+    expect(statusJson(pool).line).toMatch(/ rw discard_passdown \w+ needs_check$/);
+    expect(layerfs(['thin', 'check', pool]).stderr).toMatch(/metadata space was exhausted/);
+    expect(ok(['thin', 'check', pool, '--repair']).trim()).toBe('repaired: needs_check cleared');
+    expect(ok(['thin', 'check', pool]).trim()).toBe('ok');
+    expect(statusJson(pool).line).toMatch(/ rw discard_passdown \w+ -$/);
+    sh(`dd if=/dev/urandom of=${vol} bs=1M count=4 seek=${Number(n) + 10} conv=notrunc,fsync status=none`);   // new blocks again
+    expect(layerfs(['umount', mnt]).status).toBe(0);
+    expect(ok(['thin', 'check', pool]).trim()).toBe('ok');
+    // after a remount: every MiB that was acknowledged (the first block zeroed since)
+    ok(['thin', 'mount', pool, mnt]);
+    try {
+      const back = spawnSync('python3', ['-c', `
+import os, hashlib
+fd=os.open(${JSON.stringify(vol)}, os.O_RDONLY)
+h=hashlib.sha1()
+for i in range(${n}):
+    h.update(os.pread(fd, 1<<20, i<<20))
+print(h.hexdigest())
+`], { encoding: 'utf8' });
+      expect(back.stdout.trim()).toBe(sum);
+    } finally {
+      expect(layerfs(['umount', mnt]).status).toBe(0);
+    }
+  });
+});
+
 describe('thin events: low water mark and auto-extend, with ext4 filling a volume', () => {
   let base: string;
   beforeAll(() => {

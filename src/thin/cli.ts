@@ -38,6 +38,21 @@ async function run(dir: string, r: Request, offline: (p: Pool) => unknown, readO
   }
 }
 
+/** check --repair on a mounted pool: with the metadata writable again and nothing else wrong, the needs_check flag goes. */
+function repairLive(p: Pool): string {
+  p.commit();
+  const r = check(p);
+  // what the needs_check flag says (report.ts check): cleared by a checkpoint of the recounted state
+  const others = r.problems.filter((x) => !x.startsWith('the metadata space was exhausted') && !x.startsWith('the stored space map differs'));
+  if (p.metaFull) throw new ThinError(E.EIO, 'repair failed: the metadata space is still exhausted (thin resize --metadata-size first)');
+  if (others.length) throw new ThinError(E.EIO, `repair failed: ${others.join('; ')} (unmount, then thin check --repair)`);
+  if (!p.needsCheck) return 'ok';
+  p.needsCheck = false;
+  p.metaFullOnce = false;
+  p.checkpoint();
+  return 'repaired: needs_check cleared';
+}
+
 /** What the daemon answers on the control socket. */
 function controlHandler(p: Pool, tfs: ThinFs): (r: Request) => unknown {
   return (r) => {
@@ -51,6 +66,8 @@ function controlHandler(p: Pool, tfs: ThinFs): (r: Request) => unknown {
       }
       case 'status': return status(p);
       case 'resize': p.resize(Number(r.arg)); return '';
+      case 'resize-metadata': p.resizeMetadata(Number(r.arg)); return '';
+      case 'repair': return repairLive(p);
       case 'check': p.commit(); return check(p);
       case 'dump': p.commit(); return dumpXml(p);
       case 'checkpoint': p.checkpoint(); return '';
@@ -169,6 +186,12 @@ export function registerThin(program: Command, fail: Fail, mountCmd: (build: () 
     .argument('<pool>')
     .option('--repair', 'give leaked blocks back')
     .action((dir: string, f: { repair?: boolean }) => guard(async () => {
+      if (f.repair && await ask(dir, { cmd: 'status' })) {
+        // mounted: the daemon repairs what it can (its needs_check flag); never a second writer
+        const out = String(await run(dir, { cmd: 'repair' }, () => ''));
+        process.stdout.write(`${out}\n`);
+        return;
+      }
       const r = (await run(dir, { cmd: 'check' }, (p) => check(p), !f.repair)) as ReturnType<typeof check>;
       if (f.repair && !r.ok) {
         // loading recounted the space map; a checkpoint stores the recount
@@ -202,9 +225,17 @@ export function registerThin(program: Command, fail: Fail, mountCmd: (build: () 
     }));
   thin.command('resize')
     .argument('<pool>')
-    .requiredOption('--data-size <size>')
-    .action((dir: string, f: { dataSize: string }) => guard(async () => {
-      const size = parseSize(f.dataSize, 'data size');
-      await run(dir, { cmd: 'resize', arg: size }, (p) => p.resize(size));
+    .option('--data-size <size>', 'grow the data file')
+    .option('--metadata-size <size>', 'grow the metadata space (a pool read-only for lack of it is writable again)')
+    .action((dir: string, f: { dataSize?: string; metadataSize?: string }) => guard(async () => {
+      if (!f.dataSize && !f.metadataSize) throw new UsageError('resize needs --data-size and/or --metadata-size');
+      if (f.metadataSize) {
+        const m = parseSize(f.metadataSize, 'metadata size');
+        await run(dir, { cmd: 'resize-metadata', arg: m }, (p) => p.resizeMetadata(m));
+      }
+      if (f.dataSize) {
+        const size = parseSize(f.dataSize, 'data size');
+        await run(dir, { cmd: 'resize', arg: size }, (p) => p.resize(size));
+      }
     }));
 }

@@ -11,7 +11,7 @@ import { ThinError } from './pool';
 export const SOCKET = 'control.sock';
 
 export interface Request {
-  cmd: 'message' | 'status' | 'resize' | 'check' | 'dump' | 'checkpoint';
+  cmd: 'message' | 'status' | 'resize' | 'resize-metadata' | 'check' | 'repair' | 'dump' | 'checkpoint';
   arg?: string | number;
 }
 

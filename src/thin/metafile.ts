@@ -88,6 +88,16 @@ export class MetaFile {
     throw new Error('no valid superblock with an intact checkpoint (not a layerfs thin pool, or its metadata is corrupt)');
   }
 
+  /** The space one commit record of ops takes. */
+  static recordBytes(ops: unknown[]): number {
+    return align(REC_HEAD + Buffer.byteLength(JSON.stringify(ops)));
+  }
+
+  /** The space a metadata file holding just this checkpoint takes (superblocks, it, an empty log). */
+  static checkpointBytes(state: Buffer): number {
+    return DATA_START + align(state.length) + SB_SIZE;
+  }
+
   /** Appends one commit record and syncs it. */
   append(ops: unknown[]): void {
     const body = Buffer.from(JSON.stringify(ops));

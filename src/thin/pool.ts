@@ -61,6 +61,9 @@ export class Pool {
   time = 0;
   heldRoot: number | null = null;
   needsCheck = false;
+  /** The metadata space is exhausted: read-only until it grows (what is pending stays uncommitted). */
+  metaFull = false;
+  metaFullOnce = false;   // (needs_check says why)
   private pending: Op[] = [];
   private lowWaterLogged = false;
   readonly openDevices = new Map<number, number>();  // dev -> open count (delete -> EBUSY)
@@ -222,6 +225,7 @@ export class Pool {
 
   /** Runs one dm-thin pool message; returns what it prints (usually nothing). */
   message(text: string): string {
+    this.writable();
     const w = text.trim().split(/\s+/);
     const n = (i: number, what?: string): number => Pool.parseId(w[i], what);
     const argc = (k: number): void => {
@@ -301,6 +305,7 @@ export class Pool {
   private provision(d: Device, vb: number, wholeBlock: boolean): number {
     const cur = lookup(d.root, vb);
     if (cur !== UNMAPPED && this.space.refs[cur] === 1 && this.exclusive(d, vb)) return cur;
+    this.writable();
     const nb = this.allocBlock();
     const bs = this.opts.blockSize;
     if (cur !== UNMAPPED && !wholeBlock) {
@@ -372,6 +377,7 @@ export class Pool {
 
   /** Unmaps the whole blocks inside the range; a block no volume uses any more is freed. */
   discard(devId: number, offset: number, length: number): void {
+    this.writable();
     const d = this.dev(devId);
     const bs = this.opts.blockSize;
     const first = Math.ceil(offset / bs), last = Math.floor(Math.min(offset + length, d.size) / bs);
@@ -379,13 +385,31 @@ export class Pool {
   }
 
   setSize(devId: number, size: number): void {
+    this.writable();
     const d = this.dev(devId);
     if (size < d.size) this.discard(devId, Math.ceil(size / this.opts.blockSize) * this.opts.blockSize, d.size);
     this.apply(['size', devId, size]);
   }
 
+  /** Refuses a change to the metadata while its space is exhausted (dm-thin's read-only mode). */
+  writable(): void {
+    if (this.metaFull) throw new ThinError(E.EIO, 'the pool is read-only: its metadata space is exhausted (thin resize --metadata-size)');
+  }
+
+  /** Grows the metadata space (online): a read-only pool commits what was pending and is writable again. */
+  resizeMetadata(bytes: number): void {
+    if (bytes < this.opts.metadataSize) throw new ThinError(E.EINVAL, `cannot shrink the metadata from ${this.opts.metadataSize} to ${bytes} bytes`);
+    this.opts.metadataSize = bytes;
+    if (fs.fstatSync(this.meta.fd).size < bytes) fs.ftruncateSync(this.meta.fd, bytes);
+    this.metaFull = false;
+    this.commit();
+    if (this.metaFull) return;
+    this.checkpoint();   // the new size is part of the stored options
+  }
+
   /** Grows the data file (online); shrinking is refused. */
   resize(dataSize: number): void {
+    this.writable();
     const nr = Math.floor(dataSize / this.opts.blockSize);
     if (nr < this.nrBlocks) throw new ThinError(E.EINVAL, `cannot shrink the pool from ${this.nrBlocks} to ${nr} blocks`);
     if (nr === this.nrBlocks) return;
@@ -419,9 +443,20 @@ export class Pool {
 
   /** Data first, then the metadata that points at it; freed blocks become reusable after. */
   commit(): void {
-    if (!this.pending.length) return;
+    if (!this.pending.length || this.metaFull) return;
     fs.fdatasyncSync(this.dataFd);
-    this.meta.append(this.pending);
+    if (this.meta.allocatedBytes() + MetaFile.recordBytes(this.pending) > this.opts.metadataSize) {
+      // no room for one more record: the whole state as a new checkpoint, if that fits
+      const state = this.serialize();
+      if (MetaFile.checkpointBytes(state) > this.opts.metadataSize) {
+        this.metaFull = true;
+        this.metaFullOnce = true;
+        this.needsCheck = true;
+        this.event(`metadata space exhausted (${this.opts.metadataSize} bytes): the pool is read-only; grow it with thin resize --metadata-size, then thin check --repair`);
+        return;
+      }
+      this.meta.checkpoint(state);
+    } else this.meta.append(this.pending);
     this.pending = [];
     const bs = this.opts.blockSize;
     for (const b of this.space.takeFreed()) {

@@ -30,7 +30,7 @@ export function status(p: Pool): Status {
     metadata: { used: Math.ceil(p.meta.allocatedBytes() / metaBlock), total: Math.floor(p.opts.metadataSize / metaBlock) },
     data: { used: p.space.usedBlocks, total: p.nrBlocks, free: p.space.freeBlocks },
     heldRoot: p.heldRoot,
-    mode: p.space.freeBlocks === 0 ? 'out_of_data_space' : 'rw',
+    mode: p.metaFull ? 'ro' : p.space.freeBlocks === 0 ? 'out_of_data_space' : 'rw',
     discard: 'discard_passdown',
     noSpace: p.opts.errorIfNoSpace ? 'error_if_no_space' : 'queue_if_no_space',
     needsCheck: p.needsCheck,
@@ -106,7 +106,9 @@ export function check(p: Pool): CheckReport {
       if (c !== n.count) problems.push('a leaf node counts its entries wrong');
     }
   }
-  if (p.needsCheck) problems.push('the stored space map differs from the one the mappings give (recounted at load)');
+  if (p.metaFull) problems.push('the metadata space is exhausted (grow it: thin resize --metadata-size)');
+  else if (p.needsCheck) problems.push(p.metaFullOnce ? 'the metadata space was exhausted: the last transaction before it may be lost (repair clears the flag)'
+    : 'the stored space map differs from the one the mappings give (recounted at load)');
   if (leaks.length) problems.push(`${leaks.length} leaked block(s)`);
   return { ok: problems.length === 0, problems, leaks };
 }
