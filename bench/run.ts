@@ -6,7 +6,7 @@ import { ROOT, sh, table, umount, type SuiteResult } from './lib';
 import { pageCacheSuite, pageCacheTable } from './pagecache';
 import { passthroughSuite, TARGETS_TEXT as PT_TARGETS, workloads as ptWorkloads } from './passthrough';
 import { overlaySuite, overlayWorkloads, TARGETS_TEXT as OV_TARGETS, URING_WORKLOADS, uringSuite } from './overlay';
-import { snapLatency, thinSuite, TARGETS_TEXT as TH_TARGETS } from './thin';
+import { snapLatency, thinScale, thinSuite, TARGETS_TEXT as TH_TARGETS } from './thin';
 import { serviceSuite, serviceTable } from './service';
 import { containersSuite, containersTable } from './containers';
 import { aufsSuite } from './aufs';
@@ -105,11 +105,13 @@ async function main(): Promise<void> {
     const lat = snapLatency(path.join(base, 'thin'));
     (r as SuiteResult & { snapMs?: unknown }).snapMs = lat;
     md.push('## Thin: ext4 on a loop device on a thin volume vs on a plain sparse file', '',
-      table(r, 'thin volume', ['plain sparse file'], [
-        { name: 'seq write 1M', unit: 'MiB/s', run: () => 0 }, { name: 'seq read 1M', unit: 'MiB/s', run: () => 0 },
-        { name: 'rand write 4k', unit: 'IOPS', run: () => 0 }, { name: 'first writes into a snapshot (rand 4k)', unit: 'IOPS', run: () => 0 },
-      ], TH_TARGETS), '',
+      table(r, 'thin volume', ['plain sparse file'], Object.keys(TH_TARGETS).map((name) => ({ name, unit: /IOPS|4k/.test(name) ? 'IOPS' : 'MiB/s', run: () => 0 })), TH_TARGETS), '',
       `create_snap: ${lat.full100G.toFixed(3)} ms on a fully mapped 100 GiB volume, ${lat.depth1000.toFixed(3)} ms at depth 1,000 (target ≤ 10 ms)`, '');
+    const sc = thinScale(path.join(base, 'thin'));
+    (r as SuiteResult & { scale?: unknown }).scale = sc;
+    md.push(`Scale (the pool's own code, in process): ${sc.volumes} volumes and snapshots: process RSS ${sc.rssMiB.toFixed(0)} MiB ` +
+      `(target: daemon RSS ≤ 200 MB), check ${sc.status1000.toFixed(2)} s; ` +
+      `a fully mapped 100 GiB volume (scattered blocks): check ${sc.check100G.toFixed(2)} s (target ≤ 5 s), dump ${sc.dump100G.toFixed(2)} s (${sc.dumpMiB.toFixed(0)} MiB of XML)`, '');
   }
   const text = md.join('\n');
   process.stdout.write(text + '\n');
