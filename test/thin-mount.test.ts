@@ -6,7 +6,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { daemonPid, isMounted, layerfs, requireFuse, tempDir, unmountAll, waitFor } from './helpers/mount';
+import { CLI, daemonPid, isMounted, layerfs, requireFuse, tempDir, unmountAll, waitFor } from './helpers/mount';
 
 function sh(cmd: string): string {
   const r = spawnSync('bash', ['-c', cmd], { encoding: 'utf8' });
@@ -306,6 +306,25 @@ print(h.hexdigest())
       expect(layerfs(['umount', mnt]).status).toBe(0);
     }
   }
+
+  test('check and dump show their progress on a terminal, never on a pipe', () => {
+    const pool = path.join(base, 'prog'), mnt = path.join(base, 'prog-vols');
+    fs.mkdirSync(mnt);
+    ok(['thin', 'create', pool, '--data-size', '64M']);
+    ok(['thin', 'message', pool, 'create_thin 0']);
+    ok(['thin', 'mount', pool, mnt]);
+    fs.truncateSync(path.join(mnt, '0'), 16 << 20);
+    sh(`dd if=/dev/urandom of=${mnt}/0 bs=1M count=8 conv=notrunc,fsync status=none`);
+    expect(layerfs(['umount', mnt]).status).toBe(0);
+    // (the first second is quiet: LAYERFS_PROGRESS_AFTER_MS=0 shows it at once)
+    const onTty = (args: string): string => spawnSync('script', ['-qec', `${process.execPath} ${CLI} thin ${args}`, '/dev/null'],
+      { encoding: 'utf8', env: { ...process.env, LAYERFS_PROGRESS_AFTER_MS: '0' } }).stdout;
+    expect(onTty(`check ${pool}`)).toMatch(new RegExp(`check ${pool}: \\d+% \\(\\d+/\\d+\\)[\\s\\S]*ok`));
+    expect(onTty(`dump ${pool}`)).toMatch(new RegExp(`dump ${pool}: \\d+% \\(\\d+/128\\)`));
+    const piped = spawnSync(process.execPath, [CLI, 'thin', 'check', pool], { encoding: 'utf8', env: { ...process.env, LAYERFS_PROGRESS_AFTER_MS: '0' } });
+    expect(piped.stderr).toBe('');
+    expect(piped.stdout).toBe('ok\n');
+  });
 
   test('the low water mark: one event when free blocks drop to it (not before), shown by status', () => {
     const pool = path.join(base, 'lw'), mnt = path.join(base, 'lw-vols');

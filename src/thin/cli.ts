@@ -8,6 +8,7 @@ import { parseOptions, numberOption } from '../mount/options';
 import { checkFuseDevice, checkMountpoint, requireDir, UsageError } from '../mount/validate';
 import { Pool, ThinError } from './pool';
 import { ThinFs } from './thinfs';
+import { progress, type OnProgress } from './progress';
 import { ask, claimOwnership, hungOwner, owner, serveControl, stopServing, type Request } from './control';
 import { check, dumpXml, metadataSnapAfter, metadataSnapXml, restoreXml, status, statusLine, statusText } from './report';
 
@@ -18,9 +19,29 @@ export function parseSize(s: string, what = 'size'): number {
   return Math.floor(Number(m[1]) * mult);
 }
 
+/** fn with a progress line on the terminal (after a second), cleared at the end. */
+function withProgress<T>(label: string, fn: (on: OnProgress) => T): T {
+  const pr = progress(label);
+  try {
+    return fn(pr.tick);
+  } finally {
+    pr.end();
+  }
+}
+
 /** Runs a request on the daemon of a mounted pool, or on the pool opened here. */
 async function run(dir: string, r: Request, offline: (p: Pool) => unknown, readOnly = false): Promise<unknown> {
-  const a = await ask(dir, r);
+  // a mounted pool's daemon answers once done: meanwhile the terminal hears how long it has been
+  const wait = r.cmd === 'check' || r.cmd === 'dump' ? progress(`${r.cmd} ${dir}`) : null;
+  const t0 = Date.now();
+  const timer = wait ? setInterval(() => wait.note(`the daemon is at it (${Math.floor((Date.now() - t0) / 1000)} s)`), 250) : null;
+  let a;
+  try {
+    a = await ask(dir, r);
+  } finally {
+    if (timer) clearInterval(timer);
+    wait?.end();
+  }
   if (a) {
     if (!a.ok) throw new ThinError(a.errno ?? E.EIO, a.error ?? 'failed');
     return a.out;
@@ -192,7 +213,7 @@ export function registerThin(program: Command, fail: Fail, mountCmd: (build: () 
         process.stdout.write(`${out}\n`);
         return;
       }
-      const r = (await run(dir, { cmd: 'check' }, (p) => check(p), !f.repair)) as ReturnType<typeof check>;
+      const r = (await run(dir, { cmd: 'check' }, (p) => withProgress(`check ${dir}`, (on) => check(p, on)), !f.repair)) as ReturnType<typeof check>;
       if (f.repair && !r.ok) {
         // loading recounted the space map; a checkpoint stores the recount
         const p = Pool.open(dir);
@@ -215,7 +236,7 @@ export function registerThin(program: Command, fail: Fail, mountCmd: (build: () 
         process.stdout.write(metadataSnapXml(dir));
         return;
       }
-      process.stdout.write(String(await run(dir, { cmd: 'dump' }, dumpXml, true)));
+      process.stdout.write(String(await run(dir, { cmd: 'dump' }, (p) => withProgress(`dump ${dir}`, (on) => dumpXml(p, on)), true)));
     }));
   thin.command('restore')
     .argument('<xml>')

@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { E } from '../sys/constants';
 import { Pool, ThinError, DATA_FILE, META_FILE } from './pool';
 import { UNMAPPED, isLeaf, nodesOf, walk } from './tree';
+import type { OnProgress } from './progress';
 
 export interface Status {
   transactionId: number;
@@ -81,11 +82,14 @@ export interface CheckReport {
 }
 
 /** What thin_check verifies, on the committed state of an open pool. */
-export function check(p: Pool): CheckReport {
+export function check(p: Pool, onProgress: OnProgress = () => {}): CheckReport {
   const problems: string[] = [];
   const leaks: number[] = [];
+  const total = p.devices.size + p.nrBlocks;
+  let done = 0;
   const counted = p.countRefs();
   for (const d of p.devices.values()) {
+    onProgress(++done, total);
     let mapped = 0;
     walk(d.root, (v, b) => {
       mapped++;
@@ -94,6 +98,7 @@ export function check(p: Pool): CheckReport {
     if (mapped !== d.mapped) problems.push(`device ${d.id}: mapped block count ${d.mapped}, counted ${mapped}`);
   }
   for (let b = 0; b < p.nrBlocks; b++) {
+    if ((b & 0xfffff) === 0) onProgress(done + b, total);
     if (p.space.refs[b] !== counted[b]) {
       if (counted[b] === 0) leaks.push(b);
       else problems.push(`block ${b}: reference count ${p.space.refs[b]}, counted ${counted[b]}`);
@@ -140,8 +145,10 @@ export function metadataSnapXml(dir: string): string {
 
 const sectors = (bytes: number): number => bytes / 512;
 
-export function dumpXml(p: Pool): string {
+export function dumpXml(p: Pool, onProgress: OnProgress = () => {}): string {
   const out: string[] = [];
+  const total = [...p.devices.values()].reduce((n, d) => n + d.mapped, 0);
+  let done = 0;
   out.push(`<superblock uuid="" time="${p.time}" transaction="${p.transactionId}" flags="0" version="2" data_block_size="${sectors(p.blockSize)}" nr_data_blocks="${p.nrBlocks}">`);
   for (const d of [...p.devices.values()].sort((a, b) => a.id - b.id)) {
     out.push(`  <device dev_id="${d.id}" mapped_blocks="${d.mapped}" transaction="${d.transaction}" creation_time="${d.creationTime}" snap_time="${d.snapTime}">`);
@@ -151,11 +158,13 @@ export function dumpXml(p: Pool): string {
       let j = i + 1;
       while (j < pairs.length && pairs[j][0] === pairs[j - 1][0] + 1 && pairs[j][1] === pairs[j - 1][1] + 1) j++;
       const [v, b] = pairs[i];
+      if ((done += j - i) % 65536 < j - i) onProgress(done, total);
       if (j - i === 1) out.push(`    <single_mapping origin_block="${v}" data_block="${b}" time="${d.creationTime}"/>`);
       else out.push(`    <range_mapping origin_begin="${v}" data_begin="${b}" length="${j - i}" time="${d.creationTime}"/>`);
       i = j;
     }
     out.push('  </device>');
+    onProgress(done, total);
   }
   out.push('</superblock>');
   return out.join('\n') + '\n';
