@@ -6,7 +6,7 @@ import { ROOT, sh, table, umount, type SuiteResult } from './lib';
 import { pageCacheSuite, pageCacheTable } from './pagecache';
 import { passthroughSuite, TARGETS_TEXT as PT_TARGETS, workloads as ptWorkloads } from './passthrough';
 import { overlaySuite, overlayWorkloads, TARGETS_TEXT as OV_TARGETS, URING_WORKLOADS, uringSuite } from './overlay';
-import { snapLatency, thinScale, thinSuite, TARGETS_TEXT as TH_TARGETS } from './thin';
+import { snapLatency, thinMounts, thinScale, thinSuite, TARGETS_TEXT as TH_TARGETS } from './thin';
 import { serviceSuite, serviceTable } from './service';
 import { containersSuite, containersTable } from './containers';
 import { aufsSuite } from './aufs';
@@ -107,6 +107,11 @@ async function main(): Promise<void> {
     md.push('## Thin: ext4 on a loop device on a thin volume vs on a plain sparse file', '',
       table(r, 'thin volume', ['plain sparse file'], Object.keys(TH_TARGETS).map((name) => ({ name, unit: /IOPS|4k/.test(name) ? 'IOPS' : 'MiB/s', run: () => 0 })), TH_TARGETS), '',
       `create_snap: ${lat.full100G.toFixed(3)} ms on a fully mapped 100 GiB volume, ${lat.depth1000.toFixed(3)} ms at depth 1,000 (target ≤ 10 ms)`, '');
+    const many = thinMounts(path.join(base, 'thin'));
+    (r as SuiteResult & { mounts?: unknown }).mounts = many;
+    md.push(`A pool of ${many.volumes} volumes: mount ${many.mountMs.toFixed(0)} ms, status ${many.statusMs.toFixed(0)} ms (the CLI's Node start included); ` +
+      `${many.mountedExt4} of them with ext4 on loop devices mounted at once (mkfs, mount, 16 MiB written each: ${many.ext4MountS.toFixed(1)} s): ` +
+      `the daemon's RSS ${many.rssMiB.toFixed(0)} MiB (target ≤ 200 MB)`, '');
     const sc = thinScale(path.join(base, 'thin'));
     (r as SuiteResult & { scale?: unknown }).scale = sc;
     md.push(`Scale (the pool's own code, in process): ${sc.volumes} volumes and snapshots: process RSS ${sc.rssMiB.toFixed(0)} MiB ` +

@@ -167,3 +167,49 @@ export function thinScale(base: string): ThinScale {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
+
+export interface ThinMounts { volumes: number; mountMs: number; statusMs: number; mountedExt4: number; ext4MountS: number; rssMiB: number }
+
+/** A pool of 1,000 volumes mounted, 10 of them with ext4 on loop devices mounted at once: mount
+ * and status times, the serving daemon's RSS (its pid from POOL/daemon.pid). */
+export function thinMounts(base: string): ThinMounts {
+  const dir = path.join(base, 'many-pool'), mnt = path.join(base, 'many-vols');
+  fs.rmSync(dir, { recursive: true, force: true });
+  umount(mnt);
+  fs.mkdirSync(mnt, { recursive: true });
+  const p = Pool.create(dir, 64 * 2 ** 30, {});
+  for (let i = 0; i < 1000; i++) {
+    p.message(`create_thin ${i}`);
+    p.setSize(i, 2 ** 30);
+  }
+  p.checkpoint();
+  p.close();
+  const ms = (fn: () => void): number => {
+    const t = process.hrtime.bigint();
+    fn();
+    return Number(process.hrtime.bigint() - t) / 1e6;
+  };
+  const mountMs = ms(() => layerfs(['thin', 'mount', dir, mnt]));
+  const loops: string[] = [], fsdirs: string[] = [];
+  try {
+    const statusMs = ms(() => layerfs(['thin', 'status', dir]));
+    const t = process.hrtime.bigint();
+    for (let i = 0; i < 10; i++) {
+      const loop = sh(`losetup -f --show ${mnt}/${i}`).trim();
+      loops.push(loop);
+      const d = path.join(base, `many-fs${i}`);
+      sh(`mkfs.ext4 -q -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 ${loop} && mkdir -p ${d} && mount ${loop} ${d}`);
+      fsdirs.push(d);
+      sh(`dd if=/dev/urandom of=${d}/f bs=1M count=16 conv=fsync status=none`);
+    }
+    const ext4MountS = Number(process.hrtime.bigint() - t) / 1e9;
+    const pid = Number(fs.readFileSync(path.join(dir, 'daemon.pid'), 'utf8').split(/\s/)[0]);
+    const rss = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return { volumes: 1000, mountMs, statusMs, mountedExt4: fsdirs.length, ext4MountS, rssMiB: rss ? Number(rss[1]) / 1024 : NaN };
+  } finally {
+    for (const d of fsdirs) umount(d);
+    for (const l of loops) spawnSync('losetup', ['-d', l]);
+    umount(mnt);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
