@@ -20,6 +20,14 @@ function ok(args: string[]): string {
   return r.stdout;
 }
 
+/** A new pool with volume 0, mounted at mnt (made here). */
+function mountedPool(pool: string, mnt: string, createArgs: string[]): void {
+  fs.mkdirSync(mnt);
+  ok(['thin', 'create', pool, ...createArgs]);
+  ok(['thin', 'message', pool, 'create_thin 0']);
+  ok(['thin', 'mount', pool, mnt]);
+}
+
 function losetup(file: string): string {
   return sh(`losetup -f --show ${file}`).trim();
 }
@@ -40,10 +48,7 @@ describe('thin volumes through a mount', () => {
     base = tempDir('thin');
     pool = path.join(base, 'pool');
     mnt = path.join(base, 'vols');
-    fs.mkdirSync(mnt);
-    ok(['thin', 'create', pool, '--data-size', '2G']);
-    ok(['thin', 'message', pool, 'create_thin 0']);
-    ok(['thin', 'mount', pool, mnt]);
+    mountedPool(pool, mnt, ['--data-size', '2G']);
   });
   afterAll(() => unmountAll(base));
 
@@ -181,10 +186,7 @@ describe('thin metadata and events: metadata snapshot, metadata space, low water
 
   test("dump --metadata-snap: the mappings as they were at reserve_metadata_snap, while the pool changes; thin_restore and thin_check accept it", () => {
     const pool = path.join(base, 'pool'), mnt = path.join(base, 'vols');
-    fs.mkdirSync(mnt);
-    ok(['thin', 'create', pool, '--data-size', '256M']);
-    ok(['thin', 'message', pool, 'create_thin 0']);
-    ok(['thin', 'mount', pool, mnt]);
+    mountedPool(pool, mnt, ['--data-size', '256M']);
     try {
       const vol = path.join(mnt, '0');
       fs.truncateSync(vol, 64 << 20);
@@ -223,10 +225,7 @@ describe('thin metadata and events: metadata snapshot, metadata space, low water
 
   test('metadata full: the pool goes read-only with needs_check and one clear error; growing the metadata and check --repair bring it back, nothing written is lost', () => {
     const pool = path.join(base, 'mfull'), mnt = path.join(base, 'mfull-vols');
-    fs.mkdirSync(mnt);
-    ok(['thin', 'create', pool, '--data-size', '512M', '--metadata-size', '80K']);
-    ok(['thin', 'message', pool, 'create_thin 0']);
-    ok(['thin', 'mount', pool, mnt]);
+    mountedPool(pool, mnt, ['--data-size', '512M', '--metadata-size', '80K']);
     const vol = path.join(mnt, '0');
     fs.truncateSync(vol, 512 << 20);
     // 1 MiB at a time, each fsynced, until one fails: what succeeded must all be there at the end
@@ -309,10 +308,7 @@ print(h.hexdigest())
 
   test('check and dump show their progress on a terminal, never on a pipe', () => {
     const pool = path.join(base, 'prog'), mnt = path.join(base, 'prog-vols');
-    fs.mkdirSync(mnt);
-    ok(['thin', 'create', pool, '--data-size', '64M']);
-    ok(['thin', 'message', pool, 'create_thin 0']);
-    ok(['thin', 'mount', pool, mnt]);
+    mountedPool(pool, mnt, ['--data-size', '64M']);
     fs.truncateSync(path.join(mnt, '0'), 16 << 20);
     sh(`dd if=/dev/urandom of=${mnt}/0 bs=1M count=8 conv=notrunc,fsync status=none`);
     expect(layerfs(['umount', mnt]).status).toBe(0);
@@ -392,10 +388,7 @@ describe('thin on xfs with reflinks', () => {
 
   test("copy-on-write of a shared block is a reflink: the 4 KiB written is the only new data; the snapshot's blocks never change", () => {
     const pool = path.join(xfs, 'pool'), mnt = path.join(base, 'vols');
-    fs.mkdirSync(mnt);
-    ok(['thin', 'create', pool, '--data-size', '512M']);
-    ok(['thin', 'message', pool, 'create_thin 0']);
-    ok(['thin', 'mount', pool, mnt]);
+    mountedPool(pool, mnt, ['--data-size', '512M']);
     try {
       const vol = path.join(mnt, '0');
       fs.truncateSync(vol, 64 << 20);
