@@ -5,7 +5,8 @@
 // [--range A-B] (ACTION: ERRNO, delay=MS, crash=before|after, joined by commas) | faults |
 // clear | mark NAME | trace [--since MARK] [--op OP] [--path GLOB] (JSON lines) | sync |
 // crash [--keep-last N | --keep-prob P] [--torn sector|page] [--seed S] | recover | status.
-import * as fs from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import type { Command } from 'commander';
 import { UsageError } from '../mount/validate';
 import { HarnessState } from './harness';
@@ -13,8 +14,6 @@ import type { Change } from './diff';
 import { checkCrashOpts, checkRule, type Rule } from './faults';
 import { MODELS, type Model } from './durable';
 import { COMMANDS, execute, serve } from './protocol';
-import { spawn, spawnSync } from 'node:child_process';
-import * as path from 'node:path';
 
 const VERBS = 'reset, diff, checkpoint NAME, restore NAME, checkpoints, commit FILE, umount, inject OP GLOB ACTION, faults, clear, mark NAME, trace, sync, crash, recover, status';
 

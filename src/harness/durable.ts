@@ -42,7 +42,6 @@ export interface Obj {
   dlinks: number;         // (files) durable names; 0 with a dnode: held in the orphan dir
   birth: Birth | null;    // how it is made in the durable view when it has no object there
   attrs: Stat | null;     // its live attributes when last changed
-  attrDirty: boolean;
   pendingAdds: number;    // names given to it that are not durable yet
   liveFd: number;         // the live file (own open), to copy its data from at its sync point
   trunc0: boolean;        // (ext4) truncated to 0 since its last sync
@@ -55,6 +54,8 @@ export class Durability {
   private readonly objs = new Map<number, Obj>();
   private readonly byIno = new Map<number, Obj>();
   private ops: EntryOp[] = [];
+  /** Objects whose attributes (or xattrs) changed since their sync point. */
+  private readonly attrDirty = new Set<Obj>();
   /** Files with unsynced writes whose live file the model holds open (at most MAX_FOLLOWED). */
   private readonly followed = new Set<Obj>();
   private nextId = 1;
@@ -70,7 +71,7 @@ export class Durability {
   }
 
   private adopt(ino: number, type: number, dnode: number, dlinks: number): Obj {
-    const o: Obj = { id: this.nextId++, type, dnode, dlinks, birth: null, attrs: null, attrDirty: false, pendingAdds: 0, liveFd: -1, trunc0: false, xattrs: null };
+    const o: Obj = { id: this.nextId++, type, dnode, dlinks, birth: null, attrs: null, pendingAdds: 0, liveFd: -1, trunc0: false, xattrs: null };
     this.objs.set(o.id, o);
     this.byIno.set(ino, o);
     return o;
@@ -142,7 +143,7 @@ export class Durability {
   /** New attributes (mode, owner, times) of o: durable at its sync point. */
   changed(o: Obj, attr: Stat): void {
     o.attrs = attr;
-    o.attrDirty = true;
+    this.attrDirty.add(o);
   }
 
   /** A write of len bytes at off is about to reach o's live file (fd: the caller's handle). */
@@ -155,7 +156,7 @@ export class Durability {
   /** An extended attribute of o set (value) or removed (null): durable with its attributes. */
   xattr(o: Obj, name: string, value: Buffer | null): void {
     (o.xattrs ??= new Map()).set(name, value && Buffer.from(value));
-    o.attrDirty = true;
+    this.attrDirty.add(o);
   }
 
   wrote(o: Obj, off: number, n: number): void {
@@ -238,7 +239,7 @@ export class Durability {
     const ops = this.ops;
     this.ops = [];
     for (const op of ops) this.apply(op);
-    for (const o of this.objs.values()) if (o.attrDirty) this.syncAttrs(o);
+    for (const o of [...this.attrDirty]) this.syncAttrs(o);
   }
 
   /** The pending changes of dir d, and every earlier one they depend on (a shared dir). */
@@ -391,25 +392,23 @@ export class Durability {
     const live = o.liveFd;
     try {
       if (o.type !== S_IFREG) return;
-      const r = this.du.open(this.born(o), O_WRONLY);
-      const fd = r.fd!;
+      const fd = this.du.open(this.born(o), O_WRONLY).fd!;
       try {
         if (live < 0) this.log.replay(o.id, fd);
-        else copyPending(this.log.take(o.id), live, fd);
+        else copyPending(this.log.pendingOf(o.id), live, fd);
       } finally {
         native.close(fd);
       }
     } catch (e) {
       this.errors.push(`sync of object ${o.id}: ${why(e)}`);
     } finally {
-      this.log.take(o.id);
+      this.log.take(o.id);   // (after: a replay reads the spill file, which the last take empties)
       this.unfollow(o, false);
     }
   }
 
   private syncAttrs(o: Obj): void {
-    if (!o.attrDirty || !o.dnode) return;
-    o.attrDirty = false;
+    if (!o.dnode || !this.attrDirty.delete(o)) return;
     const a = o.attrs;
     try {
       if (a && o.type !== S_IFLNK) {

@@ -12,7 +12,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FsError, errnoName } from '../sys/errors';
 import { native } from '../sys/native';
-import { spawnSync } from 'node:child_process';
 import { AT_EMPTY_PATH, E, O_ACCMODE, O_DSYNC, O_RDONLY, O_TRUNC } from '../sys/constants';
 import { ST_INO, ST_SIZE, newStat } from '../sys/stat';
 import { SETATTR } from '../fuse/ops';
@@ -23,6 +22,7 @@ import type { Union } from '../union/union';
 import { Faults, checkCrashOpts, checkRule, type Action } from './faults';
 import { Durability, MODELS, type Model, type Obj } from './durable';
 import type { CrashOpts } from './writes';
+import { copyTree } from './copy';
 
 export const CTL_PREFIX = 'user.harness.';
 const FLUSH_MS = 200;
@@ -46,8 +46,7 @@ function durableCopy(stateDir: string, d: HarnessDirs): { upper: string; work: s
     // a fresh upper (a new harness, a reset): nothing to copy, no cp to start (a reset costs ms)
     for (const p of [d.upper, d.work]) fs.mkdirSync(path.join(`${dir}.tmp`, path.basename(p)), { mode: fs.statSync(p).mode & 0o7777 });
   } else {
-    const r = spawnSync('cp', ['-a', '--reflink=auto', d.upper, d.work, `${dir}.tmp`], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`cannot copy the upper for the durable view: ${(r.stderr || '').trim().split('\n')[0]}`);
+    copyTree([d.upper, d.work], `${dir}.tmp`);
   }
   fs.renameSync(`${dir}.tmp`, dir);
   return { upper: path.join(dir, path.basename(d.upper)), work: path.join(dir, path.basename(d.work)) };

@@ -1,10 +1,11 @@
-// Harness mode, first part: a throwaway copy-on-write view of a fixture. BASE is the only lower of
-// an overlay mount (never modified); the upper and work dirs live in a state dir of the harness
-// (its path is the mount's source, `harness:STATE`, so every later command finds it from MNT).
-// reset: the mount ends, the upper is renamed away (removed in the background) and a fresh one
-// mounted — O(1) whatever the upper holds; checkpoint/restore copy the upper (with its work dir:
-// copied-up hard links live in its index); diff walks the upper against BASE; commit writes the
-// changes as an image-layer tar.
+// Harness mode: a throwaway copy-on-write view of a fixture. BASE is the only lower of an overlay
+// mount (never modified); the upper and work dirs live in a state dir of the harness (its path is
+// the mount's source, `harness:STATE`, so every later command finds it from MNT). reset: the
+// mount ends, the upper is renamed away (removed in the background) and a fresh one mounted —
+// O(1) whatever the upper holds; checkpoint/restore copy the upper (with its work dir: copied-up
+// hard links live in its index); diff walks the upper against BASE or a checkpoint; commit writes
+// the changes as an image-layer tar or an upper; crash/recover mount the durable view's upper
+// (durable.ts) in a new generation.
 import { spawn, spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -19,10 +20,11 @@ import { CTL_PREFIX } from './fs';
 import { MODELS, type Model } from './durable';
 import type { CrashOpts } from './writes';
 import { globRegExp, type Rule, type RuleState } from './faults';
+import { copyTree } from './copy';
+import { HELPER, serviceWanted } from '../service/client';
 
 /** One traced operation (or a mark). */
 export interface TraceLine { t: number; pid?: number; op?: string; path?: string; path2?: string; result?: string; ms?: number; mark?: string; fault?: number; args?: object; bytes?: number }
-import { HELPER, serviceWanted } from '../service/client';
 
 const SOURCE = 'harness:';
 const CHECKPOINT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -248,8 +250,7 @@ export class HarnessState {
     const tmp = `${dir}.tmp-${process.pid}`;
     fs.mkdirSync(tmp, { mode: 0o755 });
     try {
-      const r = spawnSync('cp', ['-a', '--reflink=auto', `${this.upper}/.`, tmp], { encoding: 'utf8' });
-      if (r.status !== 0) throw new UsageError(`copy failed: ${(r.stderr || '').trim().split('\n')[0]}`);
+      copyTree([`${this.upper}/.`], tmp);
       fs.renameSync(tmp, dir);
     } catch (e) {
       fs.rmSync(tmp, { recursive: true, force: true });
@@ -309,11 +310,6 @@ export class HarnessState {
     fs.renameSync(this.dir, trash);
     removeLater(trash);
   }
-}
-
-function copyTree(srcs: string[], dest: string): void {
-  const r = spawnSync('cp', ['-a', '--reflink=auto', ...srcs, dest], { encoding: 'utf8' });
-  if (r.status !== 0) throw new UsageError(`copy failed: ${(r.stderr || '').trim().split('\n')[0]}`);
 }
 
 /** rm -rf in a detached child: the caller does not wait for a big upper to go. */

@@ -121,13 +121,18 @@ export class WriteLog {
     f.owners = [];
   }
 
-  /** The object's pending writes replayed on fd (in order), from the data kept here. */
+  /** The object's pending writes replayed on fd in order, from the data kept here: its live file
+   * is no longer followed, so every byte of theirs was read into the log. */
   replay(obj: number, fd: number): void {
-    const f = this.files.get(obj);
-    for (const p of f?.pending ?? []) {
+    for (const p of this.pendingOf(obj)) {
       if (p.size !== undefined) fs.ftruncateSync(fd, p.size);
-      else fs.writeSync(fd, this.dataOf(p, f!, -1), 0, p.len, p.off);
+      else fs.writeSync(fd, this.dataOf(p, null, -1), 0, p.len, p.off);
     }
+  }
+
+  /** The object's pending writes, in order (still in the log). */
+  pendingOf(obj: number): Pending[] {
+    return this.files.get(obj)?.pending ?? [];
   }
 
   has(obj: number): boolean {
@@ -151,9 +156,9 @@ export class WriteLog {
   }
 
   /** A pending write's data: its saved parts, the rest from the live file. */
-  private dataOf(p: Pending, f: FileLog, live: number): Buffer {
+  private dataOf(p: Pending, f: FileLog | null, live: number): Buffer {
     const out = Buffer.alloc(p.len);
-    for (const s of f.owners) {
+    for (const s of f?.owners ?? []) {
       if (s.p !== p) continue;
       if (live >= 0) fs.readSync(live, out, s.a - p.off, s.b - s.a, s.a);
     }

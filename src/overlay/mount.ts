@@ -185,7 +185,7 @@ export function overlayMount(mnt: string, optionLists: string[], debug: boolean,
 }
 
 /** The union over opened (and checked) dirs: its layers, work dirs, index and options. */
-function buildUnion(cfg: OverlayConfig, v: Dirs, policy: ModePolicy): { union: Union; layers: Layer[]; passthrough: boolean } {
+function buildUnion(cfg: OverlayConfig, v: Dirs, policy: ModePolicy): { union: Union; layers: Layer[]; passthrough: boolean; root: boolean } {
   const id = identity();
   const layers: Layer[] = [];
   let indexFd = -1;
@@ -245,7 +245,7 @@ function buildUnion(cfg: OverlayConfig, v: Dirs, policy: ModePolicy): { union: U
     for (const fd of [...layers.flatMap((l) => [l.fd, l.workFd]), indexFd]) if (fd >= 0) native.close(fd);
     throw e;
   }
-  return { union, layers, passthrough };
+  return { union, layers, passthrough, root: id.root };
 }
 
 /**
@@ -269,8 +269,7 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
   const v = sorted(cfg, opened);
   validate(v, local, policy);
   const harnessDir = cfg.harness ? harnessStateDir(cfg.fsname) : null;
-  const { union, layers, passthrough } = buildUnion(cfg, v, policy);
-  const id = identity();
+  const { union, layers, passthrough, root } = buildUnion(cfg, v, policy);
   const fsname = (cfg.fsname ?? name.source).replace(/,/g, '_');
   let served: Filesystem = union;
   if (harnessDir) {
@@ -282,7 +281,7 @@ export function overlayBuild(cfg: OverlayConfig, opened: Dir[], debug: boolean, 
     }
   }
   const mountOptions = [`fsname=${fsname}`, `subtype=${name.subtype}`, 'default_permissions'];
-  if (id.root) mountOptions.push('allow_other');
+  if (root) mountOptions.push('allow_other');
   if (!layers.some((l) => l.writable)) mountOptions.push('ro');
   mountOptions.push(...cfg.kernelOptions);
   return {

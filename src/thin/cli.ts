@@ -62,14 +62,12 @@ async function run(dir: string, r: Request, offline: (p: Pool) => unknown, readO
 /** check --repair on a mounted pool: with the metadata writable again and nothing else wrong, the needs_check flag goes. */
 function repairLive(p: Pool): string {
   p.commit();
-  const r = check(p);
-  // what the needs_check flag says (report.ts check): cleared by a checkpoint of the recounted state
-  const others = r.problems.filter((x) => !x.startsWith('the metadata space was exhausted') && !x.startsWith('the stored space map differs'));
   if (p.metaFull) throw new ThinError(E.EIO, 'repair failed: the metadata space is still exhausted (thin resize --metadata-size first)');
+  // the needs_check flag is cleared by a checkpoint of the (recounted) state; anything else is offline work
+  const others = check(p).problems.filter((x) => x !== p.needsCheck);
   if (others.length) throw new ThinError(E.EIO, `repair failed: ${others.join('; ')} (unmount, then thin check --repair)`);
   if (!p.needsCheck) return 'ok';
-  p.needsCheck = false;
-  p.metaFullOnce = false;
+  p.needsCheck = null;
   p.checkpoint();
   return 'repaired: needs_check cleared';
 }
@@ -207,10 +205,11 @@ export function registerThin(program: Command, fail: Fail, mountCmd: (build: () 
     .argument('<pool>')
     .option('--repair', 'give leaked blocks back')
     .action((dir: string, f: { repair?: boolean }) => guard(async () => {
-      if (f.repair && await ask(dir, { cmd: 'status' })) {
-        // mounted: the daemon repairs what it can (its needs_check flag); never a second writer
-        const out = String(await run(dir, { cmd: 'repair' }, () => ''));
-        process.stdout.write(`${out}\n`);
+      // mounted: the daemon repairs what it can (its needs_check flag); never a second writer
+      const live = f.repair ? await ask(dir, { cmd: 'repair' }) : null;
+      if (live) {
+        if (!live.ok) throw new ThinError(live.errno ?? E.EIO, live.error ?? 'repair failed');
+        process.stdout.write(`${String(live.out)}\n`);
         return;
       }
       const r = (await run(dir, { cmd: 'check' }, (p) => withProgress(`check ${dir}`, (on) => check(p, on)), !f.repair)) as ReturnType<typeof check>;

@@ -88,9 +88,15 @@ export class MetaFile {
     throw new Error('no valid superblock with an intact checkpoint (not a layerfs thin pool, or its metadata is corrupt)');
   }
 
-  /** The space one commit record of ops takes. */
-  static recordBytes(ops: unknown[]): number {
-    return align(REC_HEAD + Buffer.byteLength(JSON.stringify(ops)));
+  /** One commit record of ops, serialised: append() writes it; its length is what it takes. */
+  static record(ops: unknown[]): Buffer {
+    const body = Buffer.from(JSON.stringify(ops));
+    const rec = Buffer.alloc(align(REC_HEAD + body.length));
+    rec.writeUInt32LE(REC_MAGIC, 0);
+    rec.writeUInt32LE(body.length, 4);
+    rec.writeUInt32LE(crc32(body), 8);
+    body.copy(rec, REC_HEAD);
+    return rec;
   }
 
   /** The space a metadata file holding just this checkpoint takes (superblocks, it, an empty log). */
@@ -98,15 +104,9 @@ export class MetaFile {
     return DATA_START + align(state.length) + SB_SIZE;
   }
 
-  /** Appends one commit record and syncs it. */
-  append(ops: unknown[]): void {
-    const body = Buffer.from(JSON.stringify(ops));
-    const rec = Buffer.alloc(align(REC_HEAD + body.length));
-    rec.writeUInt32LE(REC_MAGIC, 0);
-    rec.writeUInt32LE(body.length, 4);
-    rec.writeUInt32LE(crc32(body), 8);
+  /** Appends one commit record (MetaFile.record) and syncs it. */
+  append(rec: Buffer): void {
     rec.writeUInt32LE(++this.seq, 12);
-    body.copy(rec, REC_HEAD);
     fs.writeSync(this.fd, rec, 0, rec.length, this.logEnd);
     // the next record must not be mistaken for a continuation: clear what follows
     fs.writeSync(this.fd, Buffer.alloc(REC_HEAD), 0, REC_HEAD, this.logEnd + rec.length);

@@ -60,10 +60,10 @@ export class Pool {
   transactionId = 0;
   time = 0;
   heldRoot: number | null = null;
-  needsCheck = false;
+  /** Why the pool needs a check (dm-thin's needs_check flag), or null. */
+  needsCheck: string | null = null;
   /** The metadata space is exhausted: read-only until it grows (what is pending stays uncommitted). */
   metaFull = false;
-  metaFullOnce = false;   // (needs_check says why)
   private pending: Op[] = [];
   private lowWaterLogged = false;
   readonly openDevices = new Map<number, number>();  // dev -> open count (delete -> EBUSY)
@@ -445,18 +445,18 @@ export class Pool {
   commit(): void {
     if (!this.pending.length || this.metaFull) return;
     fs.fdatasyncSync(this.dataFd);
-    if (this.meta.allocatedBytes() + MetaFile.recordBytes(this.pending) > this.opts.metadataSize) {
+    const rec = MetaFile.record(this.pending);
+    if (this.meta.allocatedBytes() + rec.length > this.opts.metadataSize) {
       // no room for one more record: the whole state as a new checkpoint, if that fits
       const state = this.serialize();
       if (MetaFile.checkpointBytes(state) > this.opts.metadataSize) {
         this.metaFull = true;
-        this.metaFullOnce = true;
-        this.needsCheck = true;
+        this.needsCheck = 'the metadata space was exhausted: the last transaction before it may be lost (repair clears the flag)';
         this.event(`metadata space exhausted (${this.opts.metadataSize} bytes): the pool is read-only; grow it with thin resize --metadata-size, then thin check --repair`);
         return;
       }
       this.meta.checkpoint(state);
-    } else this.meta.append(this.pending);
+    } else this.meta.append(rec);
     this.pending = [];
     const bs = this.opts.blockSize;
     for (const b of this.space.takeFreed()) {
@@ -528,7 +528,7 @@ export class Pool {
     const storedRefs = new Uint32Array(stored.buffer, stored.byteOffset, stored.length / 4);
     const counted = this.countRefs();
     for (let i = 0; i < this.nrBlocks; i++) {
-      if ((storedRefs[i] ?? 0) !== counted[i]) this.needsCheck = true;
+      if ((storedRefs[i] ?? 0) !== counted[i]) this.needsCheck = 'the stored space map differs from the one the mappings give (recounted at load)';
     }
     this.space.refs.set(counted);
     this.space.recount();

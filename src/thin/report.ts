@@ -34,7 +34,7 @@ export function status(p: Pool): Status {
     mode: p.metaFull ? 'ro' : p.space.freeBlocks === 0 ? 'out_of_data_space' : 'rw',
     discard: 'discard_passdown',
     noSpace: p.opts.errorIfNoSpace ? 'error_if_no_space' : 'queue_if_no_space',
-    needsCheck: p.needsCheck,
+    needsCheck: p.needsCheck !== null,
     blockSize: p.blockSize,
     devices: [...p.devices.values()].sort((a, b) => a.id - b.id).map((d) => ({ id: d.id, size: d.size, mapped: d.mapped })),
     dataFileAllocated: dataAlloc,
@@ -112,8 +112,7 @@ export function check(p: Pool, onProgress: OnProgress = () => {}): CheckReport {
     }
   }
   if (p.metaFull) problems.push('the metadata space is exhausted (grow it: thin resize --metadata-size)');
-  else if (p.needsCheck) problems.push(p.metaFullOnce ? 'the metadata space was exhausted: the last transaction before it may be lost (repair clears the flag)'
-    : 'the stored space map differs from the one the mappings give (recounted at load)');
+  else if (p.needsCheck) problems.push(p.needsCheck);
   if (leaks.length) problems.push(`${leaks.length} leaked block(s)`);
   return { ok: problems.length === 0, problems, leaks };
 }
