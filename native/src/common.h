@@ -41,6 +41,13 @@ struct handle {
   uint64_t thin_size;     // volume size in bytes
   uint32_t thin_bs;       // block size
   int thin_fd;            // the pool's data file
+  uint32_t thin_dev;      // the volume's device id
+  // shared by every handle of the pool (JS-owned): blocks JS reserved for C to allocate from,
+  // and the log of what C mapped, which JS applies to the pool before anything else
+  int32_t *thin_ctl;      // [0] reserved blocks left, [1] log entries, [2] 1: C may allocate
+  int32_t *thin_res;      // reserved free blocks (zeros unless the pool skips zeroing), used from the end
+  int32_t *thin_log;      // 3 ints an entry: dev, virtual block, new block
+  size_t thin_log_cap;    // entries
 };
 
 uint64_t handle_add(int kind, int fd, uint64_t ino, int open_flags, int flags, uint64_t js_id);

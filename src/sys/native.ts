@@ -65,7 +65,8 @@ export interface Native {
   handlesOf(nodeid: number): number[];
   retarget(fh: number, fd: number): number;
   handleCount(): number;
-  thinAttach(fh: number, dataFd: number, blockSize: number, blocks: Int32Array, excl: Uint8Array, size: number): number;
+  thinAttach(fh: number, dataFd: number, blockSize: number, blocks: Int32Array, excl: Uint8Array, size: number,
+    dev: number, ctl: Int32Array, reserved: Int32Array, log: Int32Array): number;
   notifyInvalEntry(sid: number, parent: number, name: string): void;
   notifyInvalAttr(sid: number, nodeid: number): number;
   notifyInvalInode(sid: number, ino: number, off: number, len: number): void;

@@ -74,7 +74,7 @@ function repairLive(p: Pool): string {
 
 /** What the daemon answers on the control socket. */
 function controlHandler(p: Pool, tfs: ThinFs): (r: Request) => unknown {
-  return (r) => {
+  return (r) => tfs.settled(() => {
     switch (r.cmd) {
       case 'message': {
         const out = p.message(String(r.arg));
@@ -92,7 +92,7 @@ function controlHandler(p: Pool, tfs: ThinFs): (r: Request) => unknown {
       case 'checkpoint': p.checkpoint(); return '';
       default: throw new ThinError(E.EINVAL, `unknown request ${String(r.cmd)}`);
     }
-  };
+  });
 }
 
 export function thinCheckMount(dir: string, mnt: string): void {

@@ -45,6 +45,13 @@ export interface Device {
 
 type Op = [string, ...number[]];
 
+/** Ops whose data is being synced on the thread pool, then appended (commitAsync). */
+interface Batch {
+  ops: Op[];
+  freed: number[];
+  done: Promise<void>;
+}
+
 export interface PoolListener {
   mapped(dev: number, vblock: number, block: number, exclusive: boolean): void;
   shared(dev: number): void;     // all of dev's blocks may now be shared (it was snapshotted)
@@ -65,6 +72,8 @@ export class Pool {
   /** The metadata space is exhausted: read-only until it grows (what is pending stays uncommitted). */
   metaFull = false;
   private pending: Op[] = [];
+  private inflight: Batch[] = [];
+  private closed = false;
   private lowWaterLogged = false;
   readonly openDevices = new Map<number, number>();  // dev -> open count (delete -> EBUSY)
   onEvent: (msg: string) => void = () => {};
@@ -73,6 +82,8 @@ export class Pool {
   eventCount = 0;
   /** Told of every change the C fast path of open volumes must mirror. */
   listener: PoolListener | null = null;
+  /** Gives back the blocks held for the C write path (asked when an allocation finds none free). */
+  reclaim: () => void = () => {};
 
   private constructor(readonly dir: string, readonly opts: PoolOptions, nrBlocks: number,
     readonly dataFd: number, readonly meta: MetaFile) {
@@ -84,7 +95,7 @@ export class Pool {
   }
 
   get dirty(): boolean {
-    return this.pending.length > 0;
+    return this.pending.length > 0 || this.inflight.length > 0;
   }
 
   // ---- create / open ----
@@ -142,6 +153,7 @@ export class Pool {
   }
 
   close(): void {
+    this.closed = true;
     fs.closeSync(this.dataFd);
     this.meta.close();
   }
@@ -304,7 +316,10 @@ export class Pool {
   /** A block to write vblock into: the mapped one if exclusive, else a new (copied) one. */
   private provision(d: Device, vb: number, wholeBlock: boolean): number {
     const cur = lookup(d.root, vb);
-    if (cur !== UNMAPPED && this.space.refs[cur] === 1 && this.exclusive(d, vb)) return cur;
+    if (cur !== UNMAPPED && this.space.refs[cur] === 1 && this.exclusive(d, vb)) {
+      this.listener?.mapped(d.id, vb, cur, true);   // it may have been shared when the C map was built
+      return cur;
+    }
     this.writable();
     const nb = this.allocBlock();
     const bs = this.opts.blockSize;
@@ -336,14 +351,36 @@ export class Pool {
   }
 
   private allocBlock(): number {
+    if (!this.space.availBlocks) this.reclaim();
     const b = this.space.findFree();
     if (b < 0) throw new ThinError(E.ENOSPC, 'the pool is out of data space');
-    const free = this.space.freeBlocks - 1;
+    this.checkLowWater(this.space.freeBlocks - 1);
+    return b;
+  }
+
+  private checkLowWater(free: number): void {
     if (free <= this.opts.lowWaterMark && !this.lowWaterLogged) {
       this.lowWaterLogged = true;
       this.event(`low water mark reached: ${free} free blocks (mark ${this.opts.lowWaterMark})`);
     }
+  }
+
+  /** Holds a free block for the C write path (still counted free), or -1 when none is left. */
+  reserveBlock(): number {
+    if (this.metaFull) return -1;
+    const b = this.space.findFree();
+    if (b >= 0) this.space.hold(b);
     return b;
+  }
+
+  unreserveBlock(b: number): void {
+    this.space.unhold(b);
+  }
+
+  /** A mapping the C write path made with a held block (its data is already written). */
+  adopt(dev: number, vblock: number, block: number): void {
+    this.apply(['map', dev, vblock, block]);   // takes the reference, which ends the hold
+    this.checkLowWater(this.space.freeBlocks);
   }
 
   /** Would a write of this range need new blocks? (for out-of-space handling) */
@@ -361,9 +398,9 @@ export class Pool {
   write(devId: number, offset: number, data: Buffer): number {
     const d = this.dev(devId);
     if (offset + data.length > d.size) throw new ThinError(E.ENOSPC, 'write past the end of the volume');
-    if (this.needsBlocks(devId, offset, data.length) > this.space.freeBlocks) {
-      throw new ThinError(E.ENOSPC, 'the pool is out of data space');
-    }
+    const need = this.needsBlocks(devId, offset, data.length);
+    if (need > this.space.availBlocks) this.reclaim();
+    if (need > this.space.availBlocks) throw new ThinError(E.ENOSPC, 'the pool is out of data space');
     const bs = this.opts.blockSize;
     for (let pos = offset; pos < offset + data.length;) {
       const vb = Math.floor(pos / bs), inBlock = pos - vb * bs;
@@ -441,11 +478,13 @@ export class Pool {
 
   // ---- transactions ----
 
-  /** Data first, then the metadata that points at it; freed blocks become reusable after. */
+  /** Data first, then the metadata that points at it; freed blocks become reusable after.
+   * Takes the batches of commitAsync still syncing too (one record, in order). */
   commit(): void {
-    if (!this.pending.length || this.metaFull) return;
+    if ((!this.pending.length && !this.inflight.length) || this.metaFull) return;
     fs.fdatasyncSync(this.dataFd);
-    const rec = MetaFile.record(this.pending);
+    const ops = [...this.inflight.flatMap((b) => b.ops), ...this.pending];
+    const rec = MetaFile.record(ops);
     if (this.meta.allocatedBytes() + rec.length > this.opts.metadataSize) {
       // no room for one more record: the whole state as a new checkpoint, if that fits
       const state = this.serialize();
@@ -457,16 +496,57 @@ export class Pool {
       }
       this.meta.checkpoint(state);
     } else this.meta.append(rec);
+    const batches = this.inflight;
     this.pending = [];
-    const bs = this.opts.blockSize;
-    for (const b of this.space.takeFreed()) {
-      native.fallocate(this.dataFd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, b * bs, bs);  // the host gets it back
-    }
+    this.inflight = [];
+    for (const b of batches) this.punch(this.space.release(b.freed));
+    this.punch(this.space.takeFreed());
     if (this.meta.logBytes > 8 << 20) this.checkpoint();
   }
 
+  /** The same without blocking: the data is synced on the thread pool while writes go on; the
+   * ops made until now are appended once it is done (and every earlier batch with them: a
+   * later sync covers the data of earlier ones). Resolves when they are committed. */
+  commitAsync(): Promise<void> {
+    if (this.metaFull || !this.pending.length) return this.inflight.at(-1)?.done ?? Promise.resolve();
+    const batch: Batch = { ops: this.pending, freed: this.space.detachFreed(), done: Promise.resolve() };
+    this.pending = [];
+    this.inflight.push(batch);
+    batch.done = new Promise((resolve, reject) => fs.fdatasync(this.dataFd, (err) => {
+      try {
+        if (err) throw err;
+        this.finish(batch);
+        resolve();
+      } catch (e) {
+        reject(e);
+      }
+    }));
+    return batch.done;
+  }
+
+  private finish(batch: Batch): void {
+    const i = this.inflight.indexOf(batch);
+    if (i < 0 || this.closed || this.metaFull) return;   // a synchronous commit took it (or nothing can)
+    const done = this.inflight.slice(0, i + 1);
+    const rec = MetaFile.record(done.flatMap((b) => b.ops));
+    if (this.meta.allocatedBytes() + rec.length > this.opts.metadataSize) {
+      this.commit();   // compacts into a checkpoint, or turns the pool read-only
+      return;
+    }
+    this.meta.append(rec);
+    this.inflight.splice(0, i + 1);
+    for (const b of done) this.punch(this.space.release(b.freed));
+    if (this.meta.logBytes > 8 << 20) this.checkpoint();
+  }
+
+  /** Freed blocks go back to the host. */
+  private punch(blocks: number[]): void {
+    const bs = this.opts.blockSize;
+    for (const b of blocks) native.fallocate(this.dataFd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, b * bs, bs);
+  }
+
   checkpoint(): void {
-    if (this.pending.length) this.commit();
+    if (this.dirty) this.commit();
     fs.fdatasyncSync(this.dataFd);
     this.meta.checkpoint(this.serialize());
   }

@@ -15,6 +15,9 @@ import { native } from '../sys/native';
 
 const FALLOC_FL_ZERO_RANGE = 0x10;
 const NODE_BASE = 2;
+const LOG_CAP = 4096;   // mappings the C write path makes before JS must apply them
+// ctl[] of the C write path (native thinAttach)
+const C_RESERVED = 0, C_LOGGED = 1, C_MAY_ALLOC = 2;
 
 export interface ThinFsOptions {
   noSpaceTimeoutMs: number;   // queue_if_no_space: how long a write waits for space
@@ -41,10 +44,17 @@ export class ThinFs implements Filesystem {
   private readonly mtimes = new Map<number, number>();
   private notifiers: Notifier[] = [];
   private readonly timer: NodeJS.Timeout;
+  // The C write path allocates from blocks held for it and logs what it mapped (ctl: C_*).
+  private readonly ctl = new Int32Array(3);
+  private readonly reserved: Int32Array;
+  private readonly log = new Int32Array(3 * LOG_CAP);
 
   constructor(readonly pool: Pool, private readonly opts: ThinFsOptions) {
     this.timer = setInterval(() => this.tick(), 1000);
     this.timer.unref();
+    // enough for a burst of first writes; a small pool keeps most of its blocks to JS
+    this.reserved = new Int32Array(Math.max(1, Math.min(1024, Math.floor(pool.nrBlocks / 16))));
+    pool.reclaim = () => this.unreserve();
     pool.listener = {
       mapped: (dev, vb, block, excl) => {
         const m = this.maps.get(dev);
@@ -78,25 +88,86 @@ export class ThinFs implements Filesystem {
 
   private attachFh(dev: number, fh: number, m = this.maps.get(dev) ?? this.buildMap(dev)): void {
     m.fhs.add(fh);
-    native.thinAttach(fh, this.pool.dataFd, this.pool.blockSize, m.blocks, m.excl, this.pool.devices.get(dev)!.size);
+    native.thinAttach(fh, this.pool.dataFd, this.pool.blockSize, m.blocks, m.excl, this.pool.devices.get(dev)!.size,
+      dev, this.ctl, this.reserved, this.log);
+  }
+
+  /** Applies the mappings the C write path made: before JS reads or changes the pool. */
+  drain(): void {
+    const n = this.ctl[C_LOGGED];
+    if (!n) return;
+    this.ctl[C_LOGGED] = 0;
+    const l = this.log;
+    for (let i = 0; i < 3 * n; i += 3) this.pool.adopt(l[i], l[i + 1], l[i + 2]);
+  }
+
+  /** Tops up the blocks held for the C write path, in ascending order of use (sequential
+   * writes land in sequential blocks); each reads as zeros unless the pool skips zeroing. */
+  private refill(): void {
+    const c = this.ctl, cap = this.reserved.length;
+    c[C_MAY_ALLOC] = this.pool.metaFull ? 0 : 1;
+    if (!c[C_MAY_ALLOC] || c[C_RESERVED] > cap / 2) return;
+    const fresh: number[] = [];
+    for (let b, n = cap - c[C_RESERVED]; fresh.length < n && (b = this.pool.reserveBlock()) >= 0;) fresh.push(b);
+    fresh.sort((a, b) => a - b);
+    if (!this.pool.opts.skipBlockZeroing) this.punchRuns(fresh);
+    const blocks = [...this.reserved.subarray(0, c[C_RESERVED]), ...fresh].sort((a, b) => b - a);
+    this.reserved.set(blocks);
+    c[C_RESERVED] = blocks.length;
+  }
+
+  /** Punches holes over sorted blocks, a run of adjacent ones a call. */
+  private punchRuns(blocks: number[]): void {
+    const bs = this.pool.blockSize;
+    for (let i = 0; i < blocks.length;) {
+      let j = i + 1;
+      while (j < blocks.length && blocks[j] === blocks[j - 1] + 1) j++;
+      native.fallocate(this.pool.dataFd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, blocks[i] * bs, (j - i) * bs);
+      i = j;
+    }
+  }
+
+  /** Gives the held blocks back (the pool is short of space, or read-only). */
+  private unreserve(): void {
+    for (let i = 0; i < this.ctl[C_RESERVED]; i++) this.pool.unreserveBlock(this.reserved[i]);
+    this.ctl[C_RESERVED] = 0;
+  }
+
+  /** fn with the C write path's mappings applied first and its reservation topped up after. */
+  settled<T>(fn: () => T): T {
+    this.drain();
+    try {
+      return fn();
+    } finally {
+      if (this.pool.metaFull) this.unreserve();
+      this.refill();
+    }
   }
 
   attach(n: Notifier): void {
     this.notifiers.push(n);
   }
 
-  /** Commits what changed (at least every second) and grows the pool if auto-extend says so. */
+  /** Commits what changed (at least every second) and grows the pool if auto-extend says so;
+   * the data sync runs beside the writes (commitAsync). */
   tick(): void {
-    try {
-      this.pool.maybeAutoExtend();
-      this.pool.commit();
-    } catch (e) {
+    const failed = (e: unknown): void => {
       process.stderr.write(`layerfs thin: commit failed: ${(e as Error).message}\n`);
+    };
+    try {
+      this.settled(() => {
+        this.pool.maybeAutoExtend();
+        this.pool.commitAsync().catch(failed);
+      });
+    } catch (e) {
+      failed(e);
     }
   }
 
   shutdown(): void {
     clearInterval(this.timer);
+    this.drain();
+    this.unreserve();
     this.pool.checkpoint();
   }
 
@@ -143,13 +214,14 @@ export class ThinFs implements Filesystem {
   forget(): void {}
 
   getattr(nodeid: number): AttrReply {
+    this.drain();
     return { attr: this.attrOf(nodeid), timeout: 0 };
   }
 
   setattr(nodeid: number, s: SetAttr): AttrReply {
     if (s.valid & SETATTR.SIZE) {
       try {
-        this.pool.setSize(this.devOf(nodeid), s.size);
+        this.settled(() => this.pool.setSize(this.devOf(nodeid), s.size));
       } catch (e) {
         fsErr(e);
       }
@@ -182,6 +254,7 @@ export class ThinFs implements Filesystem {
 
   read(h: number, size: number, offset: number): Buffer {
     try {
+      this.drain();
       return this.pool.read(this.handleDev(h), offset, size);
     } catch (e) {
       return fsErr(e);
@@ -191,7 +264,7 @@ export class ThinFs implements Filesystem {
   write(h: number, data: Buffer, offset: number): number | Promise<number> {
     const id = this.handleDev(h);
     try {
-      const n = this.pool.write(id, offset, data);
+      const n = this.settled(() => this.pool.write(id, offset, data));
       this.mtimes.set(id, Math.floor(Date.now() / 1000));
       return n;
     } catch (e) {
@@ -207,8 +280,10 @@ export class ThinFs implements Filesystem {
     return new Promise((resolve, reject) => {
       const retry = (): void => {
         try {
-          this.pool.maybeAutoExtend();
-          resolve(this.pool.write(id, offset, data));
+          resolve(this.settled(() => {
+            this.pool.maybeAutoExtend();
+            return this.pool.write(id, offset, data);
+          }));
         } catch (e) {
           if (e instanceof ThinError && e.errno === E.ENOSPC && Date.now() < until) setTimeout(retry, 100);
           else reject(e instanceof ThinError ? new FsError(e.errno) : e);
@@ -218,8 +293,8 @@ export class ThinFs implements Filesystem {
     });
   }
 
-  fsync(): void {
-    this.pool.commit();
+  fsync(): Promise<void> {
+    return this.settled(() => this.pool.commitAsync());
   }
 
   flush(): void {}
@@ -243,6 +318,7 @@ export class ThinFs implements Filesystem {
   /** PUNCH_HOLE (the loop driver's discard) unmaps whole blocks; ZERO_RANGE zeroes. */
   fallocate(h: number, mode: number, offset: number, length: number): void {
     const id = this.handleDev(h);
+    this.drain();
     try {
       if (mode === (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) || mode & FALLOC_FL_ZERO_RANGE) {
         const bs = this.pool.blockSize;
@@ -281,6 +357,7 @@ export class ThinFs implements Filesystem {
   }
 
   statfs(): Float64Array {
+    this.drain();
     const s = new Float64Array(STATFS_LEN);
     const bs = this.pool.blockSize;
     s[0] = bs; s[1] = bs;
