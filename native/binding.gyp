@@ -10,6 +10,7 @@
         "src/service.c",
         "src/session.c",
         "src/sys.c",
+        "src/thin.c",
         "src/uring.c"
       ],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],

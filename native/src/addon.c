@@ -41,6 +41,7 @@ napi_value num(napi_env env, double d) {
 
 static napi_value init(napi_env env, napi_value exports) {
   session_init_exports(env, exports);
+  thin_init_exports(env, exports);
   sys_init_exports(env, exports);
   service_init_exports(env, exports);
   return exports;

@@ -48,6 +48,7 @@ struct handle {
   int32_t *thin_res;      // reserved free blocks (zeros unless the pool skips zeroing), used from the end
   int32_t *thin_log;      // 3 ints an entry: dev, virtual block, new block
   size_t thin_log_cap;    // entries
+  struct thin_lock *thin_lock;   // the pool's (thin.c)
 };
 
 uint64_t handle_add(int kind, int fd, uint64_t ino, int open_flags, int flags, uint64_t js_id);
@@ -63,6 +64,12 @@ size_t handle_count_ino(uint64_t ino, const void *owner);
 
 // ---- session (session.c) ----
 napi_value session_init_exports(napi_env env, napi_value exports);
+// ---- thin volumes' data path (thin.c) ----
+struct req;
+napi_value thin_init_exports(napi_env env, napi_value exports);
+void thin_read(struct req *req, struct handle *h, size_t size, off_t off);
+// 1 when replied; 0 when JS must do it.
+int thin_write(struct req *req, struct handle *h, const char *data, size_t size, off_t off);
 // ---- the resident service's socket (service.c) ----
 napi_value service_init_exports(napi_env env, napi_value exports);
 // ---- syscalls (sys.c) ----

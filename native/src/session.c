@@ -259,102 +259,10 @@ static void js_handle_op(int op, struct req *req, uint64_t ino, struct handle *h
   enqueue(j);
 }
 
-// Thin volumes: reads map each block through the JS-owned table; unmapped blocks are zeros.
-static void thin_read(struct req *req, struct handle *h, size_t size, off_t off) {
-  if ((uint64_t)off >= h->thin_size) { reply_buf(req, NULL, 0); return; }
-  if ((uint64_t)off + size > h->thin_size) size = h->thin_size - (uint64_t)off;
-  // large reads go by splice: the data file's pages reach the kernel with one copy, not two
-  struct splice_seg seg[64];
-  int nseg = 0;
-  for (size_t done = 0; done < size && nseg < 64;) {
-    uint64_t pos = (uint64_t)off + done, vb = pos / h->thin_bs, in = pos % h->thin_bs;
-    size_t n = h->thin_bs - in;
-    if (n > size - done) n = size - done;
-    int32_t b = vb < h->thin_n ? h->thin_blocks[vb] : -1;
-    off_t at = b < 0 ? -1 : (off_t)b * h->thin_bs + (off_t)in;
-    if (nseg && ((at < 0 && seg[nseg - 1].off < 0) || (at >= 0 && seg[nseg - 1].off >= 0 && seg[nseg - 1].off + (off_t)seg[nseg - 1].len == at)))
-      seg[nseg - 1].len += n;   // adjacent blocks, or zeros after zeros: one range
-    else seg[nseg++] = (struct splice_seg){ at, n };
-    done += n;
-    if (done == size && reply_splice_segs(req, h->thin_fd, seg, nseg, size) != 1) return;
-  }
-  char *space = reply_space(req, size), *buf = space ? space : malloc(size ? size : 1);
-  if (!buf) { reply_err(req, ENOMEM); return; }
-  size_t done = 0;
-  while (done < size) {
-    uint64_t pos = (uint64_t)off + done, vb = pos / h->thin_bs, in = pos % h->thin_bs;
-    size_t n = h->thin_bs - in;
-    if (n > size - done) n = size - done;
-    int32_t b = vb < h->thin_n ? h->thin_blocks[vb] : -1;
-    if (b < 0) memset(buf + done, 0, n);
-    else {
-      ssize_t r = pread(h->thin_fd, buf + done, n, (off_t)b * h->thin_bs + (off_t)in);
-      if (r < 0) { int e = errno; if (!space) free(buf); reply_err(req, e); return; }
-      if ((size_t)r < n) memset(buf + done + r, 0, n - (size_t)r);
-    }
-    done += n;
-  }
-  if (space) { reply_filled(req, size); return; }
-  reply_buf(req, buf, size);
-  free(buf);
-}
-
-// Thin volumes: a write is done here when every block it touches is exclusive, or can be made
-// so from the blocks JS reserved: an unmapped block gets a reserved one (it reads as zeros), a
-// shared one a reserved copy of itself (none when the write covers the whole block; the kernel
-// reflinks the copy where the host can). What C maps goes to the log JS applies before anything
-// else. Anything else (no reservation left, the log full, the pool read-only) goes to JS.
-// Returns 0 when it was not handled.
-static int thin_write(struct req *req, struct handle *h, const char *data, size_t size, off_t off) {
-  if ((uint64_t)off + size > h->thin_size) return 0;
-  const uint64_t bs = h->thin_bs;
-  int need = 0;
-  for (uint64_t vb = (uint64_t)off / bs; vb * bs < (uint64_t)off + size; vb++) {
-    if (vb >= h->thin_n) return 0;
-    if (h->thin_blocks[vb] < 0 || !h->thin_excl[vb]) need++;
-  }
-  if (need) {
-    int32_t *ctl = h->thin_ctl;
-    if (!ctl || !ctl[2] || ctl[0] < need || (size_t)(ctl[1] + need) > h->thin_log_cap) return 0;
-  }
-  size_t done = 0;
-  while (done < size) {
-    uint64_t pos = (uint64_t)off + done, vb = pos / bs, in = pos % bs;
-    size_t n = bs - in;
-    if (n > size - done) n = size - done;
-    if (h->thin_blocks[vb] < 0 || !h->thin_excl[vb]) {
-      int32_t old = h->thin_blocks[vb], nb = h->thin_res[h->thin_ctl[0] - 1];
-      if (old >= 0 && n < bs) {   // copy-on-write of the rest of the block: before and after the write
-        const uint64_t part[2][2] = { { 0, in }, { in + n, bs - in - n } };
-        for (int k = 0; k < 2; k++) {
-          loff_t from = (loff_t)old * (loff_t)bs + (loff_t)part[k][0], to = (loff_t)nb * (loff_t)bs + (loff_t)part[k][0];
-          size_t left = part[k][1];
-          while (left) {
-            ssize_t c = copy_file_range(h->thin_fd, &from, h->thin_fd, &to, left, 0);
-            if (c <= 0) { reply_err(req, c < 0 ? errno : EIO); return 1; }   // nb stays reserved
-            left -= (size_t)c;
-          }
-        }
-      }
-      h->thin_ctl[0]--;
-      int32_t *e = h->thin_log + 3 * h->thin_ctl[1]++;
-      e[0] = (int32_t)h->thin_dev; e[1] = (int32_t)vb; e[2] = nb;
-      h->thin_blocks[vb] = nb;
-      h->thin_excl[vb] = 1;
-    }
-    ssize_t r = pwrite(h->thin_fd, data + done, n, (off_t)h->thin_blocks[vb] * (off_t)bs + (off_t)in);
-    if (r < 0) { reply_err(req, errno); return 1; }
-    if (r == 0) { reply_err(req, EIO); return 1; }
-    done += (size_t)r;
-  }
-  reply_write(req, size);
-  return 1;
-}
-
 static void do_read(struct req *req, const struct fuse_read_in *in) {
   struct handle *h = fh_handle(in->fh);
   if (!h) { reply_err(req, EBADF); return; }
-  if (h->kind == HANDLE_JS && h->thin_blocks) { thin_read(req, h, in->size, (off_t)in->offset); return; }
+  if (h->kind == HANDLE_JS && __atomic_load_n(&h->thin_blocks, __ATOMIC_ACQUIRE)) { thin_read(req, h, in->size, (off_t)in->offset); return; }
   if (h->kind == HANDLE_JS) { js_handle_op(OP_READ, req, req->nodeid, h, in->size, (double)in->offset, 0); return; }
   void *space = reply_space(req, in->size);
   if (space) {   // io_uring: read straight into the reply buffer
@@ -388,7 +296,7 @@ static void do_write(struct req *req, const struct fuse_write_in *in, const char
   if (!h) { reply_err(req, EBADF); return; }
   size_t size = in->size;
   if (h->kind == HANDLE_JS) {
-    if (h->thin_blocks && thin_write(req, h, data, size, (off_t)in->offset)) return;
+    if (__atomic_load_n(&h->thin_blocks, __ATOMIC_ACQUIRE) && thin_write(req, h, data, size, (off_t)in->offset)) return;
     struct job *j = job_new(OP_WRITE, req, req->nodeid);
     if (!j) return;
     j->buf = malloc(size ? size : 1);
@@ -1391,41 +1299,6 @@ static napi_value js_retarget(napi_env env, napi_callback_info info) {
   return num(env, handle_retarget((uint64_t)arg_f64(env, argv[0]), (int)arg_i64(env, argv[1])));
 }
 
-// thinAttach(fh, dataFd, blockSize, blocks: Int32Array, excl: Uint8Array, volumeSize, dev,
-// ctl: Int32Array, reserved: Int32Array, log: Int32Array): the C fast path of a thin volume
-// handle. JS keeps the arrays alive and calls again when they change size; with no worker
-// threads every use happens on the JS thread.
-static napi_value js_thin_attach(napi_env env, napi_callback_info info) {
-  size_t argc = 10;
-  napi_value argv[10];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 10) return num(env, -EINVAL);
-  struct handle *h = handle_get((uint64_t)arg_f64(env, argv[0]));
-  if (!h || h->kind != HANDLE_JS) return num(env, -EBADF);
-  napi_typedarray_type t[5];
-  size_t n[5];
-  void *d[5];
-  const int idx[5] = { 3, 4, 7, 8, 9 };
-  const napi_typedarray_type want[5] = { napi_int32_array, napi_uint8_array, napi_int32_array, napi_int32_array, napi_int32_array };
-  for (int i = 0; i < 5; i++) {
-    if (napi_get_typedarray_info(env, argv[idx[i]], &t[i], &n[i], &d[i], NULL, NULL) != napi_ok || t[i] != want[i])
-      return num(env, -EINVAL);
-  }
-  if (n[0] != n[1] || n[2] < 3) return num(env, -EINVAL);
-  h->thin_fd = (int)arg_i64(env, argv[1]);
-  h->thin_bs = (uint32_t)arg_i64(env, argv[2]);
-  h->thin_blocks = d[0];
-  h->thin_excl = d[1];
-  h->thin_n = n[0];
-  h->thin_size = (uint64_t)arg_f64(env, argv[5]);
-  h->thin_dev = (uint32_t)arg_i64(env, argv[6]);
-  h->thin_ctl = d[2];
-  h->thin_res = d[3];
-  h->thin_log = d[4];
-  h->thin_log_cap = n[4] / 3;
-  return num(env, 0);
-}
-
 static napi_value js_handle_count(napi_env env, napi_callback_info info) {
   (void)info;
   return num(env, (double)handle_count());
@@ -1492,7 +1365,6 @@ napi_value session_init_exports(napi_env env, napi_value exports) {
   export_fn(env, exports, "handlesOf", js_handles_of);
   export_fn(env, exports, "retarget", js_retarget);
   export_fn(env, exports, "handleCount", js_handle_count);
-  export_fn(env, exports, "thinAttach", js_thin_attach);
   export_fn(env, exports, "notifyInvalEntry", js_notify_entry);
   export_fn(env, exports, "notifyInvalAttr", js_notify_attr);
   export_fn(env, exports, "notifyInvalInode", js_notify_inode);

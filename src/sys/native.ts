@@ -66,7 +66,9 @@ export interface Native {
   retarget(fh: number, fd: number): number;
   handleCount(): number;
   thinAttach(fh: number, dataFd: number, blockSize: number, blocks: Int32Array, excl: Uint8Array, size: number,
-    dev: number, ctl: Int32Array, reserved: Int32Array, log: Int32Array): number;
+    dev: number, ctl: Int32Array, held: Int32Array, log: Int32Array, lockId: number): number;
+  thinLockNew(): number;
+  thinLock(lockId: number, on: number): number;
   notifyInvalEntry(sid: number, parent: number, name: string): void;
   notifyInvalAttr(sid: number, nodeid: number): number;
   notifyInvalInode(sid: number, ino: number, off: number, len: number): void;

@@ -67,8 +67,7 @@ function repairLive(p: Pool): string {
   const others = check(p).problems.filter((x) => x !== p.needsCheck);
   if (others.length) throw new ThinError(E.EIO, `repair failed: ${others.join('; ')} (unmount, then thin check --repair)`);
   if (!p.needsCheck) return 'ok';
-  p.needsCheck = null;
-  p.checkpoint();
+  p.clearNeedsCheck();
   return 'repaired: needs_check cleared';
 }
 
@@ -108,6 +107,8 @@ export function thinCheckMount(dir: string, mnt: string): void {
 export function thinMount(dir: string, mnt: string, options: string[], debug: boolean): Mountable {
   const o = parseOptions(options);
   const timeout = numberOption(o, 'no_space_timeout', 60);
+  const threads = numberOption(o, 'threads', 2);   // worker threads of the C data path besides the JS thread
+  if (!Number.isInteger(threads) || threads > 16) throw new UsageError(`bad value for option threads: ${threads} (0 to 16)`);
   requireDir('pool', dir);
   checkFuseDevice();
   const mountpoint = checkMountpoint(mnt);
@@ -122,7 +123,7 @@ export function thinMount(dir: string, mnt: string, options: string[], debug: bo
     mountpoint,
     session: {
       mountOptions: [`fsname=${dir.replace(/,/g, '_')}`, 'subtype=layerfs-thin', 'default_permissions', ...(root ? ['allow_other'] : [])],
-      entryTimeout: 0, attrTimeout: 0, negativeTimeout: 0, debug, readdirplus: 0, threads: 0, writeback: false,
+      entryTimeout: 0, attrTimeout: 0, negativeTimeout: 0, debug, readdirplus: 0, threads, writeback: false,
     },
     onSession() {
       srv = serveControl(dir, controlHandler(pool, tfs));
@@ -216,9 +217,13 @@ export function registerThin(program: Command, fail: Fail, mountCmd: (build: () 
       if (f.repair && !r.ok) {
         // loading recounted the space map; a checkpoint stores the recount
         const p = Pool.open(dir);
-        p.checkpoint();
-        const again = check(p);
-        p.close();
+        let again;
+        try {
+          p.clearNeedsCheck();
+          again = check(p);
+        } finally {
+          p.close();
+        }
         if (!again.ok) fail(`repair failed: ${again.problems.join('; ')}`);
         process.stdout.write(`repaired: ${r.problems.join('; ')}\n`);
         return;

@@ -21,6 +21,7 @@ export interface Superblock {
   checkpointLength: number;
   checkpointCrc: number;
   logOffset: number;
+  needsCheck?: string;   // dm-thin's needs_check flag, with why: kept until a repair
 }
 
 const align = (n: number): number => Math.ceil(n / SB_SIZE) * SB_SIZE;
@@ -29,6 +30,8 @@ export class MetaFile {
   private sb: Superblock | null = null;
   logEnd = 0;
   seq = 0;
+  /** The needs_check flag of the current superblock (checkpoints keep it). */
+  needsCheck: string | null = null;
 
   constructor(readonly fd: number) {}
 
@@ -69,6 +72,7 @@ export class MetaFile {
       fs.readSync(this.fd, cp, 0, cp.length, sb.checkpointOffset);
       if (crc32(cp) !== sb.checkpointCrc) continue;
       this.sb = sb;
+      this.needsCheck = sb.needsCheck ?? null;
       const records: unknown[][] = [];
       let off = sb.logOffset;
       const head = Buffer.alloc(REC_HEAD);
@@ -122,10 +126,26 @@ export class MetaFile {
     const logOffset = align(off + state.length);
     fs.writeSync(this.fd, Buffer.alloc(REC_HEAD), 0, REC_HEAD, logOffset);
     fs.fdatasyncSync(this.fd);
+    this.writeSb({ checkpointOffset: off, checkpointLength: state.length, checkpointCrc: crc32(state), logOffset });
+    if (off > DATA_START) native.fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, DATA_START, off - DATA_START);
+    this.logEnd = logOffset;
+    this.seq = 0;
+  }
+
+  /** Sets or clears the needs_check flag in place: a new superblock, nothing else written (it
+   * needs no metadata space, so a pool whose metadata is full can still say so). */
+  setNeedsCheck(reason: string | null): void {
+    this.needsCheck = reason;
+    if (this.sb) this.writeSb(this.sb);
+  }
+
+  /** The other superblock slot, one generation on, synced. */
+  private writeSb(at: Pick<Superblock, 'checkpointOffset' | 'checkpointLength' | 'checkpointCrc' | 'logOffset'>): void {
     const gen = (this.sb?.generation ?? 0) + 1;
     const sb: Superblock = {
-      magic: 'layerfs-thin', version: 1, generation: gen, checkpointOffset: off, checkpointLength: state.length,
-      checkpointCrc: crc32(state), logOffset,
+      magic: 'layerfs-thin', version: 1, generation: gen, checkpointOffset: at.checkpointOffset,
+      checkpointLength: at.checkpointLength, checkpointCrc: at.checkpointCrc, logOffset: at.logOffset,
+      ...(this.needsCheck ? { needsCheck: this.needsCheck } : {}),
     };
     const json = Buffer.from(JSON.stringify(sb));
     const b = Buffer.alloc(SB_SIZE);
@@ -134,10 +154,7 @@ export class MetaFile {
     b.writeUInt32LE(crc32(json), 4 + json.length);
     fs.writeSync(this.fd, b, 0, SB_SIZE, (gen % 2) * SB_SIZE);
     fs.fdatasyncSync(this.fd);
-    if (off > DATA_START) native.fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, DATA_START, off - DATA_START);
     this.sb = sb;
-    this.logEnd = logOffset;
-    this.seq = 0;
   }
 
   get logBytes(): number {

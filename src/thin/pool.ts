@@ -71,6 +71,10 @@ export class Pool {
   needsCheck: string | null = null;
   /** The metadata space is exhausted: read-only until it grows (what is pending stays uncommitted). */
   metaFull = false;
+  /** Opened with needs_check set in the metadata: read-only until a repair (as dm-thin). */
+  checkFirst = false;
+  /** Acknowledged writes whose mappings could not be committed, not yet told to an fsync. */
+  lossUnreported = false;
   private pending: Op[] = [];
   private inflight: Batch[] = [];
   private closed = false;
@@ -92,6 +96,11 @@ export class Pool {
 
   get nrBlocks(): number {
     return this.space.nrBlocks;
+  }
+
+  /** No change to the mappings is taken (dm-thin's read-only mode). */
+  get readOnly(): boolean {
+    return this.metaFull || this.checkFirst;
   }
 
   get dirty(): boolean {
@@ -149,6 +158,10 @@ export class Pool {
     p.restoreState(state);
     for (const ops of loaded.records) for (const op of ops) p.apply(op as Op, false);
     p.space.takeFreed();
+    if (meta.needsCheck) {
+      p.needsCheck = meta.needsCheck;
+      p.checkFirst = true;
+    }
     return p;
   }
 
@@ -367,7 +380,7 @@ export class Pool {
 
   /** Holds a free block for the C write path (still counted free), or -1 when none is left. */
   reserveBlock(): number {
-    if (this.metaFull) return -1;
+    if (this.readOnly) return -1;
     const b = this.space.findFree();
     if (b >= 0) this.space.hold(b);
     return b;
@@ -430,6 +443,7 @@ export class Pool {
 
   /** Refuses a change to the metadata while its space is exhausted (dm-thin's read-only mode). */
   writable(): void {
+    if (this.checkFirst) throw new ThinError(E.EIO, `the pool is read-only: needs_check is set (${this.needsCheck}); run thin check --repair`);
     if (this.metaFull) throw new ThinError(E.EIO, 'the pool is read-only: its metadata space is exhausted (thin resize --metadata-size)');
   }
 
@@ -491,6 +505,8 @@ export class Pool {
       if (MetaFile.checkpointBytes(state) > this.opts.metadataSize) {
         this.metaFull = true;
         this.needsCheck = 'the metadata space was exhausted: the last transaction before it may be lost (repair clears the flag)';
+        this.meta.setNeedsCheck(this.needsCheck);   // kept across a restart, as dm-thin's superblock flag
+        this.lossUnreported = true;
         this.event(`metadata space exhausted (${this.opts.metadataSize} bytes): the pool is read-only; grow it with thin resize --metadata-size, then thin check --repair`);
         return;
       }
@@ -508,7 +524,16 @@ export class Pool {
    * ops made until now are appended once it is done (and every earlier batch with them: a
    * later sync covers the data of earlier ones). Resolves when they are committed. */
   commitAsync(): Promise<void> {
-    if (this.metaFull || !this.pending.length) return this.inflight.at(-1)?.done ?? Promise.resolve();
+    if (this.metaFull) {
+      // read-only: in-place writes are made durable; the lost transaction is told once (as a
+      // writeback error is)
+      if (this.lossUnreported) {
+        this.lossUnreported = false;
+        return Promise.reject(Pool.notCommitted());
+      }
+      return new Promise((resolve, reject) => fs.fdatasync(this.dataFd, (err) => (err ? reject(err) : resolve())));
+    }
+    if (!this.pending.length) return this.inflight.at(-1)?.done ?? Promise.resolve();
     const batch: Batch = { ops: this.pending, freed: this.space.detachFreed(), done: Promise.resolve() };
     this.pending = [];
     this.inflight.push(batch);
@@ -526,11 +551,13 @@ export class Pool {
 
   private finish(batch: Batch): void {
     const i = this.inflight.indexOf(batch);
-    if (i < 0 || this.closed || this.metaFull) return;   // a synchronous commit took it (or nothing can)
+    if (i < 0 || this.closed) return;   // a synchronous commit took it
+    if (this.metaFull) throw Pool.notCommitted();   // (the fsync waiting on it is told)
     const done = this.inflight.slice(0, i + 1);
     const rec = MetaFile.record(done.flatMap((b) => b.ops));
     if (this.meta.allocatedBytes() + rec.length > this.opts.metadataSize) {
       this.commit();   // compacts into a checkpoint, or turns the pool read-only
+      if (this.metaFull) throw Pool.notCommitted();
       return;
     }
     this.meta.append(rec);
@@ -539,10 +566,27 @@ export class Pool {
     if (this.meta.logBytes > 8 << 20) this.checkpoint();
   }
 
+  private static notCommitted(): ThinError {
+    return new ThinError(E.EIO, 'not committed: the metadata space is exhausted (the pool is read-only)');
+  }
+
   /** Freed blocks go back to the host. */
   private punch(blocks: number[]): void {
     const bs = this.opts.blockSize;
     for (const b of blocks) native.fallocate(this.dataFd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, b * bs, bs);
+  }
+
+  /** A repair's end: the flag goes, with a checkpoint of the (recounted) state, if it fits. */
+  clearNeedsCheck(): void {
+    if (this.metaFull) throw new ThinError(E.EIO, 'repair failed: the metadata space is still exhausted (thin resize --metadata-size first)');
+    const state = this.serialize();
+    if (MetaFile.checkpointBytes(state) > this.opts.metadataSize) {
+      throw new ThinError(E.ENOSPC, `repair failed: the state takes more than the metadata space (${this.opts.metadataSize} bytes): thin resize --metadata-size first`);
+    }
+    this.needsCheck = null;
+    this.checkFirst = false;
+    this.meta.needsCheck = null;
+    this.checkpoint();
   }
 
   checkpoint(): void {

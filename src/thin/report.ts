@@ -31,7 +31,7 @@ export function status(p: Pool): Status {
     metadata: { used: Math.ceil(p.meta.allocatedBytes() / metaBlock), total: Math.floor(p.opts.metadataSize / metaBlock) },
     data: { used: p.space.usedBlocks, total: p.nrBlocks, free: p.space.freeBlocks },
     heldRoot: p.heldRoot,
-    mode: p.metaFull ? 'ro' : p.space.freeBlocks === 0 ? 'out_of_data_space' : 'rw',
+    mode: p.readOnly ? 'ro' : p.space.freeBlocks === 0 ? 'out_of_data_space' : 'rw',
     discard: 'discard_passdown',
     noSpace: p.opts.errorIfNoSpace ? 'error_if_no_space' : 'queue_if_no_space',
     needsCheck: p.needsCheck !== null,

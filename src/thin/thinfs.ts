@@ -48,6 +48,9 @@ export class ThinFs implements Filesystem {
   private readonly ctl = new Int32Array(3);
   private readonly reserved: Int32Array;
   private readonly log = new Int32Array(3 * LOG_CAP);
+  // the pool's lock in C (native thinLock): held for writing while JS changes any of the above
+  private readonly lockId: number;
+  private lockDepth = 0;
 
   constructor(readonly pool: Pool, private readonly opts: ThinFsOptions) {
     this.timer = setInterval(() => this.tick(), 1000);
@@ -55,6 +58,8 @@ export class ThinFs implements Filesystem {
     // enough for a burst of first writes; a small pool keeps most of its blocks to JS
     this.reserved = new Int32Array(Math.max(1, Math.min(1024, Math.floor(pool.nrBlocks / 16))));
     pool.reclaim = () => this.unreserve();
+    this.lockId = native.thinLockNew();
+    if (this.lockId < 0) throw new Error(`thin: no lock for the pool's data path (${this.lockId})`);
     pool.listener = {
       mapped: (dev, vb, block, excl) => {
         const m = this.maps.get(dev);
@@ -86,26 +91,41 @@ export class ThinFs implements Filesystem {
     return m;
   }
 
-  private attachFh(dev: number, fh: number, m = this.maps.get(dev) ?? this.buildMap(dev)): void {
-    m.fhs.add(fh);
-    native.thinAttach(fh, this.pool.dataFd, this.pool.blockSize, m.blocks, m.excl, this.pool.devices.get(dev)!.size,
-      dev, this.ctl, this.reserved, this.log);
+  private attachFh(dev: number, fh: number, m?: VolMap): void {
+    this.locked(() => {
+      const map = m ?? this.maps.get(dev) ?? this.buildMap(dev);
+      map.fhs.add(fh);
+      native.thinAttach(fh, this.pool.dataFd, this.pool.blockSize, map.blocks, map.excl, this.pool.devices.get(dev)!.size,
+        dev, this.ctl, this.reserved, this.log, this.lockId);
+    });
+  }
+
+  /** fn with the C data path's tables to itself (worker threads wait meanwhile; re-entrant). */
+  private locked<T>(fn: () => T): T {
+    if (this.lockDepth++ === 0) native.thinLock(this.lockId, 1);
+    try {
+      return fn();
+    } finally {
+      if (--this.lockDepth === 0) native.thinLock(this.lockId, 0);
+    }
   }
 
   /** Applies the mappings the C write path made: before JS reads or changes the pool. */
   drain(): void {
-    const n = this.ctl[C_LOGGED];
-    if (!n) return;
-    this.ctl[C_LOGGED] = 0;
-    const l = this.log;
-    for (let i = 0; i < 3 * n; i += 3) this.pool.adopt(l[i], l[i + 1], l[i + 2]);
+    this.locked(() => {
+      const n = this.ctl[C_LOGGED];
+      if (!n) return;
+      this.ctl[C_LOGGED] = 0;
+      const l = this.log;
+      for (let i = 0; i < 3 * n; i += 3) this.pool.adopt(l[i], l[i + 1], l[i + 2]);
+    });
   }
 
   /** Tops up the blocks held for the C write path, in ascending order of use (sequential
    * writes land in sequential blocks); each reads as zeros unless the pool skips zeroing. */
   private refill(): void {
     const c = this.ctl, cap = this.reserved.length;
-    c[C_MAY_ALLOC] = this.pool.metaFull ? 0 : 1;
+    c[C_MAY_ALLOC] = this.pool.readOnly ? 0 : 1;
     if (!c[C_MAY_ALLOC] || c[C_RESERVED] > cap / 2) return;
     const fresh: number[] = [];
     for (let b, n = cap - c[C_RESERVED]; fresh.length < n && (b = this.pool.reserveBlock()) >= 0;) fresh.push(b);
@@ -135,13 +155,15 @@ export class ThinFs implements Filesystem {
 
   /** fn with the C write path's mappings applied first and its reservation topped up after. */
   settled<T>(fn: () => T): T {
-    this.drain();
-    try {
-      return fn();
-    } finally {
-      if (this.pool.metaFull) this.unreserve();
-      this.refill();
-    }
+    return this.locked(() => {
+      this.drain();
+      try {
+        return fn();
+      } finally {
+        if (this.pool.readOnly) this.unreserve();
+        this.refill();
+      }
+    });
   }
 
   attach(n: Notifier): void {
@@ -157,7 +179,7 @@ export class ThinFs implements Filesystem {
     try {
       this.settled(() => {
         this.pool.maybeAutoExtend();
-        this.pool.commitAsync().catch(failed);
+        if (!this.pool.metaFull) this.pool.commitAsync().catch(failed);
       });
     } catch (e) {
       failed(e);
@@ -166,9 +188,11 @@ export class ThinFs implements Filesystem {
 
   shutdown(): void {
     clearInterval(this.timer);
-    this.drain();
-    this.unreserve();
-    this.pool.checkpoint();
+    this.locked(() => {
+      this.drain();
+      this.unreserve();
+      this.pool.checkpoint();
+    });
   }
 
   /** After a message changed the volume set: the kernel must not keep a stale listing. */
@@ -254,8 +278,7 @@ export class ThinFs implements Filesystem {
 
   read(h: number, size: number, offset: number): Buffer {
     try {
-      this.drain();
-      return this.pool.read(this.handleDev(h), offset, size);
+      return this.settled(() => this.pool.read(this.handleDev(h), offset, size));
     } catch (e) {
       return fsErr(e);
     }
@@ -293,8 +316,12 @@ export class ThinFs implements Filesystem {
     });
   }
 
+  /** Durable once the mappings are committed: EIO when they cannot be (metadata full). */
   fsync(): Promise<void> {
-    return this.settled(() => this.pool.commitAsync());
+    return this.settled(() => this.pool.commitAsync()).catch((e) => {
+      this.pool.lossUnreported = false;   // told now
+      return fsErr(e);
+    });
   }
 
   flush(): void {}
@@ -317,8 +344,10 @@ export class ThinFs implements Filesystem {
 
   /** PUNCH_HOLE (the loop driver's discard) unmaps whole blocks; ZERO_RANGE zeroes. */
   fallocate(h: number, mode: number, offset: number, length: number): void {
-    const id = this.handleDev(h);
-    this.drain();
+    this.settled(() => this.fallocateLocked(this.handleDev(h), mode, offset, length));
+  }
+
+  private fallocateLocked(id: number, mode: number, offset: number, length: number): void {
     try {
       if (mode === (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) || mode & FALLOC_FL_ZERO_RANGE) {
         const bs = this.pool.blockSize;
