@@ -4,7 +4,7 @@ SHELL := /bin/bash
 # the container engines the tests run layerfs under (test/containers-*.test.ts)
 ENGINE_PKGS := podman runc uidmap slirp4netns busybox-static docker.io
 DEB_PKGS := fuse3 attr acl fuse-overlayfs fio e2fsprogs util-linux \
-            thin-provisioning-tools python3 make g++ liburing-dev mergerfs unionfs-fuse sqlite3 xfsprogs \
+            thin-provisioning-tools python3 make g++ liburing-dev mergerfs unionfs-fuse sqlite3 xfsprogs btrfs-progs \
             $(ENGINE_PKGS)
 NODE_STAMP := node_modules/.layerfs-npm-stamp
 ADDON := native/build/Release/layerfs.node

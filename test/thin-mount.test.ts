@@ -452,50 +452,57 @@ for i in range(400):
   });
 });
 
-describe('thin on xfs with reflinks', () => {
-  let base: string, xfs: string;
-  beforeAll(() => {
-    requireFuse();
-    base = tempDir('thinxfs');
-    xfs = path.join(base, 'xfs');
-    fs.mkdirSync(xfs);
-    sh(`truncate -s 1G ${base}/xfs.img && mkfs.xfs -q -m reflink=1 ${base}/xfs.img && mount -o loop ${base}/xfs.img ${xfs}`);
-  });
-  afterAll(() => {
-    unmountAll(base);
-    spawnSync('umount', [xfs]);
-  });
+// the pool's data file on a loop-mounted filesystem with reflinks: the copy-on-write copy is
+// copy_file_range inside the data file, which the kernel turns into a reflink there
+for (const [name, mkfs] of [['xfs', 'mkfs.xfs -q -m reflink=1'], ['btrfs', 'mkfs.btrfs -q']] as const) {
+  describe(`thin on ${name} with reflinks`, () => {
+    let base: string, host: string;
+    beforeAll(() => {
+      requireFuse();
+      base = tempDir(`thin${name}`);
+      host = path.join(base, name);
+      fs.mkdirSync(host);
+      sh(`truncate -s 1G ${base}/${name}.img && ${mkfs} ${base}/${name}.img && mount -o loop ${base}/${name}.img ${host}`);
+    });
+    afterAll(() => {
+      unmountAll(base);
+      spawnSync('umount', [host]);
+    });
 
-  test("copy-on-write of a shared block is a reflink: the 4 KiB written is the only new data; the snapshot's blocks never change", () => {
-    const pool = path.join(xfs, 'pool'), mnt = path.join(base, 'vols');
-    mountedPool(pool, mnt, ['--data-size', '512M']);
-    try {
-      const vol = path.join(mnt, '0');
-      fs.truncateSync(vol, 64 << 20);
-      sh(`dd if=/dev/urandom of=${vol} bs=1M count=64 conv=notrunc,fsync status=none`);
-      ok(['thin', 'message', pool, 'create_snap 1 0']);
-      const snapSum = sh(`sha1sum < ${mnt}/1`);
-      // the data file's extents shared with another part of it (FIEMAP_EXTENT_SHARED), in bytes
-      const shared = (): number => sh(`xfs_io -r -c 'fiemap -v' ${pool}/data`).split('\n')
-        .map((l) => /^\s*\d+: \S+\s+\S+\s+(\d+)\s+0x([0-9a-f]+)/.exec(l)).filter((m): m is RegExpExecArray => !!m && (parseInt(m[2], 16) & 0x2000) !== 0)
-        .reduce((n, m) => n + Number(m[1]) * 512, 0);
-      expect(shared()).toBe(0);
-      // a first 4 KiB write into each of the first 256 blocks (64 KiB) of the origin
-      sh(`python3 -c "
+    test("copy-on-write of a shared block is a reflink: the 4 KiB written is the only new data; the snapshot's blocks never change", () => {
+      const pool = path.join(host, 'pool'), mnt = path.join(base, 'vols');
+      mountedPool(pool, mnt, ['--data-size', '512M']);
+      try {
+        const vol = path.join(mnt, '0');
+        fs.truncateSync(vol, 64 << 20);
+        sh(`dd if=/dev/urandom of=${vol} bs=1M count=64 conv=notrunc,fsync status=none`);
+        ok(['thin', 'message', pool, 'create_snap 1 0']);
+        const snapSum = sh(`sha1sum < ${mnt}/1`);
+        // the data file's extents shared with another part of it (FIEMAP_EXTENT_SHARED), in bytes
+        const shared = (): number => sh(`sync && xfs_io -r -c 'fiemap -v' ${pool}/data`).split('\n')
+          .map((l) => /^\s*\d+: \S+\s+\S+\s+(\d+)\s+0x([0-9a-f]+)/.exec(l)).filter((m): m is RegExpExecArray => !!m && (parseInt(m[2], 16) & 0x2000) !== 0)
+          .reduce((n, m) => n + Number(m[1]) * 512, 0);
+        expect(shared()).toBe(0);
+        const used = Number(sh(`df -B1 --output=used ${host} | tail -1`));
+        // a first 4 KiB write into each of the first 256 blocks (64 KiB) of the origin
+        sh(`python3 -c "
 import os
 fd=os.open('${vol}', os.O_RDWR)
 for i in range(256): os.pwrite(fd, b'z'*4096, i*65536)
 os.fsync(fd)"`);
-      // each copy shares its other 60 KiB with the snapshot's block: both sides count
-      expect(shared()).toBeGreaterThanOrEqual(2 * 256 * 60 * 1024);
-      expect(sh(`sha1sum < ${mnt}/1`)).toBe(snapSum);
-      expect(sh(`head -c 4096 ${vol} | tr -d z | wc -c`).trim()).toBe('0');
-    } finally {
-      expect(layerfs(['umount', mnt]).status).toBe(0);
-    }
-    expect(ok(['thin', 'check', pool]).trim()).toBe('ok');
+        // each copy shares its other 60 KiB with the snapshot's block: both sides count
+        expect(shared()).toBeGreaterThanOrEqual(2 * 256 * 60 * 1024);
+        // and the host filesystem holds little more than the 1 MiB written (not 16 MiB of copies)
+        expect(Number(sh(`df -B1 --output=used ${host} | tail -1`)) - used).toBeLessThan(8 << 20);
+        expect(sh(`sha1sum < ${mnt}/1`)).toBe(snapSum);
+        expect(sh(`head -c 4096 ${vol} | tr -d z | wc -c`).trim()).toBe('0');
+      } finally {
+        expect(layerfs(['umount', mnt]).status).toBe(0);
+      }
+      expect(ok(['thin', 'check', pool]).trim()).toBe('ok');
+    });
   });
-});
+}
 
 describe('thin first writes served in C: allocation and copy-on-write from held blocks', () => {
   let base: string;

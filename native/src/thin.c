@@ -119,17 +119,29 @@ static int take_block(struct handle *h, uint64_t vb, uint64_t in, size_t n) {
 static int write_locked(struct req *req, struct handle *h, const char *data, size_t size, off_t off) {
   if ((uint64_t)off + size > h->thin_size || ((uint64_t)off + size + h->thin_bs - 1) / h->thin_bs > h->thin_n) return 0;
   const uint64_t bs = h->thin_bs;
-  for (size_t done = 0; done < size;) {
+  size_t run = 0;   // bytes from data + done - run on, adjacent in the data file: one pwrite
+  off_t run_at = 0;
+  for (size_t done = 0; done <= size;) {
     uint64_t pos = (uint64_t)off + done, vb = pos / bs, in = pos % bs;
-    size_t n = bs - in;
+    size_t n = done < size ? bs - in : 0;
     if (n > size - done) n = size - done;
-    if (!exclusive(h, vb)) {
+    if (n && !exclusive(h, vb)) {
       int e = take_block(h, vb, in, n);
       if (e < 0) { reply_err(req, -e); return 1; }
     }
-    ssize_t r = pwrite(h->thin_fd, data + done, n, (off_t)load_block(h, vb) * (off_t)bs + (off_t)in);
-    if (r <= 0) { reply_err(req, r < 0 ? errno : EIO); return 1; }
-    done += (size_t)r;
+    off_t at = n ? (off_t)load_block(h, vb) * (off_t)bs + (off_t)in : 0;
+    if (run && (!n || at != run_at + (off_t)run)) {
+      for (size_t w = 0; w < run;) {
+        ssize_t r = pwrite(h->thin_fd, data + done - run + w, run - w, run_at + (off_t)w);
+        if (r <= 0) { reply_err(req, r < 0 ? errno : EIO); return 1; }
+        w += (size_t)r;
+      }
+      run = 0;
+    }
+    if (!n) break;
+    if (!run) run_at = at;
+    run += n;
+    done += n;
   }
   reply_write(req, size);
   return 1;
