@@ -539,6 +539,7 @@ export class Pool {
     this.inflight.push(batch);
     batch.done = new Promise((resolve, reject) => fs.fdatasync(this.dataFd, (err) => {
       try {
+        if (this.closed) return resolve();   // the last checkpoint took the batch
         if (err) throw err;
         this.finish(batch);
         resolve();
