@@ -237,11 +237,8 @@ static __thread size_t spipe_size;
 static int splice_pipe(size_t need) {
   if (spipe[0] < 0) {
     if (pipe2(spipe, O_CLOEXEC | O_NONBLOCK) < 0) return -1;
-    // 2 MiB holds a 1 MiB read and its header; without CAP_SYS_RESOURCE, fs.pipe-max-size
-    // (1 MiB by default) is the most a pipe gets: a page of it goes to the header
-    int sz = -1;
-    for (int want = 1 << 21; sz < 0 && want >= 65536; want >>= 1) sz = fcntl(spipe[0], F_SETPIPE_SZ, want);
-    spipe_size = sz > 0 ? (size_t)sz - (sz > 65536 ? 4096 : 0) : 65536;
+    int sz = fcntl(spipe[0], F_SETPIPE_SZ, 1 << 21);   // 2 MiB: a 1 MiB read and its header
+    spipe_size = sz > 0 ? (size_t)sz : 65536;
   }
   return need <= spipe_size ? 0 : -1;
 }
@@ -256,33 +253,16 @@ int reply_splice(struct req *r, int fd, size_t size, off_t off) {
   struct stat st;
   if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) return 1;
   size_t len = off >= st.st_size ? 0 : (size_t)(st.st_size - off) < size ? (size_t)(st.st_size - off) : size;
-  struct splice_seg seg = { off, len };
-  return reply_splice_segs(r, fd, &seg, 1, len);
-}
-
-static const char zeros[65536];
-
-int reply_splice_segs(struct req *r, int fd, const struct splice_seg *seg, int nseg, size_t len) {
-  if (r->ent) return 1;
   struct fuse_out_header h = { (uint32_t)(sizeof h + len), 0, r->unique };
   if (len < 65536 || splice_pipe(sizeof h + len) < 0) return 1;   // small reads: one copy is cheaper
   struct iovec iov = { &h, sizeof h };
   if (vmsplice(spipe[1], &iov, 1, 0) != (ssize_t)sizeof h) { splice_drain(); return 1; }
+  loff_t pos = off;
   size_t got = 0;
-  for (int i = 0; i < nseg; i++) {
-    loff_t pos = seg[i].off;
-    size_t left = seg[i].len;
-    while (left) {
-      ssize_t n;
-      if (seg[i].off < 0) {   // zeros: pages of a buffer that never changes
-        struct iovec z = { (void *)zeros, left < sizeof zeros ? left : sizeof zeros };
-        n = vmsplice(spipe[1], &z, 1, 0);
-      } else n = splice(fd, &pos, spipe[1], NULL, left, SPLICE_F_MOVE);
-      if (n <= 0) break;
-      left -= (size_t)n;
-      got += (size_t)n;
-    }
-    if (left) break;
+  while (got < len) {
+    ssize_t n = splice(fd, &pos, spipe[1], NULL, len - got, SPLICE_F_MOVE);
+    if (n <= 0) break;
+    got += (size_t)n;
   }
   if (got != len) { splice_drain(); return 1; }   // the file changed size: the caller copies
   ssize_t w = splice(spipe[0], NULL, r->fd, NULL, sizeof h + len, SPLICE_F_MOVE);

@@ -76,9 +76,6 @@ int reply_filled(struct req *r, size_t n);
 // them through user space; 1 when it could not (a short read, a pipe too small): nothing was
 // sent and r is still owned by the caller.
 int reply_splice(struct req *r, int fd, size_t size, off_t off);
-// The same for a reply gathered from ranges of fd (off >= 0) and zeros (off < 0).
-struct splice_seg { off_t off; size_t len; };
-int reply_splice_segs(struct req *r, int fd, const struct splice_seg *seg, int nseg, size_t len);
 void reply_none(struct req *r);
 
 // Notifications: 0, or -errno (-ENOENT: the kernel had nothing cached).

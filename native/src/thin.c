@@ -40,22 +40,6 @@ static int exclusive(const struct handle *h, uint64_t vb) {
 static void read_locked(struct req *req, struct handle *h, size_t size, off_t off) {
   if ((uint64_t)off >= h->thin_size) { reply_buf(req, NULL, 0); return; }
   if ((uint64_t)off + size > h->thin_size) size = h->thin_size - (uint64_t)off;
-  // large reads go by splice: the data file's pages reach the kernel with one copy, not two
-  struct splice_seg seg[64];
-  int nseg = 0;
-  for (size_t done = 0; done < size && nseg < 64;) {
-    uint64_t pos = (uint64_t)off + done, vb = pos / h->thin_bs, in = pos % h->thin_bs;
-    size_t n = h->thin_bs - in;
-    if (n > size - done) n = size - done;
-    int32_t b = vb < h->thin_n ? load_block(h, vb) : -1;
-    off_t at = b < 0 ? -1 : (off_t)b * h->thin_bs + (off_t)in;
-    struct splice_seg *last = nseg ? &seg[nseg - 1] : NULL;
-    if (last && ((at < 0 && last->off < 0) || (at >= 0 && last->off >= 0 && last->off + (off_t)last->len == at)))
-      last->len += n;   // adjacent blocks, or zeros after zeros: one range
-    else seg[nseg++] = (struct splice_seg){ at, n };
-    done += n;
-    if (done == size && reply_splice_segs(req, h->thin_fd, seg, nseg, size) != 1) return;
-  }
   char *space = reply_space(req, size), *buf = space ? space : malloc(size ? size : 1);
   if (!buf) { reply_err(req, ENOMEM); return; }
   for (size_t done = 0; done < size;) {
@@ -63,12 +47,17 @@ static void read_locked(struct req *req, struct handle *h, size_t size, off_t of
     size_t n = h->thin_bs - in;
     if (n > size - done) n = size - done;
     int32_t b = vb < h->thin_n ? load_block(h, vb) : -1;
-    if (b < 0) memset(buf + done, 0, n);
-    else {
-      ssize_t r = pread(h->thin_fd, buf + done, n, (off_t)b * h->thin_bs + (off_t)in);
-      if (r < 0) { int e = errno; if (!space) free(buf); reply_err(req, e); return; }
-      if ((size_t)r < n) memset(buf + done + r, 0, n - (size_t)r);
+    if (b < 0) { memset(buf + done, 0, n); done += n; continue; }
+    off_t at = (off_t)b * h->thin_bs + (off_t)in;
+    while (done + n < size) {   // the blocks that follow it in the data file: one pread
+      uint64_t nvb = ((uint64_t)off + done + n) / h->thin_bs;
+      int32_t nb = nvb < h->thin_n ? load_block(h, nvb) : -1;
+      if (nb < 0 || (off_t)nb * h->thin_bs != at + (off_t)n) break;
+      n += size - done - n < h->thin_bs ? size - done - n : h->thin_bs;
     }
+    ssize_t r = pread(h->thin_fd, buf + done, n, at);
+    if (r < 0) { int e = errno; if (!space) free(buf); reply_err(req, e); return; }
+    if ((size_t)r < n) memset(buf + done + r, 0, n - (size_t)r);
     done += n;
   }
   if (space) { reply_filled(req, size); return; }
@@ -79,7 +68,7 @@ static void read_locked(struct req *req, struct handle *h, size_t size, off_t of
 void thin_read(struct req *req, struct handle *h, size_t size, off_t off) {
   struct thin_lock *lk = h->thin_lock;
   pthread_rwlock_rdlock(&lk->maps);
-  read_locked(req, h, size, off);   // replied before the unlock: a spliced page is never a reused block's
+  read_locked(req, h, size, off);
   pthread_rwlock_unlock(&lk->maps);
 }
 
