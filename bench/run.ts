@@ -6,7 +6,7 @@ import { ROOT, sh, table, umount, type SuiteResult } from './lib';
 import { pageCacheSuite, pageCacheTable } from './pagecache';
 import { passthroughSuite, TARGETS_TEXT as PT_TARGETS, workloads as ptWorkloads } from './passthrough';
 import { overlaySuite, overlayWorkloads, TARGETS_TEXT as OV_TARGETS, URING_WORKLOADS, uringSuite } from './overlay';
-import { snapLatency, thinMounts, thinScale, thinSuite, TARGETS_TEXT as TH_TARGETS, XFS_TARGETS_TEXT } from './thin';
+import { rows, snapLatency, thinMounts, thinScale, thinSuite, TARGETS_TEXT as TH_TARGETS, XFS_TARGETS_TEXT } from './thin';
 import { serviceSuite, serviceTable } from './service';
 import { containersSuite, containersTable } from './containers';
 import { aufsSuite } from './aufs';
@@ -105,12 +105,12 @@ async function main(): Promise<void> {
     const lat = snapLatency(path.join(base, 'thin'));
     (r as SuiteResult & { snapMs?: unknown }).snapMs = lat;
     md.push('## Thin: ext4 on a loop device on a thin volume vs on a plain sparse file', '',
-      table(r, 'thin volume', ['plain sparse file'], Object.keys(TH_TARGETS).map((name) => ({ name, unit: /IOPS|4k/.test(name) ? 'IOPS' : 'MiB/s', run: () => 0 })), TH_TARGETS), '',
+      table(r, 'thin volume', ['plain sparse file'], rows(Object.keys(TH_TARGETS)), TH_TARGETS), '',
       `create_snap: ${lat.full100G.toFixed(3)} ms on a fully mapped 100 GiB volume, ${lat.depth1000.toFixed(3)} ms at depth 1,000 (target ≤ 10 ms)`, '');
     const x = thinSuite(path.join(base, 'thin-xfs'), rounds, true);
     out.push(x);
     md.push('The same on a loop-mounted xfs with reflinks (the pool and the plain sparse file on it):', '',
-      table(x, 'thin volume', ['plain sparse file'], ['seq write 1M', ...Object.keys(XFS_TARGETS_TEXT)].map((name) => ({ name, unit: /IOPS|4k/.test(name) ? 'IOPS' : 'MiB/s', run: () => 0 })), XFS_TARGETS_TEXT), '');
+      table(x, 'thin volume', ['plain sparse file'], rows(['seq write 1M', ...Object.keys(XFS_TARGETS_TEXT)]), XFS_TARGETS_TEXT), '');
     const many = thinMounts(path.join(base, 'thin'));
     (r as SuiteResult & { mounts?: unknown }).mounts = many;
     md.push(`A pool of ${many.volumes} volumes: mount ${many.mountMs.toFixed(0)} ms, status ${many.statusMs.toFixed(0)} ms (the CLI's Node start included); ` +

@@ -24,6 +24,18 @@ export const TARGETS_TEXT: Record<string, string> = {
 
 const VOL = 4 * 2 ** 30;
 
+/** How long fn takes, in ms. */
+function ms(fn: () => unknown): number {
+  const t = process.hrtime.bigint();
+  fn();
+  return Number(process.hrtime.bigint() - t) / 1e6;
+}
+
+/** Rows of the suite's table: the workloads by name (their unit from the name). */
+export function rows(names: string[]): Workload[] {
+  return names.map((name) => ({ name, unit: /IOPS|4k/.test(name) ? 'IOPS' : 'MiB/s', run: () => 0 }));
+}
+
 function layerfs(args: string[]): void {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`layerfs ${args.join(' ')}: ${r.stderr}`);
@@ -139,11 +151,7 @@ export function snapLatency(base: string): { full100G: number; depth1000: number
     p.setSize(0, 100 * 2 ** 30);
     const blocks = (100 * 2 ** 30) / p.blockSize;
     for (let vb = 0; vb < blocks; vb++) p.restoreMapping(0, vb, vb);
-    const time = (msg: string): number => {
-      const t = process.hrtime.bigint();
-      p.message(msg);
-      return Number(process.hrtime.bigint() - t) / 1e6;
-    };
+    const time = (msg: string): number => ms(() => p.message(msg));
     const full100G = time('create_snap 1 0');
     for (let i = 2; i < 1001; i++) p.message(`create_snap ${i} ${i - 1}`);
     const depth1000 = time('create_snap 1001 1000');
@@ -162,11 +170,7 @@ export function thinScale(base: string): ThinScale {
   const dir = path.join(base, 'scale-pool');
   fs.rmSync(dir, { recursive: true, force: true });
   const p = Pool.create(dir, 101 * 2 ** 30, {});
-  const secs = (fn: () => unknown): number => {
-    const t = process.hrtime.bigint();
-    fn();
-    return Number(process.hrtime.bigint() - t) / 1e9;
-  };
+  const secs = (fn: () => unknown): number => ms(fn) / 1000;
   try {
     // 500 volumes of 1 GiB with 16 blocks each, and a snapshot of each
     let next = 0;
@@ -210,16 +214,11 @@ export function thinMounts(base: string): ThinMounts {
   }
   p.checkpoint();
   p.close();
-  const ms = (fn: () => void): number => {
-    const t = process.hrtime.bigint();
-    fn();
-    return Number(process.hrtime.bigint() - t) / 1e6;
-  };
   const mountMs = ms(() => layerfs(['thin', 'mount', dir, mnt]));
   const loops: string[] = [], fsdirs: string[] = [];
   try {
     const statusMs = ms(() => layerfs(['thin', 'status', dir]));
-    const t = process.hrtime.bigint();
+    const t0 = process.hrtime.bigint();
     for (let i = 0; i < 10; i++) {
       const loop = sh(`losetup -f --show ${mnt}/${i}`).trim();
       loops.push(loop);
@@ -228,7 +227,7 @@ export function thinMounts(base: string): ThinMounts {
       fsdirs.push(d);
       sh(`dd if=/dev/urandom of=${d}/f bs=1M count=16 conv=fsync status=none`);
     }
-    const ext4MountS = Number(process.hrtime.bigint() - t) / 1e9;
+    const ext4MountS = Number(process.hrtime.bigint() - t0) / 1e9;
     const pid = Number(fs.readFileSync(path.join(dir, 'daemon.pid'), 'utf8').split(/\s/)[0]);
     const rss = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
     return { volumes: 1000, mountMs, statusMs, mountedExt4: fsdirs.length, ext4MountS, rssMiB: rss ? Number(rss[1]) / 1024 : NaN };

@@ -42,10 +42,10 @@ struct handle {
   uint32_t thin_bs;       // block size
   int thin_fd;            // the pool's data file
   uint32_t thin_dev;      // the volume's device id
-  // shared by every handle of the pool (JS-owned): blocks JS reserved for C to allocate from,
+  // shared by every handle of the pool (JS-owned): free blocks JS holds for C to allocate from,
   // and the log of what C mapped, which JS applies to the pool before anything else
-  int32_t *thin_ctl;      // [0] reserved blocks left, [1] log entries, [2] 1: C may allocate
-  int32_t *thin_res;      // reserved free blocks (zeros unless the pool skips zeroing), used from the end
+  int32_t *thin_ctl;      // [0] held blocks left, [1] log entries
+  int32_t *thin_held;     // held free blocks (zeros unless the pool skips zeroing), used from the end
   int32_t *thin_log;      // 3 ints an entry: dev, virtual block, new block
   size_t thin_log_cap;    // entries
   struct thin_lock *thin_lock;   // the pool's (thin.c)

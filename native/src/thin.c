@@ -88,7 +88,7 @@ static int blocks_needed(const struct handle *h, size_t size, off_t off) {
 // the copy failed.
 static int take_block(struct handle *h, uint64_t vb, uint64_t in, size_t n) {
   const uint64_t bs = h->thin_bs;
-  int32_t old = load_block(h, vb), nb = h->thin_res[h->thin_ctl[0] - 1];
+  int32_t old = load_block(h, vb), nb = h->thin_held[h->thin_ctl[0] - 1];
   if (old >= 0 && n < bs) {
     const uint64_t part[2][2] = { { 0, in }, { in + n, bs - in - n } };
     for (int k = 0; k < 2; k++) {
@@ -108,49 +108,56 @@ static int take_block(struct handle *h, uint64_t vb, uint64_t in, size_t n) {
   return 0;
 }
 
-// 1 when replied, 0 when JS must do it (past the end, no held block or log room left, read-only).
-static int write_locked(struct req *req, struct handle *h, const char *data, size_t size, off_t off) {
-  if ((uint64_t)off + size > h->thin_size || ((uint64_t)off + size + h->thin_bs - 1) / h->thin_bs > h->thin_n) return 0;
+// All of len bytes at `at` in the data file; 0 or an errno.
+static int write_all(int fd, const char *p, size_t len, off_t at) {
+  for (size_t w = 0; w < len;) {
+    ssize_t r = pwrite(fd, p + w, len - w, at + (off_t)w);
+    if (r <= 0) return r < 0 ? errno : EIO;
+    w += (size_t)r;
+  }
+  return 0;
+}
+
+// Writes the range, making each block exclusive first; a run of blocks adjacent in the data
+// file goes in one pwrite. Replies.
+static void write_locked(struct req *req, struct handle *h, const char *data, size_t size, off_t off) {
   const uint64_t bs = h->thin_bs;
-  size_t run = 0;   // bytes from data + done - run on, adjacent in the data file: one pwrite
+  size_t run = 0;   // the last `run` bytes before data + done go to run_at
   off_t run_at = 0;
-  for (size_t done = 0; done <= size;) {
+  int e = 0;
+  for (size_t done = 0; done < size && !e;) {
     uint64_t pos = (uint64_t)off + done, vb = pos / bs, in = pos % bs;
-    size_t n = done < size ? bs - in : 0;
+    size_t n = bs - in;
     if (n > size - done) n = size - done;
-    if (n && !exclusive(h, vb)) {
-      int e = take_block(h, vb, in, n);
-      if (e < 0) { reply_err(req, -e); return 1; }
-    }
-    off_t at = n ? (off_t)load_block(h, vb) * (off_t)bs + (off_t)in : 0;
-    if (run && (!n || at != run_at + (off_t)run)) {
-      for (size_t w = 0; w < run;) {
-        ssize_t r = pwrite(h->thin_fd, data + done - run + w, run - w, run_at + (off_t)w);
-        if (r <= 0) { reply_err(req, r < 0 ? errno : EIO); return 1; }
-        w += (size_t)r;
-      }
+    if (!exclusive(h, vb) && (e = -take_block(h, vb, in, n))) break;
+    off_t at = (off_t)load_block(h, vb) * (off_t)bs + (off_t)in;
+    if (run && at != run_at + (off_t)run) {
+      e = write_all(h->thin_fd, data + done - run, run, run_at);
       run = 0;
     }
-    if (!n) break;
     if (!run) run_at = at;
     run += n;
     done += n;
   }
-  reply_write(req, size);
-  return 1;
+  if (!e && run) e = write_all(h->thin_fd, data + size - run, run, run_at);
+  if (e) reply_err(req, e);
+  else reply_write(req, size);
 }
 
+// 1 when replied, 0 when JS must do it (past the end, too few held blocks or too little log room:
+// none are held while the pool is read-only).
 int thin_write(struct req *req, struct handle *h, const char *data, size_t size, off_t off) {
+  if ((uint64_t)off + size > h->thin_size) return 0;
   struct thin_lock *lk = h->thin_lock;
-  int done = 0;
+  int done = 1;
   pthread_rwlock_rdlock(&lk->maps);
-  if (!blocks_needed(h, size, off)) done = write_locked(req, h, data, size, off);
+  if (!blocks_needed(h, size, off)) write_locked(req, h, data, size, off);
   else {
     pthread_mutex_lock(&lk->alloc);
     int need = blocks_needed(h, size, off);   // again: another write may have taken them meanwhile
     const int32_t *ctl = h->thin_ctl;
-    if (!need || (ctl[2] && ctl[0] >= need && (size_t)(ctl[1] + need) <= h->thin_log_cap))
-      done = write_locked(req, h, data, size, off);
+    if (!need || (ctl[0] >= need && (size_t)(ctl[1] + need) <= h->thin_log_cap)) write_locked(req, h, data, size, off);
+    else done = 0;
     pthread_mutex_unlock(&lk->alloc);
   }
   pthread_rwlock_unlock(&lk->maps);
@@ -191,8 +198,8 @@ static napi_value js_thin_lock(napi_env env, napi_callback_info info) {
 // thinAttach(fh, dataFd, blockSize, blocks: Int32Array, excl: Uint8Array, volumeSize, dev,
 // ctl: Int32Array, held: Int32Array, log: Int32Array, lockId): the C data path of a thin volume
 // handle. ctl: [0] held blocks left (used from the end of held), [1] log entries (3 ints each:
-// dev, virtual block, new block), [2] 1: C may take held blocks. JS keeps the arrays alive,
-// calls again when they change size, and holds the lock for writing meanwhile.
+// dev, virtual block, new block). JS keeps the arrays alive, calls again when they change size,
+// and holds the lock for writing meanwhile.
 static napi_value js_thin_attach(napi_env env, napi_callback_info info) {
   size_t argc = 11;
   napi_value argv[11];
@@ -211,7 +218,7 @@ static napi_value js_thin_attach(napi_env env, napi_callback_info info) {
     if (napi_get_typedarray_info(env, argv[idx[i]], &t, &n[i], &d[i], NULL, NULL) != napi_ok || t != want[i])
       return num(env, -EINVAL);
   }
-  if (n[0] != n[1] || n[2] < 3) return num(env, -EINVAL);
+  if (n[0] != n[1] || n[2] < 2) return num(env, -EINVAL);
   h->thin_fd = (int)arg_i64(env, argv[1]);
   h->thin_bs = (uint32_t)arg_i64(env, argv[2]);
   h->thin_excl = d[1];
@@ -219,7 +226,7 @@ static napi_value js_thin_attach(napi_env env, napi_callback_info info) {
   h->thin_size = (uint64_t)arg_f64(env, argv[5]);
   h->thin_dev = (uint32_t)arg_i64(env, argv[6]);
   h->thin_ctl = d[2];
-  h->thin_res = d[3];
+  h->thin_held = d[3];
   h->thin_log = d[4];
   h->thin_log_cap = n[4] / 3;
   h->thin_lock = lk;

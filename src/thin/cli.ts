@@ -73,7 +73,9 @@ function repairLive(p: Pool): string {
 
 /** What the daemon answers on the control socket. */
 function controlHandler(p: Pool, tfs: ThinFs): (r: Request) => unknown {
-  return (r) => tfs.settled(() => {
+  // status, check and dump change no table of the C data path: it goes on while they run (a
+  // dump of a big pool takes seconds); the others change the pool with the tables held
+  const change = (r: Request): unknown => {
     switch (r.cmd) {
       case 'message': {
         const out = p.message(String(r.arg));
@@ -82,16 +84,20 @@ function controlHandler(p: Pool, tfs: ThinFs): (r: Request) => unknown {
         tfs.volumesChanged();
         return out;
       }
-      case 'status': return status(p);
       case 'resize': p.resize(Number(r.arg)); return '';
       case 'resize-metadata': p.resizeMetadata(Number(r.arg)); return '';
       case 'repair': return repairLive(p);
-      case 'check': p.commit(); return check(p);
-      case 'dump': p.commit(); return dumpXml(p);
       case 'checkpoint': p.checkpoint(); return '';
       default: throw new ThinError(E.EINVAL, `unknown request ${String(r.cmd)}`);
     }
-  });
+  };
+  return (r) => {
+    if (r.cmd !== 'status' && r.cmd !== 'check' && r.cmd !== 'dump') return tfs.settled(() => change(r));
+    tfs.drain();
+    if (r.cmd === 'status') return status(p);
+    p.commit();
+    return r.cmd === 'check' ? check(p) : dumpXml(p);
+  };
 }
 
 export function thinCheckMount(dir: string, mnt: string): void {

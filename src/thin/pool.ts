@@ -345,8 +345,7 @@ export class Pool {
         done += r;
       }
     } else if (!this.opts.skipBlockZeroing && !wholeBlock) {
-      // a reused block was hole-punched when freed; make sure it reads as zeros
-      native.fallocate(this.dataFd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, nb * bs, bs);
+      this.punch([nb]);   // (a block allocated but never committed before a crash has data)
     }
     this.apply(['map', d.id, vb, nb]);  // takes the reference
     return nb;
@@ -379,14 +378,14 @@ export class Pool {
   }
 
   /** Holds a free block for the C write path (still counted free), or -1 when none is left. */
-  reserveBlock(): number {
+  holdBlock(): number {
     if (this.readOnly) return -1;
     const b = this.space.findFree();
     if (b >= 0) this.space.hold(b);
     return b;
   }
 
-  unreserveBlock(b: number): void {
+  unholdBlock(b: number): void {
     this.space.unhold(b);
   }
 
@@ -507,6 +506,7 @@ export class Pool {
         this.needsCheck = 'the metadata space was exhausted: the last transaction before it may be lost (repair clears the flag)';
         this.meta.setNeedsCheck(this.needsCheck);   // kept across a restart, as dm-thin's superblock flag
         this.lossUnreported = true;
+        this.reclaim();   // no more allocation in C either
         this.event(`metadata space exhausted (${this.opts.metadataSize} bytes): the pool is read-only; grow it with thin resize --metadata-size, then thin check --repair`);
         return;
       }
@@ -515,8 +515,12 @@ export class Pool {
     const batches = this.inflight;
     this.pending = [];
     this.inflight = [];
-    for (const b of batches) this.punch(this.space.release(b.freed));
-    this.punch(this.space.takeFreed());
+    this.committed(batches, this.space.takeFreed());
+  }
+
+  /** After a commit: the blocks its batches freed go back to the host; a long log is compacted. */
+  private committed(batches: Batch[], freed: number[] = []): void {
+    this.punch([...batches.flatMap((b) => this.space.release(b.freed)), ...freed]);
     if (this.meta.logBytes > 8 << 20) this.checkpoint();
   }
 
@@ -563,18 +567,24 @@ export class Pool {
     }
     this.meta.append(rec);
     this.inflight.splice(0, i + 1);
-    for (const b of done) this.punch(this.space.release(b.freed));
-    if (this.meta.logBytes > 8 << 20) this.checkpoint();
+    this.committed(done);
   }
 
   private static notCommitted(): ThinError {
     return new ThinError(E.EIO, 'not committed: the metadata space is exhausted (the pool is read-only)');
   }
 
-  /** Freed blocks go back to the host. */
-  private punch(blocks: number[]): void {
+  /** Holes over blocks of the data file (freed ones go back to the host; new ones read as
+   * zeros), a run of adjacent blocks a call. */
+  punch(blocks: number[]): void {
     const bs = this.opts.blockSize;
-    for (const b of blocks) native.fallocate(this.dataFd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, b * bs, bs);
+    const sorted = [...blocks].sort((a, b) => a - b);
+    for (let i = 0; i < sorted.length;) {
+      let j = i + 1;
+      while (j < sorted.length && sorted[j] === sorted[j - 1] + 1) j++;
+      native.fallocate(this.dataFd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sorted[i] * bs, (j - i) * bs);
+      i = j;
+    }
   }
 
   /** A repair's end: the flag goes, with a checkpoint of the (recounted) state, if it fits. */

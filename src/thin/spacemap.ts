@@ -1,7 +1,7 @@
 // Reference counts of the data blocks. A block whose count drops to 0 is not reusable (nor
 // hole-punched) until the transaction that freed it is committed: a crash before the commit
-// must find the old mappings still pointing at intact data. A free block may be held (reserved
-// for the C write path to allocate from): still free, but not handed out again.
+// must find the old mappings still pointing at intact data. A free block may be held (for the
+// C write path to allocate from): still free, but not handed out again.
 import type { BlockRefs } from './tree';
 
 const HELD = 1, PENDING = 2;
@@ -32,10 +32,6 @@ export class SpaceMap implements BlockRefs {
   /** Free blocks that findFree can hand out (not held). */
   get availBlocks(): number {
     return this.freeBlocks - this.held;
-  }
-
-  get heldBlocks(): number {
-    return this.held;
   }
 
   inc(b: number): void {

@@ -17,7 +17,7 @@ const FALLOC_FL_ZERO_RANGE = 0x10;
 const NODE_BASE = 2;
 const LOG_CAP = 4096;   // mappings the C write path makes before JS must apply them
 // ctl[] of the C write path (native thinAttach)
-const C_RESERVED = 0, C_LOGGED = 1, C_MAY_ALLOC = 2;
+const C_HELD = 0, C_LOGGED = 1;
 
 export interface ThinFsOptions {
   noSpaceTimeoutMs: number;   // queue_if_no_space: how long a write waits for space
@@ -45,8 +45,8 @@ export class ThinFs implements Filesystem {
   private notifiers: Notifier[] = [];
   private readonly timer: NodeJS.Timeout;
   // The C write path allocates from blocks held for it and logs what it mapped (ctl: C_*).
-  private readonly ctl = new Int32Array(3);
-  private readonly reserved: Int32Array;
+  private readonly ctl = new Int32Array(2);
+  private readonly held: Int32Array;
   private readonly log = new Int32Array(3 * LOG_CAP);
   // the pool's lock in C (native thinLock): held for writing while JS changes any of the above
   private readonly lockId: number;
@@ -56,8 +56,8 @@ export class ThinFs implements Filesystem {
     this.timer = setInterval(() => this.tick(), 1000);
     this.timer.unref();
     // enough for a burst of first writes; a small pool keeps most of its blocks to JS
-    this.reserved = new Int32Array(Math.max(1, Math.min(1024, Math.floor(pool.nrBlocks / 16))));
-    pool.reclaim = () => this.unreserve();
+    this.held = new Int32Array(Math.max(1, Math.min(1024, Math.floor(pool.nrBlocks / 16))));
+    pool.reclaim = () => this.locked(() => this.unhold());
     this.lockId = native.thinLockNew();
     if (this.lockId < 0) throw new Error(`thin: no lock for the pool's data path (${this.lockId})`);
     pool.listener = {
@@ -96,7 +96,7 @@ export class ThinFs implements Filesystem {
       const map = m ?? this.maps.get(dev) ?? this.buildMap(dev);
       map.fhs.add(fh);
       native.thinAttach(fh, this.pool.dataFd, this.pool.blockSize, map.blocks, map.excl, this.pool.devices.get(dev)!.size,
-        dev, this.ctl, this.reserved, this.log, this.lockId);
+        dev, this.ctl, this.held, this.log, this.lockId);
     });
   }
 
@@ -122,45 +122,32 @@ export class ThinFs implements Filesystem {
   }
 
   /** Tops up the blocks held for the C write path, in ascending order of use (sequential
-   * writes land in sequential blocks); each reads as zeros unless the pool skips zeroing. */
+   * writes land in sequential blocks); each reads as zeros unless the pool skips zeroing. None
+   * while the pool is read-only: C then leaves every write needing a block to JS. */
   private refill(): void {
-    const c = this.ctl, cap = this.reserved.length;
-    c[C_MAY_ALLOC] = this.pool.readOnly ? 0 : 1;
-    if (!c[C_MAY_ALLOC] || c[C_RESERVED] > cap / 2) return;
+    const c = this.ctl, cap = this.held.length;
+    if (this.pool.readOnly || c[C_HELD] > cap / 2) return;
     const fresh: number[] = [];
-    for (let b, n = cap - c[C_RESERVED]; fresh.length < n && (b = this.pool.reserveBlock()) >= 0;) fresh.push(b);
-    fresh.sort((a, b) => a - b);
-    if (!this.pool.opts.skipBlockZeroing) this.punchRuns(fresh);
-    const blocks = [...this.reserved.subarray(0, c[C_RESERVED]), ...fresh].sort((a, b) => b - a);
-    this.reserved.set(blocks);
-    c[C_RESERVED] = blocks.length;
-  }
-
-  /** Punches holes over sorted blocks, a run of adjacent ones a call. */
-  private punchRuns(blocks: number[]): void {
-    const bs = this.pool.blockSize;
-    for (let i = 0; i < blocks.length;) {
-      let j = i + 1;
-      while (j < blocks.length && blocks[j] === blocks[j - 1] + 1) j++;
-      native.fallocate(this.pool.dataFd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, blocks[i] * bs, (j - i) * bs);
-      i = j;
-    }
+    for (let b, n = cap - c[C_HELD]; fresh.length < n && (b = this.pool.holdBlock()) >= 0;) fresh.push(b);
+    if (!this.pool.opts.skipBlockZeroing) this.pool.punch(fresh);
+    const blocks = [...this.held.subarray(0, c[C_HELD]), ...fresh].sort((a, b) => b - a);
+    this.held.set(blocks);
+    c[C_HELD] = blocks.length;
   }
 
   /** Gives the held blocks back (the pool is short of space, or read-only). */
-  private unreserve(): void {
-    for (let i = 0; i < this.ctl[C_RESERVED]; i++) this.pool.unreserveBlock(this.reserved[i]);
-    this.ctl[C_RESERVED] = 0;
+  private unhold(): void {
+    for (let i = 0; i < this.ctl[C_HELD]; i++) this.pool.unholdBlock(this.held[i]);
+    this.ctl[C_HELD] = 0;
   }
 
-  /** fn with the C write path's mappings applied first and its reservation topped up after. */
+  /** fn with the C write path's mappings applied first and its held blocks topped up after. */
   settled<T>(fn: () => T): T {
     return this.locked(() => {
       this.drain();
       try {
         return fn();
       } finally {
-        if (this.pool.readOnly) this.unreserve();
         this.refill();
       }
     });
@@ -190,7 +177,7 @@ export class ThinFs implements Filesystem {
     clearInterval(this.timer);
     this.locked(() => {
       this.drain();
-      this.unreserve();
+      this.unhold();
       this.pool.checkpoint();
     });
   }
@@ -278,7 +265,8 @@ export class ThinFs implements Filesystem {
 
   read(h: number, size: number, offset: number): Buffer {
     try {
-      return this.settled(() => this.pool.read(this.handleDev(h), offset, size));
+      this.drain();   // (reads change nothing: the tables need not be held)
+      return this.pool.read(this.handleDev(h), offset, size);
     } catch (e) {
       return fsErr(e);
     }
